@@ -1,0 +1,73 @@
+"""The balancing decision of a virtual server: one synchronous call, no I/O.
+
+1. persistence lookup → a member, when the profile knows one that is usable;
+2. L7 rules (http) → a pool;
+3. the pool's scheduler → a member;
+4. admission: nobody can take it → the sorry pool → refuse (``None``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+
+from lbframe.runtime import Member, PoolState, VirtualState
+
+
+@attrs.define(slots=True)
+class RequestContext:
+    """What the decision may look at: who asks, on which virtual server, and
+    for L7 protocols the parsed request head."""
+
+    client_host: str
+    client_port: int
+    virtual: str
+    head: object = None
+
+
+@attrs.define(slots=True, frozen=True)
+class Decision:
+    pool: PoolState
+    member: Member
+    #: True when the member came from the sorry pool
+    sorry: bool = False
+
+
+@attrs.define(eq=False)
+class Balancer:
+    """Decides where one virtual server's connections go."""
+
+    virtual: VirtualState
+    pool: PoolState
+    sorry_pool: PoolState | None = None
+    #: (rule, PoolState) pairs in the virtual server's order; used by L7 protocols
+    rules: Sequence = ()
+    persistence: object = None
+
+    def choose(self, context: RequestContext, exclude=()) -> Decision | None:
+        vspec = self.virtual.spec
+        if vspec.max_connections is None or self.virtual.active < vspec.max_connections:
+            pool = self._pool_for(context)
+            member = self._persisted(context, pool, exclude)
+            if member is None:
+                member = pool.scheduler.pick(context, exclude)
+            if member is not None:
+                return Decision(pool, member)
+        sorry = self.sorry_pool
+        if sorry is not None:
+            member = sorry.scheduler.pick(context, exclude)
+            if member is not None:
+                return Decision(sorry, member, sorry=True)
+        return None
+
+    def _pool_for(self, context: RequestContext) -> PoolState:
+        if context.head is not None:
+            for rule, pool in self.rules:
+                if rule.matches(context.head):
+                    return pool
+        return self.pool
+
+    def _persisted(self, context: RequestContext, pool: PoolState, exclude) -> Member | None:
+        """Persistence seam: the persistence issue fills it in."""
+        return None

@@ -1,0 +1,124 @@
+"""The ``lbframe`` command: check a config, show status, change members, list plugins."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from lbframe.errors import ConfigError, PluginError
+
+DEFAULT_ADMIN = "http://127.0.0.1:8404"
+
+
+def cmd_check(args) -> int:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from lbframe.tap import load
+
+    try:
+        runtime = load(args.config, MemoryReactorClock())
+    except (ConfigError, PluginError) as e:
+        print(e, file=sys.stderr)
+        return 1
+    site = runtime.site
+    print(f"{args.config}: OK ({len(site.virtuals)} virtual servers, {len(site.pools)} pools, "
+          f"{sum(len(p.members) for p in site.pools.values())} members)")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from lbframe.plugins import load_plugins
+
+    extra, base = (), None
+    if args.config:
+        from lbframe.config import load_site
+        try:
+            site = load_site(args.config)
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            return 1
+        extra, base = site.lbframe.plugins, os.path.dirname(os.path.abspath(args.config))
+    try:
+        plugins = load_plugins(extra, base_dir=base)
+    except PluginError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for info in plugins.infos:
+        print(f"{info.name} ({info.origin}{', ' + info.version if info.version else ''})")
+        for kind, registry in plugins.registries.items():
+            names = registry.by_plugin().get(info.name)
+            if names:
+                print(f"    {registry.noun}: {', '.join(sorted(names))}")
+    return 0
+
+
+def _token(args) -> str | None:
+    return args.token or os.environ.get("LBFRAME_ADMIN_TOKEN")
+
+
+def cmd_status(args) -> int:
+    from lbframe.admin.client import AdminClientError, fetch_status, format_status
+
+    try:
+        print(format_status(fetch_status(args.admin, _token(args))))
+    except AdminClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_member(args) -> int:
+    from lbframe.admin.client import AdminClientError, change_member
+
+    weight = None
+    if args.action == "weight":
+        if args.value is None or not args.value.isdigit():
+            print("error: weight needs a whole number, e.g. `weight 3`", file=sys.stderr)
+            return 2
+        weight = int(args.value)
+    elif args.value is not None:
+        print(f"error: {args.action} takes no value", file=sys.stderr)
+        return 2
+    try:
+        member = change_member(args.admin, _token(args), args.pool, args.member, args.action, weight)
+    except AdminClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.pool}/{args.member}: state {member.get('state')}, weight {member.get('weight')}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lbframe", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="validate a site.ini")
+    c.add_argument("config")
+    c.set_defaults(func=cmd_check)
+
+    c = sub.add_parser("plugins", help="list loaded plugins and what they register")
+    c.add_argument("config", nargs="?")
+    c.set_defaults(func=cmd_plugins)
+
+    for name, func, helptext in (("status", cmd_status, "show a running instance's status"),
+                                 ("member", cmd_member, "drain, disable, enable or weight a member")):
+        c = sub.add_parser(name, help=helptext)
+        if name == "member":
+            c.add_argument("pool")
+            c.add_argument("member")
+            c.add_argument("action", choices=["drain", "disable", "enable", "weight"])
+            c.add_argument("value", nargs="?")
+        c.add_argument("--admin", default=DEFAULT_ADMIN, help=f"admin URL (default {DEFAULT_ADMIN})")
+        c.add_argument("--token", help="admin token (default: $LBFRAME_ADMIN_TOKEN)")
+        c.set_defaults(func=func)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""``type = tcp`` (F7b): the member accepts a TCP connection, which is then closed."""
+
+from __future__ import annotations
+
+from twisted.internet import error, protocol
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from zope.interface import implementer
+
+from lbframe import hookimpl
+from lbframe.errors import OptionError
+from lbframe.interfaces import IMonitor
+from lbframe.monitors import CheckResult, check_port
+
+
+def describe_connect_error(failure) -> str:
+    """Operator-facing words for a failed connect."""
+    if failure.check(error.ConnectionRefusedError):
+        return "connect refused"
+    if failure.check(error.TimeoutError):
+        return "connect timeout"
+    if failure.check(error.NoRouteError):
+        return "no route to host"
+    return f"connect failed: {failure.getErrorMessage()}"
+
+
+def client_endpoint(reactor, host: str, port: int, timeout: float):
+    """A client endpoint for a literal address or a host name."""
+    if ":" in host:
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    if host.replace(".", "").isdigit():
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    return HostnameEndpoint(reactor, host.encode("idna"), port, timeout=timeout)
+
+
+@implementer(IMonitor)
+class TCPMonitor:
+    def __init__(self, spec, options, reactor):
+        for key in options:
+            raise OptionError(key, f"unknown key {key!r} for monitor type tcp")
+        self.spec = spec
+        self.reactor = reactor
+
+    def check(self, member):
+        endpoint = client_endpoint(self.reactor, member.address.host,
+                                   check_port(self.spec, member), self.spec.timeout)
+        d = endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
+
+        def connected(proto):
+            proto.transport.loseConnection()
+            return CheckResult(True)
+
+        def failed(failure):
+            return CheckResult(False, describe_connect_error(failure))
+
+        return d.addCallbacks(connected, failed)
+
+
+@hookimpl
+def lbframe_register_monitors(registry):
+    registry.add("tcp", TCPMonitor)

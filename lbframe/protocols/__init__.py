@@ -1,0 +1,1 @@
+"""Built-in protocol plugins: how a virtual server accepts and relays."""

@@ -1,0 +1,90 @@
+"""Turning ``listen =`` endpoint strings into sockets lbframe accepts on itself.
+
+The fast L4 path accepts with its own descriptor rather than through
+Twisted's ``Port``/``Server`` objects, so it needs the plain TCP parameters
+of an endpoint string. Twisted's own parser reads the string, so the syntax
+is exactly Twisted's.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+
+import attrs
+from twisted.internet import endpoints
+
+from lbframe.config.model import Address
+from lbframe.errors import OptionError
+
+
+@attrs.frozen
+class TCPBind:
+    host: str
+    port: int
+    backlog: int
+    family: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else f"{self.host}:{self.port}"
+
+
+class _NoReactor:
+    """serverFromString only stores the reactor; parsing needs none."""
+
+
+def tcp_bind(description: str) -> TCPBind:
+    """The address to bind for a ``tcp:``/``tcp6:`` endpoint string.
+
+    Raises :class:`OptionError` (for the ``listen`` key) for any other kind.
+    """
+    try:
+        ep = endpoints.serverFromString(_NoReactor(), description)
+    except (TypeError, ValueError, OSError) as e:
+        raise OptionError("listen", f"bad endpoint {description!r}: {e}") from None
+    if isinstance(ep, endpoints.TCP6ServerEndpoint):
+        return TCPBind(ep._interface or "::", ep._port, ep._backlog, socket.AF_INET6)
+    if isinstance(ep, endpoints.TCP4ServerEndpoint):
+        host = ep._interface or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return TCPBind(host, ep._port, ep._backlog, family)
+    raise OptionError("listen", f"endpoint {description!r}: this protocol accepts on "
+                                "tcp: and tcp6: endpoints")
+
+
+def listening_socket(bind: TCPBind) -> socket.socket:
+    sock = socket.socket(bind.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if bind.family == socket.AF_INET6 and bind.host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((bind.host, bind.port))
+        sock.listen(bind.backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@functools.lru_cache(maxsize=4096)
+def sockaddr_of(address: Address) -> tuple[int, tuple]:
+    """(family, sockaddr) for a member address.
+
+    Literal addresses cost nothing; a host name is resolved once and cached
+    (as HAProxy resolves at start-up), since ``connect`` must never block on
+    a lookup while relaying.
+    """
+    host = address.host
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+        return socket.AF_INET, (host, address.port)
+    except OSError:
+        pass
+    try:
+        socket.inet_pton(socket.AF_INET6, host)
+        return socket.AF_INET6, (host, address.port, 0, 0)
+    except OSError:
+        pass
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, address.port, type=socket.SOCK_STREAM)[0]
+    return family, sockaddr

@@ -1,0 +1,209 @@
+"""A lean, bounded byte relay between two connected non-blocking sockets.
+
+Twisted's ``portforward`` shape (the client is paused until the member is
+connected; each side stops reading while the other cannot take more), with
+the hot loop cut down to what it must do: one ``recv_into`` into a shared
+buffer and one ``send`` per readable event, no Deferreds, no per-chunk
+allocation when the peer takes everything at once.
+
+Backpressure: when the peer's socket takes only part of a chunk, the rest is
+kept (at most one chunk, :data:`CHUNK` bytes) and this side stops reading
+until the peer has drained it. So a connection holds at most one chunk per
+direction, whatever the peers do.
+
+Half-close: an EOF from one side is passed on as ``shutdown(SHUT_WR)`` once
+what was read before it is delivered; the other direction goes on until it
+ends too. An error on either side closes both.
+"""
+
+from __future__ import annotations
+
+import socket
+from errno import EAGAIN, EINTR, EWOULDBLOCK
+from typing import Callable
+
+from zope.interface import implementer
+from twisted.internet.interfaces import IReadWriteDescriptor
+
+#: bytes read per readable event, and the most kept back per direction
+CHUNK = 256 * 1024
+
+_buffer = bytearray(CHUNK)
+_view = memoryview(_buffer)
+_RETRY = (EAGAIN, EWOULDBLOCK, EINTR)
+
+
+@implementer(IReadWriteDescriptor)
+class Side:
+    """One socket of a relayed connection.
+
+    As a reader it moves bytes from its socket to the peer's; as a writer
+    it flushes what the peer sent that its socket could not take at once.
+    """
+
+    __slots__ = ("relay", "sock", "fd", "peer", "pending", "eof", "name", "nbytes",
+                 "is_member")
+
+    def __init__(self, relay: "Relay", sock: socket.socket, name: str):
+        self.relay = relay
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer: Side = None  # type: ignore[assignment]
+        self.pending: memoryview | None = None
+        self.eof = False
+        self.name = name
+        self.is_member = name == "member"
+        self.nbytes = 0  # bytes read from this side
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return f"lbframe.relay.{self.name}"
+
+    def doRead(self):
+        try:
+            n = self.sock.recv_into(_buffer)
+        except OSError as e:
+            if e.errno in _RETRY:
+                return None
+            self.relay.abort(f"{self.name} read error: {e.strerror}")
+            return None
+        relay = self.relay
+        if not n:
+            relay.eof_from(self)
+            return None
+        self.nbytes += n
+        relay.last_activity = relay.clock.seconds()
+        relay.waiting_for_client = self.is_member
+        peer = self.peer
+        try:
+            sent = peer.sock.send(_view[:n])
+        except OSError as e:
+            if e.errno not in _RETRY:
+                relay.abort(f"{peer.name} write error: {e.strerror}")
+                return None
+            sent = 0
+        if sent < n:
+            # The peer is full: keep the rest, stop reading until it drains.
+            peer.pending = memoryview(bytes(_view[sent:n]))
+            relay.reactor.removeReader(self)
+            relay.reactor.addWriter(peer)
+        return None
+
+    def doWrite(self):
+        if self.relay.connecting is self:
+            self.relay.connect_finished()
+            return None
+        pending = self.pending
+        if pending is None:  # nothing to do (spurious wake-up)
+            self.relay.reactor.removeWriter(self)
+            return None
+        try:
+            sent = self.sock.send(pending)
+        except OSError as e:
+            if e.errno in _RETRY:
+                return None
+            self.relay.abort(f"{self.name} write error: {e.strerror}")
+            return None
+        if sent < len(pending):
+            self.pending = pending[sent:]
+            return None
+        self.pending = None
+        relay = self.relay
+        relay.reactor.removeWriter(self)
+        source = self.peer
+        if source.eof:
+            relay.pass_eof(source)
+        else:
+            relay.reactor.addReader(source)
+        return None
+
+    def connectionLost(self, reason):
+        # Only reached if the reactor gave up on us (doRead/doWrite raised).
+        self.relay.abort(f"{self.name}: {reason.getErrorMessage()}")
+
+    def readConnectionLost(self, reason):
+        self.connectionLost(reason)
+
+
+class Relay:
+    """Relays between a client socket and a member socket.
+
+    ``on_close(relay, reason)`` is called once, when both sockets are closed.
+    """
+
+    __slots__ = ("reactor", "clock", "client", "member", "connecting", "on_close",
+                 "closed", "last_activity", "waiting_for_client", "close_reason",
+                 "__weakref__")
+
+    def __init__(self, reactor, client: socket.socket,
+                 on_close: Callable[["Relay", str], None], member: socket.socket | None = None,
+                 clock=None):
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.client = Side(self, client, "client")
+        self.member: Side | None = None
+        if member is not None:
+            self.set_member(member)
+        self.on_close = on_close
+        self.connecting: Side | None = None
+        self.closed = False
+        self.last_activity = self.clock.seconds()
+        self.waiting_for_client = True
+        self.close_reason = ""
+
+    def set_member(self, sock: socket.socket) -> None:
+        """Attach (or replace, after a failed connect) the member's socket."""
+        self.member = Side(self, sock, "member")
+        self.client.peer = self.member
+        self.member.peer = self.client
+
+    def start(self) -> None:
+        """Both sockets are connected: relay both ways."""
+        self.connecting = None
+        self.reactor.addReader(self.client)
+        self.reactor.addReader(self.member)
+
+    def connect_finished(self) -> None:  # overridden by users that connect
+        raise NotImplementedError
+
+    def eof_from(self, side: Side) -> None:
+        side.eof = True
+        self.reactor.removeReader(side)
+        if side.peer.pending is None:
+            self.pass_eof(side)
+
+    def pass_eof(self, side: Side) -> None:
+        """``side`` ended and everything it sent is delivered: tell the peer."""
+        peer = side.peer
+        try:
+            peer.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close("done")
+            return
+        if peer.eof and side.pending is None:
+            # The other direction has ended and been delivered as well.
+            self.close("done")
+
+    def abort(self, reason: str) -> None:
+        self.close(reason)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        reactor = self.reactor
+        for side in (self.client, self.member):
+            if side is None:
+                continue
+            reactor.removeReader(side)
+            reactor.removeWriter(side)
+            side.pending = None
+            try:
+                side.sock.close()
+            except OSError:
+                pass
+            side.fd = -1
+        self.on_close(self, reason)

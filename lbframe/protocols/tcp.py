@@ -1,0 +1,264 @@
+"""``protocol = tcp``: L4 balancing (F4, L4 half).
+
+Each accepted connection gets one balancing decision, a non-blocking
+connect to the chosen member (``timeout_connect``) and then the byte relay
+of :mod:`lbframe.protocols.relay`. A member that refuses or does not answer
+in time is counted as a failure and the connection is tried once more on
+another member before it is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from errno import EINPROGRESS
+
+from twisted.application import service
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from lbframe import hookimpl
+from lbframe.balancer import Balancer, RequestContext
+from lbframe.errors import OptionError
+from lbframe.interfaces import IProtocol
+from lbframe.protocols.endpoints import TCPBind, listening_socket, sockaddr_of, tcp_bind
+from lbframe.protocols.relay import Relay
+
+log = Logger(namespace="lbframe.tcp")
+
+#: connections accepted per readable event of a listening socket
+ACCEPT_BATCH = 64
+#: how many members one connection may try
+MAX_TRIES = 2
+
+
+class Connection(Relay):
+    """A client connection: choose a member, connect, relay, account."""
+
+    __slots__ = ("server", "context", "decision", "tries", "excluded", "timer",
+                 "connect_started")
+
+    def __init__(self, server: "TCPVirtualServer", sock: socket.socket, addr):
+        super().__init__(server.reactor, sock, server.connection_closed, clock=server.clock)
+        self.server = server
+        self.context = RequestContext(addr[0], addr[1], server.virtual.name)
+        self.decision = None
+        self.tries = 0
+        self.excluded: list = []
+        self.timer = None
+        self.connect_started = 0.0
+
+    def connect(self) -> None:
+        server = self.server
+        decision = server.balancer.choose(self.context, self.excluded)
+        if decision is None:
+            server.virtual.refused += 1
+            self.close("no member available")
+            return
+        self.decision = decision
+        member = decision.member
+        decision.pool.take(member)
+        self.tries += 1
+        family, sockaddr = sockaddr_of(member.spec.address)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex(sockaddr)
+        self.set_member(sock)
+        self.connect_started = self.clock.seconds()
+        if err == 0:
+            self.connected()
+        elif err == EINPROGRESS:
+            self.connecting = self.member
+            self.reactor.addWriter(self.member)
+            self.timer = self.clock.callLater(server.virtual.spec.timeout_connect,
+                                              self._connect_timeout)
+        else:
+            self._connect_failed(os.strerror(err).lower())
+
+    def connect_finished(self) -> None:
+        self.reactor.removeWriter(self.member)
+        err = self.member.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._connect_failed(f"connect {os.strerror(err).lower()}")
+        else:
+            self.connected()
+
+    def connected(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        decision = self.decision
+        now = self.clock.seconds()
+        decision.pool.record_response_time(decision.member, now - self.connect_started)
+        self.last_activity = now
+        self.start()
+        spec = self.server.virtual.spec
+        self.timer = self.clock.callLater(min(spec.timeout_client, spec.timeout_server),
+                                          self._idle_check)
+
+    def _connect_timeout(self) -> None:
+        self.timer = None
+        self.reactor.removeWriter(self.member)
+        self._connect_failed(f"connect timeout after {self.server.virtual.spec.timeout_connect:g}s")
+
+    def _connect_failed(self, reason: str) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.connecting = None
+        member, pool = self.decision.member, self.decision.pool
+        member.failures += 1
+        pool.release(member)
+        self.decision = None
+        try:
+            self.member.sock.close()
+        except OSError:
+            pass
+        self.member.fd = -1
+        self.member = None
+        log.warn("member {pool}/{member}: {reason} (client {client})", pool=pool.name,
+                 member=member.name, reason=reason, client=self.context.client_host)
+        if self.tries < MAX_TRIES:
+            self.excluded.append(member)
+            self.connect()
+        else:
+            self.server.virtual.refused += 1
+            self.close(f"member {pool.name}/{member.name}: {reason}")
+
+    def _idle_check(self) -> None:
+        spec = self.server.virtual.spec
+        if self.waiting_for_client:
+            limit, who = spec.timeout_client, "client"
+        else:
+            limit, who = spec.timeout_server, "server"
+        idle = self.clock.seconds() - self.last_activity
+        if idle >= limit:
+            self.timer = None
+            self.close(f"{who} timeout after {limit:g}s idle")
+        else:
+            self.timer = self.clock.callLater(limit - idle, self._idle_check)
+
+
+@implementer(IReadDescriptor)
+class _Acceptor:
+    """Accepts in batches on one listening socket."""
+
+    def __init__(self, server: "TCPVirtualServer", sock: socket.socket):
+        self.server = server
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return f"lbframe.tcp.{self.server.virtual.name}"
+
+    def doRead(self):
+        accept = self.sock.accept
+        on_accept = self.server.accepted
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = accept()
+            except BlockingIOError:
+                return None
+            except OSError as e:
+                # EMFILE and friends: try again on the next wake-up.
+                log.warn("accept failed on {virtual}: {error}",
+                         virtual=self.server.virtual.name, error=e)
+                return None
+            on_accept(sock, addr)
+        return None
+
+    def connectionLost(self, reason):
+        pass
+
+
+class TCPVirtualServer(service.Service):
+    """Listens on a virtual server's endpoints; one :class:`Connection` each."""
+
+    def __init__(self, balancer: Balancer, binds: list[TCPBind], reactor, clock=None):
+        self.balancer = balancer
+        self.virtual = balancer.virtual
+        self.binds = binds
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.sockets: list[socket.socket] = []
+        self.acceptors: list[_Acceptor] = []
+        self.connections: set[Connection] = set()
+        self.setName(f"virtual:{self.virtual.name}")
+
+    def privilegedStartService(self) -> None:
+        # Bind here so that ports below 1024 work before twistd drops root.
+        if not self.sockets:
+            self.sockets = [listening_socket(b) for b in self.binds]
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if not self.sockets:
+            self.sockets = [listening_socket(b) for b in self.binds]
+        super().startService()
+        self.acceptors = [_Acceptor(self, s) for s in self.sockets]
+        for acceptor in self.acceptors:
+            self.reactor.addReader(acceptor)
+        log.info("virtual {virtual} listening on {where}", virtual=self.virtual.name,
+                 where=", ".join(str(self.bound_address(s)) for s in self.sockets))
+
+    def stopService(self):
+        for acceptor in self.acceptors:
+            self.reactor.removeReader(acceptor)
+        for s in self.sockets:
+            s.close()
+        self.acceptors, self.sockets = [], []
+        return super().stopService()
+
+    @staticmethod
+    def bound_address(sock: socket.socket):
+        return sock.getsockname()
+
+    def accepted(self, sock: socket.socket, addr) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        virtual = self.virtual
+        virtual.total += 1
+        conn = Connection(self, sock, addr)
+        conn.connect()
+        # Counted as active only once admitted, so that the balancer's
+        # max_connections check compares against the others.
+        if not conn.closed:
+            self.connections.add(conn)
+            virtual.active += 1
+
+    def connection_closed(self, conn: Connection, reason: str) -> None:
+        if conn.timer is not None and conn.timer.active():
+            conn.timer.cancel()
+        conn.timer = None
+        decision = conn.decision
+        if decision is not None:
+            member = decision.member
+            decision.pool.release(member)
+            member.bytes_in += conn.client.nbytes
+            if conn.member is not None:
+                member.bytes_out += conn.member.nbytes
+            conn.decision = None
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.virtual.active -= 1
+
+
+@implementer(IProtocol)
+class TCPProtocol:
+    """Validates a ``protocol = tcp`` virtual server and makes its service."""
+
+    def __init__(self, virtual, options, site=None):
+        for key in options:
+            raise OptionError(key, f"unknown key {key!r} for protocol tcp")
+        self.binds = [tcp_bind(d) for d in virtual.listen]
+
+    def make_service(self, balancer, reactor):
+        return TCPVirtualServer(balancer, self.binds, reactor)
+
+
+@hookimpl
+def lbframe_register_protocols(registry):
+    registry.add("tcp", TCPProtocol)

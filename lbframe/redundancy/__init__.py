@@ -1,0 +1,1 @@
+"""Redundancy drivers (F8): whether this node owns the VIPs."""

@@ -1,0 +1,224 @@
+"""Run-time state built from the frozen config: members, pools, virtual servers.
+
+Member state has one owner: :class:`PoolState`. Monitors report results to
+it, the admin API asks it for changes, connections are counted through it,
+and it tells the pool's scheduler what changed. Nothing else writes a
+member's state.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+from twisted.logger import Logger
+
+from lbframe.config.model import Address, MemberSpec, Pool, Virtual
+from lbframe.interfaces import IScheduler
+
+log = Logger(namespace="lbframe")
+
+#: weight of a new response-time sample in the moving average
+RESPONSE_TIME_ALPHA = 0.3
+
+
+@attrs.define(eq=False)
+class CheckState:
+    """One monitor's view of one member: rise/fall counters and last result."""
+
+    up: bool = True
+    successes: int = 0
+    failures: int = 0
+    last_ok: bool | None = None
+    last_reason: str = ""
+    last_time: float | None = None
+    last_duration: float | None = None
+    checks_total: int = 0
+
+
+@attrs.define(eq=False)
+class Member:
+    """A member of a pool at run time.
+
+    ``eligible`` is kept current by :class:`PoolState` so that a scheduler's
+    ``pick`` reads one attribute instead of working state out each time.
+    """
+
+    name: str
+    pool: str
+    spec: MemberSpec
+    weight: int
+    admin: str = "enabled"  # "enabled", "draining", "disabled"
+    healthy: bool = True
+    eligible: bool = True
+    active: int = 0
+    total: int = 0
+    failures: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    response_time: float | None = None
+    down_reason: str = ""
+    checks: dict[str, CheckState] = attrs.field(factory=dict)
+
+    @property
+    def address(self) -> Address:
+        return self.spec.address
+
+    @property
+    def priority(self) -> int:
+        return self.spec.priority
+
+    @property
+    def maxconn(self) -> int | None:
+        return self.spec.maxconn
+
+    @property
+    def backup(self) -> bool:
+        return self.spec.backup
+
+    @property
+    def state(self) -> str:
+        """``up``, ``down``, ``draining`` or ``disabled`` (the contract's words)."""
+        if self.admin == "disabled":
+            return "disabled"
+        if not self.healthy:
+            return "down"
+        if self.admin == "draining":
+            return "draining"
+        return "up"
+
+    @property
+    def has_room(self) -> bool:
+        return self.spec.maxconn is None or self.active < self.spec.maxconn
+
+    def _compute_eligible(self) -> bool:
+        return self.healthy and self.admin == "enabled" and self.weight > 0
+
+
+StateListener = Callable[[str, str, str, str, str], None]
+
+
+@attrs.define(eq=False)
+class PoolState:
+    """The members of one pool and the one place their state changes."""
+
+    spec: Pool
+    scheduler: IScheduler
+    members: dict[str, Member] = attrs.field(factory=dict)
+    #: called with (pool, member, old, new, reason) on every state change
+    on_state_change: list[StateListener] = attrs.field(factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @classmethod
+    def build(cls, spec: Pool, scheduler: IScheduler) -> "PoolState":
+        pool = cls(spec, scheduler)
+        for mspec in spec.members:
+            pool.add_member(mspec)
+        return pool
+
+    def add_member(self, mspec: MemberSpec) -> Member:
+        member = Member(mspec.name, self.spec.name, mspec, mspec.weight)
+        member.eligible = member._compute_eligible()
+        self.members[mspec.name] = member
+        self.scheduler.member_added(member)
+        return member
+
+    def remove_member(self, name: str) -> Member:
+        member = self.members.pop(name)
+        self.scheduler.member_removed(member)
+        return member
+
+    # -- changes -------------------------------------------------------
+
+    def _changed(self, member: Member, old_state: str, reason: str) -> None:
+        member.eligible = member._compute_eligible()
+        self.scheduler.member_changed(member)
+        new_state = member.state
+        if new_state != old_state:
+            if reason:
+                log.info("member {pool}/{member} {state}: {reason}", pool=self.name,
+                         member=member.name, state=new_state, reason=reason,
+                         old=old_state)
+            else:
+                log.info("member {pool}/{member} {state}", pool=self.name,
+                         member=member.name, state=new_state, old=old_state)
+            for listener in self.on_state_change:
+                listener(self.name, member.name, old_state, new_state, reason)
+
+    def set_admin(self, member: Member, admin: str, reason: str = "by admin") -> None:
+        """``enabled``, ``draining`` or ``disabled``."""
+        if admin not in ("enabled", "draining", "disabled"):
+            raise ValueError(f"bad admin state {admin!r}")
+        old = member.state
+        member.admin = admin
+        self._changed(member, old, reason)
+
+    def set_weight(self, member: Member, weight: int) -> None:
+        if weight < 0:
+            raise ValueError("weight must be >= 0")
+        old = member.state
+        member.weight = weight
+        self._changed(member, old, "")
+
+    def report_check(self, member: Member, monitor: str, ok: bool, reason: str,
+                     *, rise: int, fall: int, now: float, duration: float | None = None) -> None:
+        """Apply one monitor result with rise/fall; the member is healthy only
+        while every one of its monitors is up."""
+        cs = member.checks.setdefault(monitor, CheckState())
+        cs.checks_total += 1
+        cs.last_ok, cs.last_reason, cs.last_time = ok, reason, now
+        cs.last_duration = duration
+        if ok:
+            cs.failures = 0
+            cs.successes += 1
+            if duration is not None:
+                self.record_response_time(member, duration)
+            if cs.up or cs.successes < rise:
+                return
+            cs.up = True
+            why = f"{reason} ({cs.successes}/{rise})" if reason else f"check passed ({cs.successes}/{rise})"
+        else:
+            cs.successes = 0
+            cs.failures += 1
+            if not cs.up or cs.failures < fall:
+                return
+            cs.up = False
+            why = f"{reason} ({cs.failures}/{fall})"
+        healthy = all(c.up for c in member.checks.values())
+        if healthy != member.healthy:
+            old = member.state
+            member.healthy = healthy
+            member.down_reason = "" if healthy else f"{monitor}: {why}"
+            self._changed(member, old, why)
+
+    def record_response_time(self, member: Member, seconds: float) -> None:
+        rt = member.response_time
+        member.response_time = seconds if rt is None else rt + RESPONSE_TIME_ALPHA * (seconds - rt)
+
+    # -- connections (hot path: keep lean) -------------------------------
+
+    def take(self, member: Member) -> None:
+        member.active += 1
+        member.total += 1
+        self.scheduler.connection_taken(member)
+
+    def release(self, member: Member) -> None:
+        member.active -= 1
+        self.scheduler.connection_released(member)
+
+
+@attrs.define(eq=False)
+class VirtualState:
+    """Counters of a virtual server."""
+
+    spec: Virtual
+    active: int = 0
+    total: int = 0
+    refused: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name

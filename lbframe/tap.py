@@ -1,0 +1,47 @@
+"""``twistd lbframe --config site.ini``: options and the service maker."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.python import usage
+
+from lbframe.errors import ConfigError, PluginError
+
+
+class Options(usage.Options):
+    synopsis = "--config site.ini"
+    longdesc = "Run the load balancer described by a site.ini file."
+    optParameters = [
+        ["config", "c", None, "path to site.ini"],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config site.ini is required")
+        if not os.path.exists(self["config"]):
+            raise usage.UsageError(f"{self['config']}: no such file")
+
+
+def load(path: str, reactor):
+    """Read ``path``, load its plugins and build its runtime; raises
+    ConfigError or PluginError."""
+    from lbframe.config import load_site
+    from lbframe.plugins import load_plugins
+    from lbframe.service import build_runtime
+
+    site = load_site(path)
+    plugins = load_plugins(site.lbframe.plugins, base_dir=os.path.dirname(os.path.abspath(path)))
+    return build_runtime(site, plugins, reactor)
+
+
+def makeService(options):
+    from twisted.internet import reactor
+
+    from lbframe.service import SiteService
+
+    try:
+        runtime = load(options["config"], reactor)
+    except (ConfigError, PluginError) as e:
+        raise usage.UsageError(str(e)) from None
+    return SiteService(runtime, reactor)
