@@ -95,25 +95,25 @@ class PluginInfo:
     version: str | None
 
 
-@attrs.define
 class Plugins:
-    """The loaded plugins: the pluggy manager and a registry per kind."""
+    """The loaded plugins: the pluggy manager and a registry per kind
+    (``plugins.schedulers``, ``plugins.monitors``, ...)."""
 
-    manager: pluggy.PluginManager
-    registries: dict[str, Registry]
-    infos: list[PluginInfo]
+    def __init__(self, manager: pluggy.PluginManager, registries: dict[str, Registry],
+                 infos: list[PluginInfo]):
+        self.manager = manager
+        self.registries = registries
+        self.infos = infos
+        self.schedulers = registries["schedulers"]
+        self.monitors = registries["monitors"]
+        self.protocols = registries["protocols"]
+        self.persistence_methods = registries["persistence_methods"]
+        self.persistence_stores = registries["persistence_stores"]
+        self.redundancy_drivers = registries["redundancy_drivers"]
 
     @property
     def hook(self):
         return self.manager.hook
-
-    def __getattr__(self, kind: str) -> Registry:
-        # plugins.schedulers, plugins.monitors, ...
-        registries = self.__dict__.get("registries") or object.__getattribute__(self, "registries")
-        try:
-            return registries[kind]
-        except KeyError:
-            raise AttributeError(kind) from None
 
 
 def _disabled() -> set[str]:
@@ -134,6 +134,13 @@ def _load_file_plugin(path: str):
         sys.modules.pop(name, None)
         raise PluginError(f"plugin file {path!r} failed to import: {e!r}") from e
     return module
+
+
+def _register(pm: pluggy.PluginManager, plugin, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except (pluggy.PluginValidationError, ValueError) as e:
+        raise PluginError(f"plugin {name!r} cannot be registered: {e}") from e
 
 
 def load_plugins(extra: Iterable[str] = (), base_dir: str | None = None,
@@ -162,7 +169,7 @@ def load_plugins(extra: Iterable[str] = (), base_dir: str | None = None,
                 plugin = ep.load()
             except Exception as e:
                 raise PluginError(f"entry point plugin {ep.name!r} failed to load: {e!r}") from e
-            pm.register(plugin, name=ep.name)
+            _register(pm, plugin, ep.name)
             version = ep.dist.version if ep.dist is not None else None
             infos.append(PluginInfo(ep.name, "entry point", version))
 
@@ -183,7 +190,7 @@ def load_plugins(extra: Iterable[str] = (), base_dir: str | None = None,
             continue
         if pm.is_registered(plugin):
             continue
-        pm.register(plugin, name=pname)
+        _register(pm, plugin, pname)
         infos.append(PluginInfo(pname, origin, getattr(plugin, "__version__", None)))
 
     try:
@@ -196,7 +203,7 @@ def load_plugins(extra: Iterable[str] = (), base_dir: str | None = None,
         caller = getattr(pm.hook, f"lbframe_register_{kind}")
         # Call each implementation ourselves so the registry knows which
         # plugin is adding what (for duplicate errors and `lbframe plugins`).
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():
             registry._current_plugin = impl.plugin_name
             kwargs = {"registry": registry}
             impl.function(**{k: kwargs[k] for k in impl.argnames})

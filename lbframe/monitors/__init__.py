@@ -14,6 +14,7 @@ import random
 import attrs
 from twisted.application import service
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from lbframe.config.model import Monitor
 from lbframe.runtime import Member, PoolState
@@ -86,7 +87,7 @@ class MemberCheck:
                 return None
             if timed_out:
                 result = CheckResult(False, f"timeout after {timeout:g}s")
-            elif isinstance(result, defer.failure.Failure):
+            elif isinstance(result, Failure):
                 result = CheckResult(False, f"check error: {result.getErrorMessage()}")
             now = self.clock.seconds()
             duration = now - started
