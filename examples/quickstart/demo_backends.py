@@ -1,9 +1,10 @@
-"""A one-off lbframe plugin for the quickstart: three tiny HTTP backends.
+"""A one-off lbframe plugin for the quickstart: tiny demo HTTP backends.
 
 It shows the smallest kind of plugin there is, a ``.py`` file named by
-``plugins =`` in ``site.ini``: when the site starts, it starts three web
-servers on 127.0.0.1:8081-8083, each answering with its own name, so that
-``curl http://127.0.0.1:8080/`` shows the round robin at work.
+``plugins =`` in ``site.ini``. When the site starts, it starts one web
+server for each member of the pool ``web`` (all on 127.0.0.1), each
+answering with its member name, so that ``curl http://127.0.0.1:8080/``
+shows the round robin at work.
 """
 
 from twisted.internet import reactor
@@ -11,7 +12,7 @@ from twisted.web import resource, server
 
 from lbframe import hookimpl
 
-PORTS = {"a": 8081, "b": 8082, "c": 8083}
+DEMO_POOL = "web"
 
 
 class Hello(resource.Resource):
@@ -28,5 +29,6 @@ class Hello(resource.Resource):
 
 @hookimpl
 def lbframe_site_started(site):
-    for name, port in PORTS.items():
-        reactor.listenTCP(port, server.Site(Hello(name)), interface="127.0.0.1")
+    for member in site.pools[DEMO_POOL].members:
+        reactor.listenTCP(member.address.port, server.Site(Hello(member.name)),
+                          interface=member.address.host)

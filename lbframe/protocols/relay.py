@@ -120,7 +120,12 @@ class Side:
         return None
 
     def connectionLost(self, reason):
-        # Only reached if the reactor gave up on us (doRead/doWrite raised).
+        # The reactor calls this instead of doWrite when a connecting socket
+        # reports only an error or hang-up (epoll's EPOLLERR/EPOLLHUP), and
+        # when doRead/doWrite raised.
+        if self.relay.connecting is self:
+            self.relay.connect_finished()
+            return
         self.relay.abort(f"{self.name}: {reason.getErrorMessage()}")
 
     def readConnectionLost(self, reason):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-from errno import EINPROGRESS
+from errno import ECONNREFUSED, EINPROGRESS
 
 from twisted.application import service
 from twisted.internet.interfaces import IReadDescriptor
@@ -31,6 +31,13 @@ log = Logger(namespace="lbframe.tcp")
 ACCEPT_BATCH = 64
 #: how many members one connection may try
 MAX_TRIES = 2
+
+
+def connect_error(err: int) -> str:
+    """Operator-facing words for a failed connect, as the tcp monitor says them."""
+    if err == ECONNREFUSED:
+        return "connect refused"
+    return f"connect failed: {os.strerror(err).lower()}"
 
 
 class Connection(Relay):
@@ -75,13 +82,13 @@ class Connection(Relay):
             self.timer = self.clock.callLater(server.virtual.spec.timeout_connect,
                                               self._connect_timeout)
         else:
-            self._connect_failed(os.strerror(err).lower())
+            self._connect_failed(connect_error(err))
 
     def connect_finished(self) -> None:
         self.reactor.removeWriter(self.member)
         err = self.member.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self._connect_failed(f"connect {os.strerror(err).lower()}")
+            self._connect_failed(connect_error(err))
         else:
             self.connected()
 
@@ -210,6 +217,8 @@ class TCPVirtualServer(service.Service):
         for s in self.sockets:
             s.close()
         self.acceptors, self.sockets = [], []
+        for conn in list(self.connections):
+            conn.close("stopping")
         return super().stopService()
 
     @staticmethod
