@@ -1,0 +1,40 @@
+"""A built wheel, installed into a fresh venv, gives twistd its ``lbframe`` subcommand."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class WheelTests(SynchronousTestCase):
+    def test_wheel_installs_the_twistd_dropin(self):
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-q", "-w", work, ROOT], check=True, cwd=work, timeout=300)
+        wheel, = glob.glob(os.path.join(work, "lbframe-*.whl"))
+        venv = os.path.join(work, "venv")
+        # The venv sees the system's Twisted & co. but gets lbframe only from the wheel.
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv],
+                       check=True, timeout=120)
+        py = os.path.join(venv, "bin", "python")
+        subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", wheel],
+                       check=True, timeout=300, cwd=work)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        where = subprocess.run(
+            [py, "-c", "import lbframe, twisted.plugins.lbframe_dropin as d; "
+                       "print(lbframe.__file__); print(d.__file__)"],
+            cwd=work, env=env, capture_output=True, text=True, check=True, timeout=60)
+        for path in where.stdout.split():
+            self.assertTrue(path.startswith(venv), f"{path} is not from the wheel")
+        help_text = subprocess.run([py, "-c", "from twisted.scripts.twistd import run; run()",
+                                    "--help"], cwd=work,
+                                   env=env, capture_output=True, text=True, timeout=60).stdout
+        self.assertRegex(help_text, r"\n\s+lbframe\s+lbframe load balancer")
+        self.assertTrue(os.path.exists(os.path.join(venv, "bin", "lbframe")))
