@@ -33,6 +33,25 @@ _view = memoryview(_buffer)
 _RETRY = (EAGAIN, EWOULDBLOCK, EINTR)
 
 
+#: at most this much unread input is discarded before a close (see _drain)
+DRAIN_LIMIT = 4 * CHUNK
+
+
+def _drain(sock: socket.socket) -> None:
+    """Discard unread input so that closing sends FIN, not RST.
+
+    Linux answers ``close`` on a socket with unread data with a reset, which
+    makes the peer lose data it has not read yet. Reading what is there (a
+    bounded amount) first lets a closing connection end cleanly.
+    """
+    try:
+        for _ in range(DRAIN_LIMIT // CHUNK):
+            if not sock.recv_into(_buffer):
+                return
+    except OSError:
+        return
+
+
 @implementer(IReadWriteDescriptor)
 class Side:
     """One socket of a relayed connection.
@@ -42,13 +61,15 @@ class Side:
     """
 
     __slots__ = ("relay", "sock", "fd", "peer", "pending", "eof", "name", "nbytes",
-                 "is_member")
+                 "is_member", "recv_into", "peer_send")
 
     def __init__(self, relay: "Relay", sock: socket.socket, name: str):
         self.relay = relay
         self.sock = sock
         self.fd = sock.fileno()
         self.peer: Side = None  # type: ignore[assignment]
+        self.recv_into = sock.recv_into
+        self.peer_send = None  # the peer socket's send, bound once
         self.pending: memoryview | None = None
         self.eof = False
         self.name = name
@@ -63,7 +84,7 @@ class Side:
 
     def doRead(self):
         try:
-            n = self.sock.recv_into(_buffer)
+            n = self.recv_into(_buffer)
         except OSError as e:
             if e.errno in _RETRY:
                 return None
@@ -74,21 +95,21 @@ class Side:
             relay.eof_from(self)
             return None
         self.nbytes += n
-        relay.last_activity = relay.clock.seconds()
         relay.waiting_for_client = self.is_member
-        peer = self.peer
         try:
-            sent = peer.sock.send(_view[:n])
+            sent = self.peer_send(_view[:n])
         except OSError as e:
+            peer = self.peer
             if e.errno not in _RETRY:
                 relay.abort(f"{peer.name} write error: {e.strerror}")
                 return None
             sent = 0
         if sent < n:
             # The peer is full: keep the rest, stop reading until it drains.
+            peer = self.peer
             peer.pending = memoryview(bytes(_view[sent:n]))
-            relay.reactor.removeReader(self)
-            relay.reactor.addWriter(peer)
+            relay.io.removeReader(self)
+            relay.io.addWriter(peer)
         return None
 
     def doWrite(self):
@@ -97,7 +118,7 @@ class Side:
             return None
         pending = self.pending
         if pending is None:  # nothing to do (spurious wake-up)
-            self.relay.reactor.removeWriter(self)
+            self.relay.io.removeWriter(self)
             return None
         try:
             sent = self.sock.send(pending)
@@ -111,12 +132,12 @@ class Side:
             return None
         self.pending = None
         relay = self.relay
-        relay.reactor.removeWriter(self)
+        relay.io.removeWriter(self)
         source = self.peer
         if source.eof:
             relay.pass_eof(source)
         else:
-            relay.reactor.addReader(source)
+            relay.io.addReader(source)
         return None
 
     def connectionLost(self, reason):
@@ -135,18 +156,20 @@ class Side:
 class Relay:
     """Relays between a client socket and a member socket.
 
+    ``io`` is where sockets are registered for readiness: the reactor, or
+    the :class:`lbframe.protocols.engine.RelayEngine` that stands in for it.
+
     ``on_close(relay, reason)`` is called once, when both sockets are closed.
     """
 
-    __slots__ = ("reactor", "clock", "client", "member", "connecting", "on_close",
-                 "closed", "last_activity", "waiting_for_client", "close_reason",
-                 "__weakref__")
+    __slots__ = ("io", "clock", "client", "member", "connecting", "on_close",
+                 "closed", "waiting_for_client", "close_reason", "__weakref__")
 
-    def __init__(self, reactor, client: socket.socket,
+    def __init__(self, io, client: socket.socket,
                  on_close: Callable[["Relay", str], None], member: socket.socket | None = None,
                  clock=None):
-        self.reactor = reactor
-        self.clock = clock if clock is not None else reactor
+        self.io = io
+        self.clock = clock if clock is not None else io
         self.client = Side(self, client, "client")
         self.member: Side | None = None
         if member is not None:
@@ -154,28 +177,28 @@ class Relay:
         self.on_close = on_close
         self.connecting: Side | None = None
         self.closed = False
-        self.last_activity = self.clock.seconds()
         self.waiting_for_client = True
         self.close_reason = ""
 
     def set_member(self, sock: socket.socket) -> None:
         """Attach (or replace, after a failed connect) the member's socket."""
-        self.member = Side(self, sock, "member")
-        self.client.peer = self.member
-        self.member.peer = self.client
+        client = self.client
+        member = self.member = Side(self, sock, "member")
+        client.peer, member.peer = member, client
+        client.peer_send, member.peer_send = sock.send, client.sock.send
 
     def start(self) -> None:
         """Both sockets are connected: relay both ways."""
         self.connecting = None
-        self.reactor.addReader(self.client)
-        self.reactor.addReader(self.member)
+        self.io.addReader(self.client)
+        self.io.addReader(self.member)
 
     def connect_finished(self) -> None:  # overridden by users that connect
         raise NotImplementedError
 
     def eof_from(self, side: Side) -> None:
         side.eof = True
-        self.reactor.removeReader(side)
+        self.io.removeReader(side)
         if side.peer.pending is None:
             self.pass_eof(side)
 
@@ -199,13 +222,15 @@ class Relay:
             return
         self.closed = True
         self.close_reason = reason
-        reactor = self.reactor
+        io = self.io
         for side in (self.client, self.member):
             if side is None:
                 continue
-            reactor.removeReader(side)
-            reactor.removeWriter(side)
+            io.removeReader(side)
+            io.removeWriter(side)
             side.pending = None
+            if not side.eof:
+                _drain(side.sock)
             try:
                 side.sock.close()
             except OSError:

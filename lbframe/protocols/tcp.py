@@ -22,6 +22,7 @@ from lbframe import hookimpl
 from lbframe.balancer import Balancer, RequestContext
 from lbframe.errors import OptionError
 from lbframe.interfaces import IProtocol
+from lbframe.protocols.engine import RelayEngine
 from lbframe.protocols.endpoints import TCPBind, listening_socket, sockaddr_of, tcp_bind
 from lbframe.protocols.relay import Relay
 
@@ -44,10 +45,10 @@ class Connection(Relay):
     """A client connection: choose a member, connect, relay, account."""
 
     __slots__ = ("server", "context", "decision", "tries", "excluded", "timer",
-                 "connect_started")
+                 "connect_started", "idle_seen", "idle_strikes")
 
     def __init__(self, server: "TCPVirtualServer", sock: socket.socket, addr):
-        super().__init__(server.reactor, sock, server.connection_closed, clock=server.clock)
+        super().__init__(server.io, sock, server.connection_closed, clock=server.clock)
         self.server = server
         self.context = RequestContext(addr[0], addr[1], server.virtual.name)
         self.decision = None
@@ -55,6 +56,8 @@ class Connection(Relay):
         self.excluded: list = []
         self.timer = None
         self.connect_started = 0.0
+        self.idle_seen = -1
+        self.idle_strikes = 0
 
     def connect(self) -> None:
         server = self.server
@@ -78,14 +81,14 @@ class Connection(Relay):
             self.connected()
         elif err == EINPROGRESS:
             self.connecting = self.member
-            self.reactor.addWriter(self.member)
+            self.io.addWriter(self.member)
             self.timer = self.clock.callLater(server.virtual.spec.timeout_connect,
                                               self._connect_timeout)
         else:
             self._connect_failed(connect_error(err))
 
     def connect_finished(self) -> None:
-        self.reactor.removeWriter(self.member)
+        self.io.removeWriter(self.member)
         err = self.member.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self._connect_failed(connect_error(err))
@@ -96,17 +99,14 @@ class Connection(Relay):
         if self.timer is not None:
             self.timer.cancel()
         decision = self.decision
-        now = self.clock.seconds()
-        decision.pool.record_response_time(decision.member, now - self.connect_started)
-        self.last_activity = now
+        decision.pool.record_response_time(decision.member,
+                                           self.clock.seconds() - self.connect_started)
         self.start()
-        spec = self.server.virtual.spec
-        self.timer = self.clock.callLater(min(spec.timeout_client, spec.timeout_server),
-                                          self._idle_check)
+        self.timer = self.clock.callLater(self.server.idle_step, self._idle_check)
 
     def _connect_timeout(self) -> None:
         self.timer = None
-        self.reactor.removeWriter(self.member)
+        self.io.removeWriter(self.member)
         self._connect_failed(f"connect timeout after {self.server.virtual.spec.timeout_connect:g}s")
 
     def _connect_failed(self, reason: str) -> None:
@@ -134,17 +134,31 @@ class Connection(Relay):
             self.close(f"member {pool.name}/{member.name}: {reason}")
 
     def _idle_check(self) -> None:
-        spec = self.server.virtual.spec
+        """Every ``idle_step`` seconds: has any byte moved since last time?
+
+        Counting bytes instead of reading the clock on every read keeps the
+        hot loop lean; a connection is closed after between ``limit`` and
+        ``limit + idle_step`` seconds without traffic. Which limit applies
+        depends on who is expected to speak: the client after the member
+        spoke last (``timeout_client``), the member otherwise.
+        """
+        server = self.server
+        seen = self.client.nbytes + self.member.nbytes
+        if seen != self.idle_seen:
+            self.idle_seen = seen
+            self.idle_strikes = 0
+        else:
+            self.idle_strikes += 1
+        spec = server.virtual.spec
         if self.waiting_for_client:
             limit, who = spec.timeout_client, "client"
         else:
             limit, who = spec.timeout_server, "server"
-        idle = self.clock.seconds() - self.last_activity
-        if idle >= limit:
+        if self.idle_strikes * server.idle_step >= limit:
             self.timer = None
             self.close(f"{who} timeout after {limit:g}s idle")
         else:
-            self.timer = self.clock.callLater(limit - idle, self._idle_check)
+            self.timer = self.clock.callLater(server.idle_step, self._idle_check)
 
 
 @implementer(IReadDescriptor)
@@ -184,12 +198,16 @@ class _Acceptor:
 class TCPVirtualServer(service.Service):
     """Listens on a virtual server's endpoints; one :class:`Connection` each."""
 
-    def __init__(self, balancer: Balancer, binds: list[TCPBind], reactor, clock=None):
+    def __init__(self, balancer: Balancer, binds: list[TCPBind], reactor, clock=None, io=None):
         self.balancer = balancer
         self.virtual = balancer.virtual
         self.binds = binds
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
+        #: where relayed sockets wait for readiness (see engine.py)
+        self.io = io if io is not None else RelayEngine.for_reactor(reactor)
+        spec = self.virtual.spec
+        self.idle_step = min(spec.timeout_client, spec.timeout_server) / 4
         self.sockets: list[socket.socket] = []
         self.acceptors: list[_Acceptor] = []
         self.connections: set[Connection] = set()
@@ -205,6 +223,8 @@ class TCPVirtualServer(service.Service):
         if not self.sockets:
             self.sockets = [listening_socket(b) for b in self.binds]
         super().startService()
+        if hasattr(self.io, "acquire"):
+            self.io.acquire()
         self.acceptors = [_Acceptor(self, s) for s in self.sockets]
         for acceptor in self.acceptors:
             self.reactor.addReader(acceptor)
@@ -219,6 +239,8 @@ class TCPVirtualServer(service.Service):
         self.acceptors, self.sockets = [], []
         for conn in list(self.connections):
             conn.close("stopping")
+        if hasattr(self.io, "release"):
+            self.io.release()
         return super().stopService()
 
     @staticmethod

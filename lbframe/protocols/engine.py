@@ -1,0 +1,123 @@
+"""One epoll set for all relayed sockets, seen by the reactor as one reader.
+
+Twisted's reactor wraps every readiness event in logging context calls,
+which costs more than the ``recv``/``send`` pair the relay does per event.
+The engine keeps the relay's sockets in an epoll set of its own, registers
+that set's file descriptor with the reactor, and when the reactor says it is
+readable, dispatches the ready sockets directly. Timers, monitors, the
+admin server and everything else stay on the reactor as usual.
+
+The engine offers the reactor's ``addReader``/``removeReader``/
+``addWriter``/``removeWriter`` so the relay cannot tell it from a reactor
+(tests drive the relay on a ``MemoryReactor``).
+"""
+
+from __future__ import annotations
+
+import select
+import weakref
+
+from twisted.internet.interfaces import IReadDescriptor
+from zope.interface import implementer
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_ERR = select.EPOLLERR | select.EPOLLHUP
+#: events handled per wake-up
+MAX_EVENTS = 1024
+
+_engines: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+@implementer(IReadDescriptor)
+class RelayEngine:
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.epoll = select.epoll()
+        self.fd = self.epoll.fileno()
+        self.descriptors: dict = {}  # fd -> descriptor
+        self.masks: dict = {}  # fd -> registered event mask
+        self.users = 0
+
+    @classmethod
+    def for_reactor(cls, reactor) -> "RelayEngine":
+        engine = _engines.get(reactor)
+        if engine is None:
+            engine = _engines[reactor] = cls(reactor)
+        return engine
+
+    # -- lifetime: registered with the reactor while a service uses it --
+
+    def acquire(self) -> None:
+        if self.users == 0:
+            self.reactor.addReader(self)
+        self.users += 1
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self.reactor.removeReader(self)
+
+    # -- the reactor's FD-set methods ------------------------------------
+
+    def _set(self, desc, add: int, remove: int) -> None:
+        fd = desc.fileno()
+        if fd < 0:
+            return
+        masks = self.masks
+        old = masks.get(fd, 0)
+        new = (old | add) & ~remove
+        if new == old:
+            return
+        if not old:
+            self.epoll.register(fd, new)
+            self.descriptors[fd] = desc
+            masks[fd] = new
+        elif not new:
+            self.epoll.unregister(fd)
+            del self.descriptors[fd]
+            del masks[fd]
+        else:
+            self.epoll.modify(fd, new)
+            masks[fd] = new
+
+    def addReader(self, desc) -> None:
+        self._set(desc, _IN, 0)
+
+    def removeReader(self, desc) -> None:
+        self._set(desc, 0, _IN)
+
+    def addWriter(self, desc) -> None:
+        self._set(desc, _OUT, 0)
+
+    def removeWriter(self, desc) -> None:
+        self._set(desc, 0, _OUT)
+
+    # -- the reactor calls this when the epoll set has ready sockets -----
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "lbframe.engine"
+
+    def doRead(self):
+        descriptors = self.descriptors
+        masks = self.masks
+        for fd, event in self.epoll.poll(0, MAX_EVENTS):
+            desc = descriptors.get(fd)
+            if desc is None:
+                continue
+            if event & _IN:
+                desc.doRead()
+                # The read may have closed it or stopped it writing.
+                if descriptors.get(fd) is not desc:
+                    continue
+            if event & _OUT and masks[fd] & _OUT:
+                desc.doWrite()
+            elif event & _ERR and not event & (_IN | _OUT):
+                desc.connectionLost(None)
+        return None
+
+    def connectionLost(self, reason) -> None:
+        pass

@@ -1,0 +1,644 @@
+"""The admin web server (real loopback sockets) and its blocking client."""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+
+import attrs
+from twisted.application.service import IService
+from twisted.internet import defer, reactor
+from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+
+from lbframe.admin import make_admin_service
+from lbframe.admin.auth import Auth, endpoint_is_loopback
+from lbframe.admin.client import AdminClientError, change_member, fetch_status, format_status
+from lbframe.admin.page import render_page
+from lbframe.config.model import (Address, Global, MemberSpec, Persistence, Pool, Redundancy,
+                                  Site, Virtual)
+from lbframe.persistence.memory import MemoryStore
+from lbframe.plugins import load_plugins
+from lbframe.service import build_runtime
+from tests.helpers import free_port
+
+TOKEN = "s3cret-token"
+
+
+def make_site(**global_kw) -> Site:
+    web = Pool("web", (
+        MemberSpec("a", Address("127.0.0.1", 8081), weight=4),
+        MemberSpec("b", Address("127.0.0.1", 8082), weight=2, priority=2),
+        MemberSpec("c", Address("::1", 8083), backup=True, maxconn=10),
+    ), scheduler="weighted")
+    api = Pool("api", (MemberSpec("x", Address("127.0.0.1", 9001)),))
+    return Site(
+        "site.ini", Global(**global_kw),
+        virtuals={"web": Virtual("web", ("tcp:8080:interface=127.0.0.1",), "web"),
+                  "api": Virtual("api", ("tcp:9000:interface=127.0.0.1",
+                                         "tcp6:9000:interface=\\:\\:1"), "api")},
+        pools={"web": web, "api": api},
+        redundancy=Redundancy(driver="none"),
+    )
+
+
+def make_runtime():
+    """A small site with some traffic and one member down, built without the
+    config parser."""
+    runtime = build_runtime(make_site(), load_plugins(entry_points=False), reactor)
+    web = runtime.pools["web"]
+    a, b = web.members["a"], web.members["b"]
+    for _ in range(3):
+        web.take(a)
+    web.release(a)
+    web.record_response_time(a, 0.0017)
+    web.report_check(b, "tcp", False, "connect refused", rise=2, fall=1, now=1000.0,
+                     duration=0.25)
+    runtime.virtuals["web"].active = 3
+    runtime.virtuals["web"].total = 120
+    runtime.virtuals["web"].refused = 1
+    return runtime
+
+
+def add_persistence(runtime) -> MemoryStore:
+    """A ``source-ip`` profile with a memory store (no persistence method is
+    registered yet, so it is added after build_runtime)."""
+    runtime.site = attrs.evolve(runtime.site, persistence={
+        "sticky": Persistence("sticky", "source-ip", timeout=600.0)})
+    store = MemoryStore(600.0, reactor)
+    runtime.persistence_stores["sticky"] = store
+    for i in range(5):
+        store.set(f"10.0.0.{i}", "a")
+    store.set(b"\x01\x02", "b")
+    return store
+
+
+def member_json(address, state="up", weight=1, priority=1, active=0, total=0, rt=None,
+                down_reason="", backup=False, maxconn=None, checks=None):
+    return {"address": address, "state": state, "weight": weight, "priority": priority,
+            "connections_active": active, "connections_total": total, "response_time_ms": rt,
+            "down_reason": down_reason, "backup": backup, "maxconn": maxconn, "failures": 0,
+            "checks": checks or {}}
+
+
+EXPECTED_STATUS = {
+    "virtuals": {
+        "web": {"protocol": "tcp", "listen": ["tcp:8080:interface=127.0.0.1"],
+                "connections_active": 3, "connections_total": 120, "pool": "web",
+                "refused": 1},
+        "api": {"protocol": "tcp",
+                "listen": ["tcp:9000:interface=127.0.0.1", "tcp6:9000:interface=\\:\\:1"],
+                "connections_active": 0, "connections_total": 0, "pool": "api",
+                "refused": 0},
+    },
+    "pools": {
+        "web": {"scheduler": "weighted", "members": {
+            "a": member_json("127.0.0.1:8081", weight=4, active=2, total=3, rt=1.7),
+            "b": member_json("127.0.0.1:8082", state="down", weight=2, priority=2,
+                             down_reason="tcp: connect refused (1/1)",
+                             checks={"tcp": {"ok": False, "up": False,
+                                             "reason": "connect refused", "time": 1000.0,
+                                             "duration_ms": 250.0, "checks_total": 1}}),
+            "c": member_json("[::1]:8083", backup=True, maxconn=10),
+        }},
+        "api": {"scheduler": "round-robin", "members": {
+            "x": member_json("127.0.0.1:9001"),
+        }},
+    },
+    "redundancy": {"driver": "none", "state": "standalone"},
+}
+
+
+class Response:
+    def __init__(self, code: int, headers: Headers, body: bytes):
+        self.code = code
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    def json(self):
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+
+class AdminServerTestCase(TestCase):
+    """Starts an admin service on a loopback port; ``request`` talks to it."""
+
+    token: str | None = None
+
+    def setUp(self):
+        self.runtime = make_runtime()
+        self.service = self.start(self.runtime, self.token)
+        self.url = f"http://127.0.0.1:{self.service.port.getHost().port}"
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.agent = Agent(reactor, pool=self.pool)
+        self.addCleanup(self.pool.closeCachedConnections)
+
+    def start(self, runtime, token, endpoint="tcp:0:interface=127.0.0.1"):
+        service = make_admin_service(runtime, endpoint, token, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    @defer.inlineCallbacks
+    def request(self, method: str, path: str, body=None, token=None, headers=None):
+        h = Headers()
+        if token is not None:
+            h.addRawHeader("Authorization", f"Bearer {token}")
+        for name, value in (headers or {}).items():
+            h.addRawHeader(name, value)
+        producer = None
+        if body is not None:
+            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+            producer = FileBodyProducer(BytesIO(raw))
+        response = yield self.agent.request(method.encode(), (self.url + path).encode(), h,
+                                            producer)
+        data = yield readBody(response)
+        return Response(response.code, response.headers, data)
+
+    def post_member(self, pool, member, body, token=None):
+        return self.request("POST", f"/api/pools/{pool}/members/{member}", body, token=token)
+
+    def capture_log(self) -> list:
+        events: list = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+
+class StatusTests(AdminServerTestCase):
+    def test_service(self):
+        self.assertTrue(IService.providedBy(self.service))
+        self.assertEqual(self.service.name, "admin")
+
+    @defer.inlineCallbacks
+    def test_status_exact(self):
+        r = yield self.request("GET", "/api/status")
+        self.assertEqual(r.code, 200)
+        self.assertEqual(r.header("content-type"), "application/json")
+        self.assertEqual(r.json(), EXPECTED_STATUS)
+
+    @defer.inlineCallbacks
+    def test_status_follows_runtime(self):
+        self.runtime.pools["web"].take(self.runtime.pools["web"].members["a"])
+        r = yield self.request("GET", "/api/status")
+        a = r.json()["pools"]["web"]["members"]["a"]
+        self.assertEqual((a["connections_active"], a["connections_total"]), (3, 4))
+
+    @defer.inlineCallbacks
+    def test_set_runtime(self):
+        other = make_runtime()
+        other.virtuals["web"].total = 7
+        self.service.set_runtime(other)
+        r = yield self.request("GET", "/api/status")
+        self.assertEqual(r.json()["virtuals"]["web"]["connections_total"], 7)
+
+    @defer.inlineCallbacks
+    def test_pool_and_member_get(self):
+        r = yield self.request("GET", "/api/pools/web/members/a")
+        self.assertEqual(r.json(), EXPECTED_STATUS["pools"]["web"]["members"]["a"])
+        r = yield self.request("GET", "/api/pools/api")
+        self.assertEqual(r.json(), EXPECTED_STATUS["pools"]["api"])
+        r = yield self.request("GET", "/api/pools")
+        self.assertEqual(r.json(), EXPECTED_STATUS["pools"])
+
+    @defer.inlineCallbacks
+    def test_head(self):
+        r = yield self.request("HEAD", "/api/status")
+        self.assertEqual((r.code, r.body), (200, b""))
+
+
+class MemberChangeTests(AdminServerTestCase):
+    @property
+    def a(self):
+        return self.runtime.pools["web"].members["a"]
+
+    @defer.inlineCallbacks
+    def test_drain(self):
+        r = yield self.post_member("web", "a", {"state": "drain"})
+        self.assertEqual(r.code, 200)
+        self.assertEqual(r.json(), dict(EXPECTED_STATUS["pools"]["web"]["members"]["a"],
+                                        state="draining"))
+        self.assertEqual((self.a.admin, self.a.state, self.a.eligible),
+                         ("draining", "draining", False))
+
+    @defer.inlineCallbacks
+    def test_disable_then_enable(self):
+        r = yield self.post_member("web", "a", {"state": "disable"})
+        self.assertEqual(r.json()["state"], "disabled")
+        self.assertEqual(self.a.state, "disabled")
+        r = yield self.post_member("web", "a", {"state": "enable"})
+        self.assertEqual(r.json()["state"], "up")
+        self.assertEqual((self.a.admin, self.a.eligible), ("enabled", True))
+
+    @defer.inlineCallbacks
+    def test_enable_keeps_down_member_down(self):
+        r = yield self.post_member("web", "b", {"state": "enable"})
+        self.assertEqual(r.json()["state"], "down")
+
+    @defer.inlineCallbacks
+    def test_weight(self):
+        r = yield self.post_member("web", "a", {"weight": 9})
+        self.assertEqual((r.code, r.json()["weight"], r.json()["state"]), (200, 9, "up"))
+        self.assertEqual(self.a.weight, 9)
+        r = yield self.post_member("web", "a", {"weight": 0})
+        self.assertEqual(r.json()["weight"], 0)
+        self.assertFalse(self.a.eligible)
+
+    @defer.inlineCallbacks
+    def test_state_and_weight_logged(self):
+        events = self.capture_log()
+        r = yield self.post_member("web", "a", {"state": "drain", "weight": 2})
+        self.assertEqual((r.json()["state"], r.json()["weight"]), ("draining", 2))
+        texts = [formatEvent(e) for e in events if e.get("log_namespace") == "lbframe.admin"]
+        self.assertEqual(texts, ["admin API from 127.0.0.1: member web/a: "
+                                 "admin state enabled -> draining, weight 4 -> 2"])
+
+    @defer.inlineCallbacks
+    def test_bad_requests(self):
+        cases = [
+            (b"{not json", "request body is not JSON"),
+            (b"\xff\xfe", "request body is not JSON"),
+            (b"[1, 2]", "request body must be a JSON object"),
+            (b"{}", "nothing to change: give 'state' and/or 'weight'"),
+            ({"state": "drained"}, "state must be one of 'drain', 'disable', 'enable', "
+                                   "not \"drained\""),
+            ({"state": 1}, "state must be one of"),
+            ({"weight": -1}, "weight must be a whole number >= 0, not -1"),
+            ({"weight": 1.5}, "weight must be a whole number >= 0, not 1.5"),
+            ({"weight": True}, "weight must be a whole number >= 0, not true"),
+            ({"weight": "3"}, "weight must be a whole number >= 0"),
+            ({"state": "drain", "wieght": 3}, "unknown key 'wieght'"),
+            (b"x" * 70000, "request body is larger than"),
+        ]
+        for body, message in cases:
+            r = yield self.post_member("web", "a", body)
+            self.assertEqual(r.code, 400, body)
+            self.assertEqual(r.header("content-type"), "application/json")
+            self.assertIn(message, r.json()["error"])
+        # Nothing half-applied.
+        self.assertEqual((self.a.admin, self.a.weight), ("enabled", 4))
+
+    @defer.inlineCallbacks
+    def test_not_found(self):
+        cases = [
+            ("/api/pools/nope/members/a", "no pool 'nope'"),
+            ("/api/pools/web/members/zz", "no member 'zz' in pool 'web'"),
+            ("/api/pools/web/members/a/more", "nothing at /api/pools/web/members/a/more"),
+            ("/api/pools/web/other", "nothing at /api/pools/web/other"),
+            ("/api/nothing", "nothing at /api/nothing"),
+        ]
+        for path, message in cases:
+            r = yield self.request("POST", path, {"state": "drain"})
+            self.assertEqual((r.code, r.json()), (404, {"error": message}), path)
+
+    @defer.inlineCallbacks
+    def test_not_found_outside_api_is_text(self):
+        r = yield self.request("GET", "/nothing")
+        self.assertEqual((r.code, r.text), (404, "nothing at /nothing\n"))
+        self.assertTrue(r.header("content-type").startswith("text/plain"))
+
+    @defer.inlineCallbacks
+    def test_wrong_method(self):
+        r = yield self.request("DELETE", "/api/pools/web/members/a")
+        self.assertEqual(r.code, 405)
+        self.assertEqual(r.header("allow"), "GET, HEAD, POST")
+        self.assertIn("method DELETE not allowed", r.json()["error"])
+        r = yield self.request("POST", "/api/status", {"state": "drain"})
+        self.assertEqual((r.code, r.header("allow")), (405, "GET, HEAD"))
+        r = yield self.request("POST", "/metrics", b"")
+        self.assertEqual(r.code, 405)
+
+
+class AuthTests(AdminServerTestCase):
+    token = TOKEN
+
+    @defer.inlineCallbacks
+    def test_reads_are_open_on_loopback(self):
+        for path in ("/", "/api/status", "/metrics"):
+            r = yield self.request("GET", path)
+            self.assertEqual(r.code, 200, path)
+
+    @defer.inlineCallbacks
+    def test_change_without_token(self):
+        r = yield self.post_member("web", "a", {"state": "drain"})
+        self.assertEqual(r.code, 401)
+        self.assertEqual(r.header("www-authenticate"), 'Bearer realm="lbframe"')
+        self.assertIn("needs the admin token", r.json()["error"])
+        self.assertEqual(self.runtime.pools["web"].members["a"].state, "up")
+
+    @defer.inlineCallbacks
+    def test_change_with_other_scheme(self):
+        r = yield self.request("POST", "/api/pools/web/members/a", {"state": "drain"},
+                               headers={"Authorization": f"Basic {TOKEN}"})
+        self.assertEqual(r.code, 401)
+
+    @defer.inlineCallbacks
+    def test_change_with_wrong_token(self):
+        r = yield self.post_member("web", "a", {"state": "drain"}, token="guess")
+        self.assertEqual((r.code, r.json()), (403, {"error": "wrong admin token"}))
+        self.assertEqual(self.runtime.pools["web"].members["a"].state, "up")
+
+    @defer.inlineCallbacks
+    def test_change_with_token(self):
+        r = yield self.post_member("web", "a", {"state": "drain"}, token=TOKEN)
+        self.assertEqual((r.code, r.json()["state"]), (200, "draining"))
+
+    @defer.inlineCallbacks
+    def test_auth_before_not_found(self):
+        r = yield self.post_member("nope", "a", {"state": "drain"})
+        self.assertEqual(r.code, 401)
+
+    @defer.inlineCallbacks
+    def test_everything_needs_token_when_not_loopback(self):
+        # As make_admin_service sets it up for a non-loopback endpoint.
+        self.service.context.auth = Auth(TOKEN, everything=True)
+        for path in ("/", "/api/status", "/metrics", "/nothing"):
+            r = yield self.request("GET", path)
+            self.assertEqual(r.code, 401, path)
+            r = yield self.request("GET", path, token="guess")
+            self.assertEqual(r.code, 403, path)
+        r = yield self.request("GET", "/api/status", token=TOKEN)
+        self.assertEqual((r.code, r.json()), (200, EXPECTED_STATUS))
+        r = yield self.request("GET", "/", token=TOKEN)
+        self.assertEqual(r.code, 200)
+
+
+class AuthUnitTests(SynchronousTestCase):
+    def test_endpoint_is_loopback(self):
+        self.assertTrue(endpoint_is_loopback("tcp:8404:interface=127.0.0.1"))
+        self.assertTrue(endpoint_is_loopback("tcp:8404:interface=127.1.2.3"))
+        self.assertTrue(endpoint_is_loopback("tcp6:8404:interface=\\:\\:1"))
+        self.assertTrue(endpoint_is_loopback("unix:/run/lbframe/admin.sock"))
+        self.assertFalse(endpoint_is_loopback("tcp:8404"))
+        self.assertFalse(endpoint_is_loopback("tcp:8404:interface=0.0.0.0"))
+        self.assertFalse(endpoint_is_loopback("tcp:8404:interface=192.0.2.1"))
+        self.assertFalse(endpoint_is_loopback("tcp6:8404"))
+        self.assertFalse(endpoint_is_loopback("nonsense:1"))
+
+    def test_non_loopback_without_token_is_refused(self):
+        with self.assertRaises(ValueError):
+            make_admin_service(make_runtime(), "tcp:8404:interface=0.0.0.0", None, reactor)
+
+    def test_non_loopback_with_token_guards_everything(self):
+        service = make_admin_service(make_runtime(), "tcp:8404", TOKEN, reactor)
+        self.assertTrue(service.context.auth.everything)
+        service = make_admin_service(make_runtime(), "tcp:8404:interface=127.0.0.1", TOKEN,
+                                     reactor)
+        self.assertFalse(service.context.auth.everything)
+
+
+class MetricsTests(AdminServerTestCase):
+    @defer.inlineCallbacks
+    def metrics(self) -> list[str]:
+        r = yield self.request("GET", "/metrics")
+        self.assertEqual(r.code, 200)
+        self.assertEqual(r.header("content-type"), "text/plain; version=0.0.4; charset=utf-8")
+        return r.text.splitlines()
+
+    @defer.inlineCallbacks
+    def test_metrics(self):
+        lines = yield self.metrics()
+        for line in [
+            'lbframe_member_up{member="a",pool="web"} 1.0',
+            'lbframe_member_up{member="b",pool="web"} 0.0',
+            'lbframe_member_state{member="b",pool="web",state="down"} 1.0',
+            'lbframe_member_weight{member="a",pool="web"} 4.0',
+            'lbframe_member_connections_active{member="a",pool="web"} 2.0',
+            'lbframe_member_connections_total{member="a",pool="web"} 3.0',
+            'lbframe_member_failures_total{member="a",pool="web"} 0.0',
+            'lbframe_member_response_seconds{member="a",pool="web"} 0.0017',
+            'lbframe_virtual_connections_active{virtual="web"} 3.0',
+            'lbframe_virtual_connections_total{virtual="web"} 120.0',
+            'lbframe_virtual_refused_total{virtual="web"} 1.0',
+            'lbframe_monitor_checks_total{member="b",monitor="tcp",pool="web"} 1.0',
+            'lbframe_monitor_up{member="b",monitor="tcp",pool="web"} 0.0',
+            'lbframe_redundancy_master 0.0',
+            'lbframe_redundancy_state{driver="none",state="standalone"} 1.0',
+            '# TYPE lbframe_member_connections_total counter',
+        ]:
+            self.assertIn(line, lines)
+        # Response time only where it is known.
+        self.assertFalse([x for x in lines
+                          if x.startswith("lbframe_member_response_seconds{") and '"b"' in x])
+
+    @defer.inlineCallbacks
+    def test_metrics_follow_changes(self):
+        yield self.post_member("web", "a", {"state": "disable"})
+        lines = yield self.metrics()
+        self.assertIn('lbframe_member_up{member="a",pool="web"} 0.0', lines)
+        self.assertIn('lbframe_member_state{member="a",pool="web",state="disabled"} 1.0', lines)
+        self.assertIn('lbframe_member_state{member="a",pool="web",state="up"} 0.0', lines)
+
+    @defer.inlineCallbacks
+    def test_private_registry(self):
+        import prometheus_client
+        other = self.start(make_runtime(), None)  # a second registry is no duplicate
+        self.assertIsNot(other.factory, self.service.factory)
+        yield self.metrics()
+        self.assertIsNone(prometheus_client.REGISTRY.get_sample_value(
+            "lbframe_member_up", {"pool": "web", "member": "a"}))
+
+    @defer.inlineCallbacks
+    def test_persistence_entries(self):
+        add_persistence(self.runtime)
+        lines = yield self.metrics()
+        self.assertIn('lbframe_persistence_entries{profile="sticky"} 6.0', lines)
+
+
+class PageTests(AdminServerTestCase):
+    @defer.inlineCallbacks
+    def test_page(self):
+        r = yield self.request("GET", "/")
+        self.assertEqual(r.code, 200)
+        self.assertEqual(r.header("content-type"), "text/html; charset=utf-8")
+        page = r.text
+        self.assertIn('<meta http-equiv="refresh" content="5">', page)
+        self.assertIn('<tr class="member state-up"><td>a</td><td>127.0.0.1:8081</td>'
+                      '<td class="state state-up">up</td>', page)
+        self.assertIn('<td class="state state-down">down</td>', page)
+        self.assertIn("tcp: connect refused (1/1)", page)
+        self.assertIn("1.7 ms", page)
+        self.assertIn("<h2>Pool web", page)
+        self.assertIn("<td>tcp:8080:interface=127.0.0.1</td>", page)
+        self.assertNotIn("http://", page.replace("http-equiv", ""))  # no external assets
+
+    @defer.inlineCallbacks
+    def test_page_follows_changes(self):
+        yield self.post_member("web", "a", {"state": "drain"})
+        r = yield self.request("GET", "/")
+        self.assertIn('<td class="state state-draining">draining</td>', r.text)
+
+    def test_escaping(self):
+        status = json.loads(json.dumps(EXPECTED_STATUS))
+        evil = "<script>alert('x')</script>"
+        status["pools"]["web"]["members"][evil] = dict(
+            status["pools"]["web"]["members"]["b"], down_reason='"<b>bad</b>" & more')
+        status["virtuals"]["<v>"] = dict(status["virtuals"]["web"], listen=["<l>"])
+        page = render_page(status)
+        self.assertNotIn("<script>", page)
+        self.assertNotIn("<b>bad", page)
+        self.assertIn("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;", page)
+        self.assertIn("&quot;&lt;b&gt;bad&lt;/b&gt;&quot; &amp; more", page)
+        self.assertIn("<td>&lt;v&gt;</td>", page)
+        self.assertIn("&lt;l&gt;", page)
+
+
+class PersistenceTests(AdminServerTestCase):
+    token = TOKEN
+
+    def setUp(self):
+        super().setUp()
+        self.store = add_persistence(self.runtime)
+
+    @defer.inlineCallbacks
+    def test_list_profiles(self):
+        r = yield self.request("GET", "/api/persistence")
+        self.assertEqual(r.json(), {"sticky": {"method": "source-ip", "store": "memory",
+                                               "entries": 6}})
+
+    @defer.inlineCallbacks
+    def test_entries_paged(self):
+        r = yield self.request("GET", "/api/persistence/sticky?offset=4&limit=10")
+        body = r.json()
+        self.assertEqual({k: body[k] for k in ("profile", "method", "store", "total", "offset",
+                                               "limit")},
+                         {"profile": "sticky", "method": "source-ip", "store": "memory",
+                          "total": 6, "offset": 4, "limit": 10})
+        self.assertEqual([(e["key"], e["member"]) for e in body["entries"]],
+                         [("10.0.0.4", "a"), ("0102", "b")])
+        self.assertIsInstance(body["entries"][0]["age"], float)
+        r = yield self.request("GET", "/api/persistence/sticky?limit=2")
+        self.assertEqual(len(r.json()["entries"]), 2)
+        r = yield self.request("GET", "/api/persistence/sticky?limit=0")
+        self.assertEqual(r.code, 400)
+
+    @defer.inlineCallbacks
+    def test_delete_needs_token(self):
+        r = yield self.request("DELETE", "/api/persistence/sticky")
+        self.assertEqual(r.code, 401)
+        self.assertEqual(len(self.store), 6)
+        r = yield self.request("DELETE", "/api/persistence/sticky", token=TOKEN)
+        self.assertEqual((r.code, r.json()), (200, {"profile": "sticky", "cleared": True}))
+        self.assertEqual(len(self.store), 0)
+
+    @defer.inlineCallbacks
+    def test_unknown_profile(self):
+        r = yield self.request("GET", "/api/persistence/nope")
+        self.assertEqual((r.code, r.json()), (404, {"error": "no persistence profile 'nope'"}))
+        r = yield self.request("GET", "/api/persistence/sticky/more")
+        self.assertEqual(r.code, 404)
+
+
+class ClientTests(AdminServerTestCase):
+    token = TOKEN
+
+    @defer.inlineCallbacks
+    def test_fetch_status(self):
+        status = yield deferToThread(fetch_status, self.url, None)
+        self.assertEqual(status, EXPECTED_STATUS)
+        status = yield deferToThread(fetch_status, self.url + "/", TOKEN)
+        self.assertEqual(status, EXPECTED_STATUS)
+
+    @defer.inlineCallbacks
+    def test_change_member(self):
+        a = self.runtime.pools["web"].members["a"]
+        for action, state in [("drain", "draining"), ("disable", "disabled"),
+                              ("enable", "up")]:
+            member = yield deferToThread(change_member, self.url, TOKEN, "web", "a", action,
+                                         None)
+            self.assertEqual(member["state"], state)
+            self.assertEqual(a.state, state)
+        member = yield deferToThread(change_member, self.url, TOKEN, "web", "a", "weight", 7)
+        self.assertEqual((member["weight"], a.weight), (7, 7))
+
+    @defer.inlineCallbacks
+    def assertClientError(self, message, *args):
+        try:
+            yield deferToThread(change_member, self.url, *args)
+        except AdminClientError as e:
+            self.assertEqual(str(e), message)
+        else:
+            self.fail("no AdminClientError")
+
+    @defer.inlineCallbacks
+    def test_errors(self):
+        yield self.assertClientError("no member 'x' in pool 'web'",
+                                     TOKEN, "web", "x", "drain", None)
+        yield self.assertClientError("no pool 'nope'", TOKEN, "nope", "a", "drain", None)
+        yield self.assertClientError("admin API refused the token", "guess", "web", "a",
+                                     "drain", None)
+        yield self.assertClientError("admin API refused the token (none was given: use "
+                                     "--token or LBFRAME_ADMIN_TOKEN)",
+                                     None, "web", "a", "drain", None)
+        yield self.assertClientError("weight needs a number: lbframe member POOL MEMBER "
+                                     "weight N", TOKEN, "web", "a", "weight", None)
+        yield self.assertClientError("weight must be a whole number >= 0, not -2",
+                                     TOKEN, "web", "a", "weight", -2)
+        yield self.assertClientError("unknown action 'stop': use one of drain, disable, "
+                                     "enable, weight", TOKEN, "web", "a", "stop", None)
+
+    @defer.inlineCallbacks
+    def test_names_are_quoted(self):
+        yield self.assertClientError("no member 'a/b c' in pool 'web'",
+                                     TOKEN, "web", "a/b c", "drain", None)
+
+
+class ClientOfflineTests(SynchronousTestCase):
+    def test_unreachable(self):
+        port = free_port()
+        with self.assertRaises(AdminClientError) as cm:
+            fetch_status(f"http://127.0.0.1:{port}", None)
+        self.assertEqual(str(cm.exception),
+                         f"cannot reach admin API at http://127.0.0.1:{port}: connection refused")
+
+    def test_url_without_scheme(self):
+        port = free_port()
+        with self.assertRaises(AdminClientError) as cm:
+            fetch_status(f"127.0.0.1:{port}", None)
+        self.assertIn(f"http://127.0.0.1:{port}: connection refused", str(cm.exception))
+
+    def test_format_status(self):
+        self.assertEqual(format_status(EXPECTED_STATUS), """\
+redundancy: none (standalone)
+
+VIRTUAL  PROTOCOL  LISTEN                                                   POOL  ACTIVE  TOTAL
+web      tcp       tcp:8080:interface=127.0.0.1                             web        3    120
+api      tcp       tcp:9000:interface=127.0.0.1, tcp6:9000:interface=\\:\\:1  api        0      0
+
+pool web (weighted)
+  MEMBER      ADDRESS         STATE  WEIGHT  ACTIVE  TOTAL  RESP_MS  REASON
+  a           127.0.0.1:8081  up          4       2      3      1.7
+  b           127.0.0.1:8082  down        2       0      0        -  tcp: connect refused (1/1)
+  c (backup)  [::1]:8083      up          1       0      0        -
+
+pool api (round-robin)
+  MEMBER  ADDRESS         STATE  WEIGHT  ACTIVE  TOTAL  RESP_MS
+  x       127.0.0.1:9001  up          1       0      0        -
+""")
+
+    def test_format_minimal_status(self):
+        # Only the contract's keys, as an older or other server may send.
+        status = {"virtuals": {}, "pools": {"p": {"scheduler": "weighted", "members": {
+            "m": {"address": "10.0.0.1:80", "state": "draining", "weight": 3, "priority": 1,
+                  "connections_active": 1, "connections_total": 2,
+                  "response_time_ms": 12.345}}}},
+            "redundancy": {"driver": "vrrp", "state": "master"}}
+        self.assertEqual(format_status(status), """\
+redundancy: vrrp (master)
+
+no virtual servers
+
+pool p (weighted)
+  MEMBER  ADDRESS      STATE     WEIGHT  ACTIVE  TOTAL  RESP_MS
+  m       10.0.0.1:80  draining       3       1      2     12.3
+""")
