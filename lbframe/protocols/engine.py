@@ -93,6 +93,18 @@ class RelayEngine:
     def removeWriter(self, desc) -> None:
         self._set(desc, 0, _OUT)
 
+    def switch_to_reading(self, desc) -> None:
+        """A connect finished: stop waiting to write, start reading — one
+        ``epoll_ctl`` instead of a remove and an add."""
+        self._set(desc, _IN, _OUT)
+
+    def forget(self, desc) -> None:
+        """``desc``'s socket is about to be closed, which removes it from the
+        epoll set by itself: drop it from the books without a system call."""
+        fd = desc.fileno()
+        if self.masks.pop(fd, None) is not None:
+            del self.descriptors[fd]
+
     # -- the reactor calls this when the epoll set has ready sockets -----
 
     def fileno(self) -> int:

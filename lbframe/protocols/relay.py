@@ -198,20 +198,24 @@ class Relay:
 
     def eof_from(self, side: Side) -> None:
         side.eof = True
-        self.io.removeReader(side)
         if side.peer.pending is None:
             self.pass_eof(side)
+            if self.closed:
+                return
+        self.io.removeReader(side)
 
     def pass_eof(self, side: Side) -> None:
-        """``side`` ended and everything it sent is delivered: tell the peer."""
+        """``side`` ended and everything it sent is delivered: tell the peer,
+        or close when the other direction is over too."""
         peer = side.peer
+        if peer.eof and side.pending is None:
+            # Both directions ended and were delivered: a shutdown would
+            # only cost a system call before the close.
+            self.close("done")
+            return
         try:
             peer.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            self.close("done")
-            return
-        if peer.eof and side.pending is None:
-            # The other direction has ended and been delivered as well.
             self.close("done")
 
     def abort(self, reason: str) -> None:
@@ -223,11 +227,15 @@ class Relay:
         self.closed = True
         self.close_reason = reason
         io = self.io
+        forget = getattr(io, "forget", None)
         for side in (self.client, self.member):
             if side is None:
                 continue
-            io.removeReader(side)
-            io.removeWriter(side)
+            if forget is not None:
+                forget(side)  # closing the socket takes it out of epoll
+            else:
+                io.removeReader(side)
+                io.removeWriter(side)
             side.pending = None
             if not side.eof:
                 _drain(side.sock)
