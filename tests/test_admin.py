@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 from io import BytesIO
 
 import attrs
+import prometheus_client
 from twisted.application.service import IService
 from twisted.internet import defer, reactor
+from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -277,8 +280,9 @@ class MemberChangeTests(AdminServerTestCase):
             ({"weight": 1.5}, "weight must be a whole number >= 0, not 1.5"),
             ({"weight": True}, "weight must be a whole number >= 0, not true"),
             ({"weight": "3"}, "weight must be a whole number >= 0"),
-            ({"state": "drain", "wieght": 3}, "unknown key 'wieght'"),
-            (b"x" * 70000, "request body is larger than"),
+            ({"state": "drain", "wieght": 3},
+             "unknown key 'wieght' (did you mean 'weight'?): give 'state' and/or 'weight'"),
+            ({"state": "x" * 100}, 'not "' + "x" * 39 + "…"),
         ]
         for body, message in cases:
             r = yield self.post_member("web", "a", body)
@@ -287,6 +291,14 @@ class MemberChangeTests(AdminServerTestCase):
             self.assertIn(message, r.json()["error"])
         # Nothing half-applied.
         self.assertEqual((self.a.admin, self.a.weight), ("enabled", 4))
+
+    @defer.inlineCallbacks
+    def test_body_too_large(self):
+        body = b'{"state": "drain", "x": "' + b"x" * 200_000 + b'"}'
+        r = yield self.post_member("web", "a", body)
+        self.assertEqual((r.code, r.json()),
+                         (413, {"error": "request body is larger than 65536 bytes"}))
+        self.assertEqual(self.a.state, "up")
 
     @defer.inlineCallbacks
     def test_not_found(self):
@@ -373,6 +385,34 @@ class AuthTests(AdminServerTestCase):
         self.assertEqual(r.code, 200)
 
 
+class BrowserTests(AdminServerTestCase):
+    """A web page must not drive an open loopback admin API through a browser."""
+
+    @defer.inlineCallbacks
+    def test_cross_origin_change_refused(self):
+        for origin in ("http://evil.example", "null", "http://127.0.0.1:1"):
+            r = yield self.request("POST", "/api/pools/web/members/a", {"state": "disable"},
+                                   headers={"Origin": origin})
+            self.assertEqual((r.code, r.json()), (403, {"error": "cross-origin request refused"}))
+        self.assertEqual(self.runtime.pools["web"].members["a"].state, "up")
+
+    @defer.inlineCallbacks
+    def test_same_origin_change_allowed(self):
+        r = yield self.request("POST", "/api/pools/web/members/a", {"state": "disable"},
+                               headers={"Origin": self.url})
+        self.assertEqual((r.code, r.json()["state"]), (200, "disabled"))
+
+    @defer.inlineCallbacks
+    def test_foreign_host_refused(self):
+        # DNS rebinding: a name the attacker controls now points at 127.0.0.1.
+        r = yield self.request("GET", "/api/status", headers={"Host": "evil.example:8404"})
+        self.assertEqual(r.code, 403)
+        self.assertIn("Host 'evil.example:8404' refused", r.json()["error"])
+        for host in ("localhost:8404", "[::1]:8404", "127.0.0.2", "LOCALHOST"):
+            r = yield self.request("GET", "/api/status", headers={"Host": host})
+            self.assertEqual(r.code, 200, host)
+
+
 class AuthUnitTests(SynchronousTestCase):
     def test_endpoint_is_loopback(self):
         self.assertTrue(endpoint_is_loopback("tcp:8404:interface=127.0.0.1"))
@@ -388,6 +428,16 @@ class AuthUnitTests(SynchronousTestCase):
     def test_non_loopback_without_token_is_refused(self):
         with self.assertRaises(ValueError):
             make_admin_service(make_runtime(), "tcp:8404:interface=0.0.0.0", None, reactor)
+
+    def test_port_in_use_fails_the_start(self):
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        service = make_admin_service(make_runtime(),
+                                     f"tcp:{sock.getsockname()[1]}:interface=127.0.0.1",
+                                     None, reactor)
+        self.assertRaises(CannotListenError, service.privilegedStartService)
 
     def test_non_loopback_with_token_guards_everything(self):
         service = make_admin_service(make_runtime(), "tcp:8404", TOKEN, reactor)
@@ -441,7 +491,6 @@ class MetricsTests(AdminServerTestCase):
 
     @defer.inlineCallbacks
     def test_private_registry(self):
-        import prometheus_client
         other = self.start(make_runtime(), None)  # a second registry is no duplicate
         self.assertIsNot(other.factory, self.service.factory)
         yield self.metrics()
@@ -623,8 +672,7 @@ pool web (weighted)
 
 pool api (round-robin)
   MEMBER  ADDRESS         STATE  WEIGHT  ACTIVE  TOTAL  RESP_MS
-  x       127.0.0.1:9001  up          1       0      0        -
-""")
+  x       127.0.0.1:9001  up          1       0      0        -""")
 
     def test_format_minimal_status(self):
         # Only the contract's keys, as an older or other server may send.
@@ -640,5 +688,4 @@ no virtual servers
 
 pool p (weighted)
   MEMBER  ADDRESS      STATE     WEIGHT  ACTIVE  TOTAL  RESP_MS
-  m       10.0.0.1:80  draining       3       1      2     12.3
-""")
+  m       10.0.0.1:80  draining       3       1      2     12.3""")

@@ -224,15 +224,28 @@ class TCPVirtualServer(service.Service):
         self.connections: set[Connection] = set()
         self.setName(f"virtual:{self.virtual.name}")
 
+    def _bind(self) -> None:
+        if self.sockets:
+            return
+        sockets = []
+        for bind in self.binds:
+            try:
+                sockets.append(listening_socket(bind))
+            except OSError as e:
+                for s in sockets:
+                    s.close()
+                # SystemExit: twistd prints the message and exits 1, no traceback.
+                raise SystemExit(f"lbframe: virtual {self.virtual.name}: cannot listen on "
+                                 f"{bind}: {e.strerror}") from None
+        self.sockets = sockets
+
     def privilegedStartService(self) -> None:
         # Bind here so that ports below 1024 work before twistd drops root.
-        if not self.sockets:
-            self.sockets = [listening_socket(b) for b in self.binds]
+        self._bind()
         super().privilegedStartService()
 
     def startService(self) -> None:
-        if not self.sockets:
-            self.sockets = [listening_socket(b) for b in self.binds]
+        self._bind()
         super().startService()
         if hasattr(self.io, "acquire"):
             self.io.acquire()

@@ -1,0 +1,182 @@
+"""``/metrics``: the runtime in Prometheus text format (version 0.0.4).
+
+:class:`RuntimeCollector` reads the run-time objects at scrape time, so the
+data path keeps no metric objects of its own. Each admin service has its own
+``CollectorRegistry`` (never prometheus_client's global one), so two sites in
+one process, or two tests, never see each other's metrics.
+
+Monitor checks: the runtime counts checks per monitor and member, but not
+passed and failed apart. ``lbframe_monitor_checks_total`` therefore has the
+labels ``pool``, ``member``, ``monitor`` and, only when the runtime's
+``CheckState`` also counts failures (a ``checks_failed`` attribute),
+``result`` (``ok``/``fail``) as the contract describes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from lbframe import __version__
+from lbframe.admin.web import Endpoint, send_body, send_error
+from lbframe.runtime import CheckState
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+#: whether the runtime counts failed checks apart (see the module docstring)
+SPLIT_RESULTS = hasattr(CheckState(), "checks_failed")
+RESULT_LABEL = ["result"] if SPLIT_RESULTS else []
+
+MEMBER_STATES = ("up", "down", "draining", "disabled")
+MEMBER = ["pool", "member"]
+
+
+class RuntimeCollector:
+    """A prometheus_client collector over a :class:`lbframe.service.SiteRuntime`
+    (``get_runtime()`` is called on every scrape)."""
+
+    def __init__(self, get_runtime: Callable[[], object]):
+        self.get_runtime = get_runtime
+
+    def collect(self) -> Iterator[Metric]:
+        runtime = self.get_runtime()
+        yield from self._members(runtime)
+        yield from self._monitors(runtime)
+        yield from self._virtuals(runtime)
+        yield from self._site(runtime)
+
+    def _members(self, runtime) -> Iterator[Metric]:
+        up = GaugeMetricFamily("lbframe_member_up",
+                               "1 when the member takes new connections (state up), else 0",
+                               labels=MEMBER)
+        healthy = GaugeMetricFamily("lbframe_member_healthy",
+                                    "1 while every monitor of the member passes", labels=MEMBER)
+        state = GaugeMetricFamily("lbframe_member_state",
+                                  "1 for the member's current state (up, down, draining, "
+                                  "disabled)", labels=MEMBER + ["state"])
+        weight = GaugeMetricFamily("lbframe_member_weight", "current weight", labels=MEMBER)
+        active = GaugeMetricFamily("lbframe_member_connections_active",
+                                   "connections open to the member", labels=MEMBER)
+        total = CounterMetricFamily("lbframe_member_connections_total",
+                                    "connections sent to the member", labels=MEMBER)
+        failures = CounterMetricFamily("lbframe_member_failures_total",
+                                       "connections to the member that failed", labels=MEMBER)
+        bytes_in = CounterMetricFamily("lbframe_member_bytes_in_total",
+                                       "bytes from clients relayed to the member "
+                                       "(counted when a connection closes)", labels=MEMBER)
+        bytes_out = CounterMetricFamily("lbframe_member_bytes_out_total",
+                                        "bytes from the member relayed to clients "
+                                        "(counted when a connection closes)", labels=MEMBER)
+        response = GaugeMetricFamily("lbframe_member_response_seconds",
+                                     "moving average of the member's response time "
+                                     "(only once measured)", labels=MEMBER)
+        for pname, pool in runtime.pools.items():
+            for mname, m in pool.members.items():
+                labels = [pname, mname]
+                current = m.state
+                up.add_metric(labels, 1 if current == "up" else 0)
+                healthy.add_metric(labels, 1 if m.healthy else 0)
+                for s in MEMBER_STATES:
+                    state.add_metric(labels + [s], 1 if current == s else 0)
+                weight.add_metric(labels, m.weight)
+                active.add_metric(labels, m.active)
+                total.add_metric(labels, m.total)
+                failures.add_metric(labels, m.failures)
+                bytes_in.add_metric(labels, m.bytes_in)
+                bytes_out.add_metric(labels, m.bytes_out)
+                if m.response_time is not None:
+                    response.add_metric(labels, m.response_time)
+        yield from (up, healthy, state, weight, active, total, failures, bytes_in, bytes_out,
+                    response)
+
+    def _monitors(self, runtime) -> Iterator[Metric]:
+        checks = CounterMetricFamily("lbframe_monitor_checks_total",
+                                     "checks run by a monitor against a member",
+                                     labels=MEMBER + ["monitor"] + RESULT_LABEL)
+        passing = GaugeMetricFamily("lbframe_monitor_up",
+                                    "1 while the monitor counts the member as up (after "
+                                    "rise/fall)", labels=MEMBER + ["monitor"])
+        duration = GaugeMetricFamily("lbframe_monitor_duration_seconds",
+                                     "how long the last check took", labels=MEMBER + ["monitor"])
+        for pname, pool in runtime.pools.items():
+            for mname, m in pool.members.items():
+                for monitor, cs in m.checks.items():
+                    labels = [pname, mname, monitor]
+                    if SPLIT_RESULTS:
+                        failed = cs.checks_failed
+                        checks.add_metric(labels + ["ok"], cs.checks_total - failed)
+                        checks.add_metric(labels + ["fail"], failed)
+                    else:
+                        checks.add_metric(labels, cs.checks_total)
+                    passing.add_metric(labels, 1 if cs.up else 0)
+                    if cs.last_duration is not None:
+                        duration.add_metric(labels, cs.last_duration)
+        yield from (checks, passing, duration)
+
+    def _virtuals(self, runtime) -> Iterator[Metric]:
+        active = GaugeMetricFamily("lbframe_virtual_connections_active",
+                                   "client connections open on the virtual server",
+                                   labels=["virtual"])
+        total = CounterMetricFamily("lbframe_virtual_connections_total",
+                                    "client connections admitted by the virtual server",
+                                    labels=["virtual"])
+        refused = CounterMetricFamily("lbframe_virtual_refused_total",
+                                      "client connections refused for want of a member",
+                                      labels=["virtual"])
+        for name, v in runtime.virtuals.items():
+            active.add_metric([name], v.active)
+            total.add_metric([name], v.total)
+            refused.add_metric([name], v.refused)
+        yield from (active, total, refused)
+
+    def _site(self, runtime) -> Iterator[Metric]:
+        state = getattr(runtime.redundancy, "state", "standalone")
+        yield GaugeMetricFamily("lbframe_redundancy_master",
+                                "1 while this node is the master of its pair",
+                                value=1 if state == "master" else 0)
+        info = GaugeMetricFamily("lbframe_redundancy_state", "1 for this node's redundancy "
+                                 "driver and state", labels=["driver", "state"])
+        info.add_metric([runtime.site.redundancy.driver, state], 1)
+        yield info
+        entries = GaugeMetricFamily("lbframe_persistence_entries",
+                                    "entries in a persistence profile's table",
+                                    labels=["profile"])
+        for name, store in runtime.persistence_stores.items():
+            try:
+                n = len(store)
+            except TypeError:
+                continue
+            entries.add_metric([name], n)
+        yield entries
+        build = GaugeMetricFamily("lbframe_build_info", "lbframe's version", labels=["version"])
+        build.add_metric([__version__], 1)
+        yield build
+
+
+def make_registry(get_runtime: Callable[[], object]) -> CollectorRegistry:
+    """A private registry holding one :class:`RuntimeCollector`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RuntimeCollector(get_runtime))
+    return registry
+
+
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    """The text exposition of ``registry``."""
+    return generate_latest(registry)
+
+
+class MetricsResource(Endpoint):
+    """``GET /metrics``."""
+
+    isLeaf = True
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.registry = make_registry(lambda: context.runtime)
+
+    def render_GET(self, request):
+        if request.postpath not in ([], [b""]):
+            return send_error(request, 404, "nothing at " + request.path.decode("utf-8", "replace"))
+        return send_body(request, render_metrics(self.registry), CONTENT_TYPE)

@@ -1,0 +1,91 @@
+"""The status of a running site as plain data (the ``/api/status`` JSON).
+
+One function per level: :func:`site_status` for everything,
+:func:`virtual_status`, :func:`pool_status` and :func:`member_status` for
+the parts. The HTML page, the CLI table and the member-change answer are all
+built from these dicts, so every view of the site says the same thing.
+
+The contract fixes the keys ``protocol``, ``listen``, ``connections_active``
+and ``connections_total`` of a virtual server; ``scheduler`` and
+``members`` of a pool; ``address``, ``state``, ``weight``, ``priority``,
+``connections_active``, ``connections_total`` and ``response_time_ms`` of a
+member; ``driver`` and ``state`` of redundancy. The other keys are
+extensions: they may be added to, never renamed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lbframe.runtime import CheckState, Member, PoolState, VirtualState
+
+
+def _ms(seconds: float | None) -> float | None:
+    """Seconds → milliseconds, rounded to the microsecond; ``None`` stays."""
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def check_status(check: CheckState) -> dict[str, Any]:
+    """One monitor's last result for one member."""
+    return {
+        "ok": check.last_ok,
+        "up": check.up,
+        "reason": check.last_reason,
+        "time": check.last_time,
+        "duration_ms": _ms(check.last_duration),
+        "checks_total": check.checks_total,
+    }
+
+
+def member_status(member: Member) -> dict[str, Any]:
+    return {
+        "address": str(member.address),
+        "state": member.state,
+        "weight": member.weight,
+        "priority": member.priority,
+        "connections_active": member.active,
+        "connections_total": member.total,
+        "response_time_ms": _ms(member.response_time),
+        # extensions
+        "down_reason": member.down_reason,
+        "backup": member.backup,
+        "maxconn": member.maxconn,
+        "failures": member.failures,
+        "checks": {name: check_status(c) for name, c in member.checks.items()},
+    }
+
+
+def pool_status(pool: PoolState) -> dict[str, Any]:
+    return {
+        "scheduler": pool.spec.scheduler,
+        "members": {name: member_status(m) for name, m in pool.members.items()},
+    }
+
+
+def virtual_status(virtual: VirtualState) -> dict[str, Any]:
+    spec = virtual.spec
+    return {
+        "protocol": spec.protocol,
+        "listen": list(spec.listen),
+        "connections_active": virtual.active,
+        "connections_total": virtual.total,
+        # extensions
+        "pool": spec.pool,
+        "refused": virtual.refused,
+    }
+
+
+def redundancy_status(runtime) -> dict[str, Any]:
+    return {
+        "driver": runtime.site.redundancy.driver,
+        "state": getattr(runtime.redundancy, "state", "standalone"),
+    }
+
+
+def site_status(runtime) -> dict[str, Any]:
+    """The whole ``/api/status`` document for a :class:`lbframe.service.SiteRuntime`."""
+    return {
+        "virtuals": {name: virtual_status(v) for name, v in runtime.virtuals.items()},
+        "pools": {name: pool_status(p) for name, p in runtime.pools.items()},
+        "redundancy": redundancy_status(runtime),
+    }
