@@ -34,6 +34,7 @@ class CheckState:
     last_time: float | None = None
     last_duration: float | None = None
     checks_total: int = 0
+    checks_failed: int = 0
 
 
 @attrs.define(eq=False)
@@ -169,6 +170,8 @@ class PoolState:
         while every one of its monitors is up."""
         cs = member.checks.setdefault(monitor, CheckState())
         cs.checks_total += 1
+        if not ok:
+            cs.checks_failed += 1
         cs.last_ok, cs.last_reason, cs.last_time = ok, reason, now
         cs.last_duration = duration
         if ok:
