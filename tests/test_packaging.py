@@ -6,6 +6,7 @@ import glob
 import os
 import subprocess
 import sys
+import zipfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -19,13 +20,17 @@ class WheelTests(SynchronousTestCase):
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                         "-q", "-w", work, ROOT], check=True, cwd=work, timeout=300)
         wheel, = glob.glob(os.path.join(work, "lbframe-*.whl"))
+        names = zipfile.ZipFile(wheel).namelist()
+        self.assertIn("twisted/plugins/lbframe_dropin.py", names)
+        # An __init__.py there would shadow Twisted's own plugins package.
+        self.assertNotIn("twisted/plugins/__init__.py", names)
+
+        # A fresh venv, as a user's: lbframe and its dependencies from the wheel's
+        # requirements (pip's cache or the package index), nothing from this checkout.
         venv = os.path.join(work, "venv")
-        # The venv sees the system's Twisted & co. but gets lbframe only from the wheel.
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv],
-                       check=True, timeout=120)
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
         py = os.path.join(venv, "bin", "python")
-        subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", wheel],
-                       check=True, timeout=300, cwd=work)
+        subprocess.run([py, "-m", "pip", "install", "-q", wheel], check=True, timeout=600, cwd=work)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         where = subprocess.run(
             [py, "-c", "import lbframe, twisted.plugins.lbframe_dropin as d; "
