@@ -1,0 +1,78 @@
+"""The ``lbframe`` command: check and plugins."""
+
+from __future__ import annotations
+
+import io
+import os
+from contextlib import redirect_stderr, redirect_stdout
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbframe.cli import main
+
+GOOD = """\
+[virtual web]
+listen = tcp:8080:interface=127.0.0.1
+pool = web
+
+[pool web]
+scheduler = weighted
+member a = 127.0.0.1:8081 weight=2
+member b = 127.0.0.1:8082
+"""
+
+
+class CLITests(SynchronousTestCase):
+    def write(self, text: str, name: str = "site.ini") -> str:
+        d = self.mktemp()
+        os.makedirs(d)
+        path = os.path.join(d, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def run_cli(self, *argv) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            rc = main(list(argv))
+        return rc, out.getvalue(), err.getvalue()
+
+    def test_check_good(self):
+        path = self.write(GOOD)
+        rc, out, err = self.run_cli("check", path)
+        self.assertEqual((rc, err), (0, ""))
+        self.assertEqual(out, f"{path}: OK (1 virtual servers, 1 pools, 2 members)\n")
+
+    def test_check_unknown_scheduler_lists_known_names(self):
+        path = self.write(GOOD.replace("weighted", "wieghted"))
+        rc, out, err = self.run_cli("check", path)
+        self.assertEqual(rc, 1)
+        self.assertEqual(err, f"{path}:6: [pool web] scheduler: unknown scheduler 'wieghted' "
+                              "(did you mean 'weighted'?); known: round-robin, weighted\n")
+
+    def test_check_plugin_option_error_has_line(self):
+        path = self.write(GOOD.replace("scheduler = weighted", "scheduler = weighted\nspeed = 3"))
+        rc, _, err = self.run_cli("check", path)
+        self.assertEqual(rc, 1)
+        self.assertEqual(err, f"{path}:7: [pool web] speed: unknown key 'speed'\n")
+
+    def test_check_bad_endpoint(self):
+        path = self.write(GOOD.replace("tcp:8080:interface", "tcp:8080:interfase"))
+        rc, _, err = self.run_cli("check", path)
+        self.assertEqual(rc, 1)
+        self.assertTrue(err.startswith(f"{path}:2: [virtual web] listen: "), err)
+
+    def test_plugins_lists_builtins_and_file_plugins(self):
+        plugin = self.write("from lbframe import hookimpl\n"
+                            "from lbframe.schedulers.round_robin import RoundRobin\n"
+                            "@hookimpl\n"
+                            "def lbframe_register_schedulers(registry):\n"
+                            "    registry.add('mine', RoundRobin)\n", "mine.py")
+        path = os.path.join(os.path.dirname(plugin), "site.ini")
+        with open(path, "w") as f:
+            f.write("[lbframe]\nplugins = mine.py\n" + GOOD.replace("weighted", "mine"))
+        rc, out, err = self.run_cli("plugins", path)
+        self.assertEqual((rc, err), (0, ""))
+        self.assertIn("lbframe.schedulers.weighted (built-in, ", out)
+        self.assertIn("    scheduler: weighted\n", out)
+        self.assertIn(f"{plugin} (file)\n    scheduler: mine\n", out)
