@@ -60,6 +60,8 @@ class Member:
     response_time: float | None = None
     down_reason: str = ""
     checks: dict[str, CheckState] = attrs.field(factory=dict)
+    #: (family, sockaddr) to connect to, filled in by the first connect
+    sockaddr: tuple | None = None
 
     @property
     def address(self) -> Address:

@@ -74,7 +74,10 @@ class Connection(Relay):
         member = decision.member
         decision.pool.take(member)
         self.tries += 1
-        family, sockaddr = sockaddr_of(member.spec.address)
+        addr = member.sockaddr
+        if addr is None:
+            addr = member.sockaddr = sockaddr_of(member.spec.address)
+        family, sockaddr = addr
         # The C socket type: the relay needs none of socket.socket's Python
         # layer, and creating it non-blocking saves a system call.
         sock = raw_socket(family, _STREAM_NONBLOCK)
@@ -87,8 +90,9 @@ class Connection(Relay):
         elif err == EINPROGRESS:
             self.connecting = self.member
             self.io.addWriter(self.member)
-            self.timer = self.clock.callLater(server.virtual.spec.timeout_connect,
-                                              self._connect_timeout)
+            # One timer serves the whole connection: first as the connect
+            # timeout, then (see _tick) as the idle check.
+            self.timer = self.clock.callLater(server.virtual.spec.timeout_connect, self._tick)
         else:
             self._connect_failed(connect_error(err))
 
@@ -106,18 +110,21 @@ class Connection(Relay):
         self.connected()
 
     def connected(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
         decision = self.decision
         decision.pool.record_response_time(decision.member,
                                            self.clock.seconds() - self.connect_started)
         self.start()
-        self.timer = self.clock.callLater(self.server.idle_step, self._idle_check)
+        if self.timer is None:
+            self.timer = self.clock.callLater(self.server.idle_step, self._tick)
 
-    def _connect_timeout(self) -> None:
+    def _tick(self) -> None:
         self.timer = None
-        self.io.removeWriter(self.member)
-        self._connect_failed(f"connect timeout after {self.server.virtual.spec.timeout_connect:g}s")
+        if self.connecting is not None:
+            self.io.removeWriter(self.member)
+            self._connect_failed(
+                f"connect timeout after {self.server.virtual.spec.timeout_connect:g}s")
+        else:
+            self._idle_check()
 
     def _connect_failed(self, reason: str) -> None:
         if self.timer is not None and self.timer.active():
@@ -165,10 +172,9 @@ class Connection(Relay):
         else:
             limit, who = spec.timeout_server, "server"
         if self.idle_strikes * server.idle_step >= limit:
-            self.timer = None
             self.close(f"{who} timeout after {limit:g}s idle")
         else:
-            self.timer = self.clock.callLater(server.idle_step, self._idle_check)
+            self.timer = self.clock.callLater(server.idle_step, self._tick)
 
 
 @implementer(IReadDescriptor)
@@ -251,13 +257,13 @@ class TCPVirtualServer(service.Service):
             self.io.acquire()
         self.acceptors = [_Acceptor(self, s) for s in self.sockets]
         for acceptor in self.acceptors:
-            self.reactor.addReader(acceptor)
+            self.io.addReader(acceptor)
         log.info("virtual {virtual} listening on {where}", virtual=self.virtual.name,
                  where=", ".join(str(self.bound_address(s)) for s in self.sockets))
 
     def stopService(self):
         for acceptor in self.acceptors:
-            self.reactor.removeReader(acceptor)
+            self.io.removeReader(acceptor)
         for s in self.sockets:
             s.close()
         self.acceptors, self.sockets = [], []
