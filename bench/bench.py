@@ -239,13 +239,17 @@ def peak_rss_mib(root: int) -> float:
     return total_kib / 1024
 
 
-def machine_busy() -> tuple[int, int]:
-    """(busy, total) jiffies over all CPUs, from /proc/stat."""
+def machine_busy() -> tuple[int, int, int]:
+    """Jiffies over all CPUs from /proc/stat: (busy, total, task time).
+
+    busy includes interrupt/softirq time (loopback TCP is mostly softirq work);
+    task time is user+nice+system, the time charged to processes.
+    """
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     total = sum(fields[:8])
-    return total - idle, total
+    return total - idle, total, fields[0] + fields[1] + fields[2]
 
 
 def children_cpu() -> float:
@@ -510,6 +514,7 @@ class RunResult:
     loadgen_cpu: float = 0.0    # load generator CPU seconds
     nginx_cpu: float = 0.0      # backend CPU seconds
     machine_busy: float = 0.0   # fraction of all CPUs busy during the load
+    others_cpu: float = 0.0     # CPU seconds of processes that are not part of the benchmark
     clients: int = 0
 
     @property
@@ -575,6 +580,7 @@ def one_run(starter: BalancerStarter, backend: Backend, case: str, run: int,
                 run_wrk(starter.procs, tmp, balancer.port, case, args.warmup, clients)
         if balancer.proc.poll() is not None:
             raise StartError(f"{balancer.name} died during warm-up\n{tail(balancer.log)}")
+        self_before = resource.getrusage(resource.RUSAGE_SELF)
         nginx_before = cpu_seconds(backend.proc.pid)
         busy_before = machine_busy()
         loadgen_before = children_cpu()
@@ -589,6 +595,7 @@ def one_run(starter: BalancerStarter, backend: Backend, case: str, run: int,
         loadgen_after = children_cpu()
         busy_after = machine_busy()
         nginx_after = cpu_seconds(backend.proc.pid)
+        self_after = resource.getrusage(resource.RUSAGE_SELF)
         hwm = peak_rss_mib(balancer.proc.pid)
         if balancer.proc.poll() is not None:
             raise StartError(f"{balancer.name} died during the load\n{tail(balancer.log)}")
@@ -605,6 +612,10 @@ def one_run(starter: BalancerStarter, backend: Backend, case: str, run: int,
     busy = busy_after[0] - busy_before[0]
     total = busy_after[1] - busy_before[1]
     result.machine_busy = busy / total if total else 0.0
+    # Task time of the whole machine minus what the benchmark's processes used.
+    task_time = (busy_after[2] - busy_before[2]) / CLK_TCK
+    own = (self_after.ru_utime + self_after.ru_stime) - (self_before.ru_utime + self_before.ru_stime)
+    result.others_cpu = max(0.0, task_time - result.cpu - result.loadgen_cpu - result.nginx_cpu - own)
     if case == "bulk":
         result.count = raw["bytes"]
         result.errors = raw["errors"]
@@ -728,6 +739,9 @@ def build_report(results: list[RunResult], args: argparse.Namespace, cases: list
         if r.duration and r.loadgen_cpu / r.duration >= 0.9:
             notes.append(f"{r.balancer} {r.case} run {r.run + 1}: the load generator used "
                          f"{r.loadgen_cpu / r.duration:.0%} of a CPU — the raw figure is partly bounded by it")
+        if r.duration and r.others_cpu / r.duration >= 0.1:
+            notes.append(f"{r.balancer} {r.case} run {r.run + 1}: other processes on this machine used "
+                         f"{r.others_cpu / r.duration:.0%} of a CPU during the run — its figures are disturbed")
         if r.duration and r.cpu / r.duration >= 0.95:
             notes.append(f"{r.balancer} {r.case} run {r.run + 1}: the balancer used "
                          f"{r.cpu / r.duration:.0%} of a CPU (saturated)")
@@ -739,8 +753,8 @@ def build_report(results: list[RunResult], args: argparse.Namespace, cases: list
         "## Per run",
         "",
         "| balancer | case | run | figure | balancer CPU s | balancer CPU % | work per CPU s | "
-        "VmHWM MiB | load generator CPU % | nginx CPU % | machine busy % | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "VmHWM MiB | load generator CPU % | nginx CPU % | other processes CPU % | machine busy % | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     unit = {"keepalive": "req/s", "close": "conn/s", "bulk": "MiB/s"}
     for r in sorted(results, key=lambda r: (LOAD_CASES.index(r.case), r.balancer, r.run)):
@@ -748,7 +762,7 @@ def build_report(results: list[RunResult], args: argparse.Namespace, cases: list
         lines.append(
             f"| {r.balancer} | {r.case} | {r.run + 1} | {fmt(r.rate)} {unit[r.case]} | {r.cpu:.2f} | "
             f"{r.cpu / dur:.0%} | {fmt(r.efficiency)} | {r.hwm_mib:.1f} | {r.loadgen_cpu / dur:.0%} | "
-            f"{r.nginx_cpu / dur:.0%} | {r.machine_busy:.0%} | {r.errors} |")
+            f"{r.nginx_cpu / dur:.0%} | {r.others_cpu / dur:.0%} | {r.machine_busy:.0%} | {r.errors} |")
 
     lines += ["", "## Set-up", ""]
     for key in ("haproxy", "nginx", "wrk", "python", "kernel", "lbframe command"):
