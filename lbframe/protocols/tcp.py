@@ -26,6 +26,7 @@ from lbframe.interfaces import IProtocol
 from lbframe.protocols.engine import RelayEngine
 from lbframe.protocols.endpoints import TCPBind, listening_socket, sockaddr_of, tcp_bind
 from lbframe.protocols.relay import Relay
+from lbframe.protocols.timeouts import TimerWheel
 
 log = Logger(namespace="lbframe.tcp")
 
@@ -48,7 +49,7 @@ def connect_error(err: int) -> str:
 class Connection(Relay):
     """A client connection: choose a member, connect, relay, account."""
 
-    __slots__ = ("server", "context", "decision", "tries", "excluded", "timer",
+    __slots__ = ("server", "context", "decision", "tries", "excluded", "tick",
                  "connect_started", "idle_seen", "idle_strikes")
 
     def __init__(self, server: "TCPVirtualServer", sock: socket.socket, addr):
@@ -58,7 +59,7 @@ class Connection(Relay):
         self.decision = None
         self.tries = 0
         self.excluded: list = []
-        self.timer = None
+        self.tick: int | None = None  # our place in the server's timer wheel
         self.connect_started = 0.0
         self.idle_seen = -1
         self.idle_strikes = 0
@@ -90,9 +91,9 @@ class Connection(Relay):
         elif err == EINPROGRESS:
             self.connecting = self.member
             self.io.addWriter(self.member)
-            # One timer serves the whole connection: first as the connect
-            # timeout, then (see _tick) as the idle check.
-            self.timer = self.clock.callLater(server.virtual.spec.timeout_connect, self._tick)
+            # One timeout serves the whole connection: first as the connect
+            # timeout, then (see expired) as the idle check.
+            self.tick = server.timeouts.schedule(self, server.virtual.spec.timeout_connect)
         else:
             self._connect_failed(connect_error(err))
 
@@ -114,11 +115,12 @@ class Connection(Relay):
         decision.pool.record_response_time(decision.member,
                                            self.clock.seconds() - self.connect_started)
         self.start()
-        if self.timer is None:
-            self.timer = self.clock.callLater(self.server.idle_step, self._tick)
+        if self.tick is None:
+            self.tick = self.server.timeouts.schedule(self, self.server.idle_step)
 
-    def _tick(self) -> None:
-        self.timer = None
+    def expired(self) -> None:
+        """Our timeout came: the connect took too long, or time for an idle check."""
+        self.tick = None
         if self.connecting is not None:
             self.io.removeWriter(self.member)
             self._connect_failed(
@@ -127,9 +129,9 @@ class Connection(Relay):
             self._idle_check()
 
     def _connect_failed(self, reason: str) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        if self.tick is not None:
+            self.server.timeouts.cancel(self, self.tick)
+            self.tick = None
         self.connecting = None
         member, pool = self.decision.member, self.decision.pool
         member.failures += 1
@@ -174,7 +176,7 @@ class Connection(Relay):
         if self.idle_strikes * server.idle_step >= limit:
             self.close(f"{who} timeout after {limit:g}s idle")
         else:
-            self.timer = self.clock.callLater(server.idle_step, self._tick)
+            self.tick = server.timeouts.schedule(self, server.idle_step)
 
 
 @implementer(IReadDescriptor)
@@ -225,6 +227,8 @@ class TCPVirtualServer(service.Service):
         self.io = io if io is not None else RelayEngine.for_reactor(reactor)
         spec = self.virtual.spec
         self.idle_step = min(spec.timeout_client, spec.timeout_server) / 4
+        resolution = min(spec.timeout_connect, self.idle_step) / 8
+        self.timeouts = TimerWheel(self.clock, min(1.0, max(0.01, resolution)))
         self.sockets: list[socket.socket] = []
         self.acceptors: list[_Acceptor] = []
         self.connections: set[Connection] = set()
@@ -271,6 +275,7 @@ class TCPVirtualServer(service.Service):
             conn.close("stopping")
         if hasattr(self.io, "release"):
             self.io.release()
+        self.timeouts.stop()
         return super().stopService()
 
     @staticmethod
@@ -291,9 +296,9 @@ class TCPVirtualServer(service.Service):
             virtual.active += 1
 
     def connection_closed(self, conn: Connection, reason: str) -> None:
-        if conn.timer is not None and conn.timer.active():
-            conn.timer.cancel()
-        conn.timer = None
+        if conn.tick is not None:
+            self.timeouts.cancel(conn, conn.tick)
+            conn.tick = None
         decision = conn.decision
         if decision is not None:
             member = decision.member
