@@ -23,8 +23,9 @@ from zope.interface import implementer
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _ERR = select.EPOLLERR | select.EPOLLHUP
-#: events handled per wake-up
+#: events handled per poll, and polls per wake-up of the reactor
 MAX_EVENTS = 1024
+ROUNDS = 4
 
 _engines: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -116,19 +117,33 @@ class RelayEngine:
     def doRead(self):
         descriptors = self.descriptors
         masks = self.masks
-        for fd, event in self.epoll.poll(0, MAX_EVENTS):
-            desc = descriptors.get(fd)
-            if desc is None:
-                continue
-            if event & _IN:
-                desc.doRead()
-                # The read may have closed it or stopped it writing.
-                if descriptors.get(fd) is not desc:
+        poll = self.epoll.poll
+        # Sockets that became ready while we worked are handled before going
+        # back to the reactor (bounded, so timers and the rest still run).
+        for _ in range(ROUNDS):
+            events = poll(0, MAX_EVENTS)
+            if not events:
+                break
+            for fd, event in events:
+                desc = descriptors.get(fd)
+                if desc is None:
                     continue
-            if event & _OUT and masks[fd] & _OUT:
-                desc.doWrite()
-            elif event & _ERR and not event & (_IN | _OUT):
-                desc.connectionLost(None)
+                if event == _IN:  # the common case
+                    desc.doRead()
+                    continue
+                if event & _IN:
+                    desc.doRead()
+                    # The read may have closed it or stopped it writing.
+                    if descriptors.get(fd) is not desc:
+                        continue
+                elif event & _ERR:
+                    # Error or hang-up with nothing to read: as Twisted's
+                    # reactor does, that is a lost connection (for a
+                    # connecting socket, a failed connect) even if writable.
+                    desc.connectionLost(None)
+                    continue
+                if event & _OUT and masks[fd] & _OUT:
+                    desc.doWrite()
         return None
 
     def connectionLost(self, reason) -> None:

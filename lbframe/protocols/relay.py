@@ -114,7 +114,7 @@ class Side:
 
     def doWrite(self):
         if self.relay.connecting is self:
-            self.relay.connect_finished()
+            self.relay.connect_finished(failed=False)
             return None
         pending = self.pending
         if pending is None:  # nothing to do (spurious wake-up)
@@ -141,13 +141,15 @@ class Side:
         return None
 
     def connectionLost(self, reason):
-        # The reactor calls this instead of doWrite when a connecting socket
-        # reports only an error or hang-up (epoll's EPOLLERR/EPOLLHUP), and
-        # when doRead/doWrite raised.
+        # The reactor (or engine) calls this instead of doWrite when a socket
+        # reports only an error or hang-up (epoll's EPOLLERR/EPOLLHUP): for a
+        # connecting socket that is a failed connect. Also reached when
+        # doRead/doWrite raised.
         if self.relay.connecting is self:
-            self.relay.connect_finished()
+            self.relay.connect_finished(failed=True)
             return
-        self.relay.abort(f"{self.name}: {reason.getErrorMessage()}")
+        why = reason.getErrorMessage() if reason is not None else "connection lost"
+        self.relay.abort(f"{self.name}: {why}")
 
     def readConnectionLost(self, reason):
         self.connectionLost(reason)
@@ -193,7 +195,9 @@ class Relay:
         self.io.addReader(self.client)
         self.io.addReader(self.member)
 
-    def connect_finished(self) -> None:  # overridden by users that connect
+    def connect_finished(self, failed: bool) -> None:  # overridden by users that connect
+        """The member socket's connect ended: writable (``failed=False``) or
+        with an error or hang-up (``failed=True``)."""
         raise NotImplementedError
 
     def eof_from(self, side: Side) -> None:

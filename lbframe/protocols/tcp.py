@@ -97,11 +97,13 @@ class Connection(Relay):
         else:
             self._connect_failed(connect_error(err))
 
-    def connect_finished(self) -> None:
-        err = self.member.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
+    def connect_finished(self, failed: bool) -> None:
+        if failed:
+            # Only a failure needs the error code; a writable socket without
+            # error or hang-up is connected.
+            err = self.member.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             self.io.removeWriter(self.member)
-            self._connect_failed(connect_error(err))
+            self._connect_failed(connect_error(err) if err else "connect failed")
             return
         switch = getattr(self.io, "switch_to_reading", None)
         if switch is not None:
