@@ -40,6 +40,20 @@ KINDS = {
 }
 
 
+#: names the contract (CONTRACT.md) gives each kind; one that no loaded plugin
+#: registers is reported as "not available in this version" rather than unknown
+CONTRACT_NAMES = {
+    "schedulers": ("round-robin", "weighted", "priority", "least-connections",
+                   "response-time", "composite", "source-hash"),
+    "monitors": ("icmp", "tcp", "http", "https", "ftp", "smtp", "pop3", "script"),
+    "protocols": ("tcp", "udp", "http", "ssl"),
+    "persistence_methods": ("source-ip", "cookie-insert", "cookie-learn", "url-session",
+                            "ssl-session-id"),
+    "persistence_stores": ("memory", "redis"),
+    "redundancy_drivers": ("vrrp", "heartbeat", "none"),
+}
+
+
 @attrs.frozen
 class Registration:
     name: str
@@ -78,8 +92,11 @@ class Registry:
 
     def unknown_message(self, name: str) -> str:
         """``unknown scheduler 'x' (did you mean 'y'?); known: a, b``."""
-        return (f"unknown {self.noun} {name!r}{did_you_mean(name, self._entries)}; "
-                f"known: {', '.join(self.names())}")
+        known = ", ".join(self.names()) or "none"
+        if name in CONTRACT_NAMES[self.kind]:
+            return (f"{self.noun} {name!r} is not available in this version of lbframe "
+                    f"(no loaded plugin provides it); available: {known}")
+        return f"unknown {self.noun} {name!r}{did_you_mean(name, self._entries)}; known: {known}"
 
     def by_plugin(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}

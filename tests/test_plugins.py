@@ -119,3 +119,14 @@ class PluginTests(SynchronousTestCase):
         os.environ["LBFRAME_DISABLE_PLUGINS"] = "epplugin"
         self.addCleanup(os.environ.pop, "LBFRAME_DISABLE_PLUGINS", None)
         self.assertNotIn("from-ep", load_plugins().schedulers)
+
+
+class MessageTests(SynchronousTestCase):
+    def test_unknown_and_not_yet_available_names(self):
+        plugins = load_plugins(entry_points=False)
+        self.assertEqual(plugins.schedulers.unknown_message("wieghted"),
+                         "unknown scheduler 'wieghted' (did you mean 'weighted'?); "
+                         "known: round-robin, weighted")
+        self.assertEqual(plugins.persistence_methods.unknown_message("source-ip"),
+                         "persistence method 'source-ip' is not available in this version of "
+                         "lbframe (no loaded plugin provides it); available: none")
