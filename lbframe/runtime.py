@@ -48,7 +48,10 @@ class Member:
     name: str
     pool: str
     spec: MemberSpec
+    #: the weight set in the config or by the admin
     weight: int
+    #: the weight schedulers use: ``weight``, or less while slow-starting
+    effective_weight: int = 0
     admin: str = "enabled"  # "enabled", "draining", "disabled"
     healthy: bool = True
     eligible: bool = True
@@ -123,7 +126,7 @@ class PoolState:
         return pool
 
     def add_member(self, mspec: MemberSpec) -> Member:
-        member = Member(mspec.name, self.spec.name, mspec, mspec.weight)
+        member = Member(mspec.name, self.spec.name, mspec, mspec.weight, mspec.weight)
         member.eligible = member._compute_eligible()
         self.members[mspec.name] = member
         self.scheduler.member_added(member)
@@ -164,6 +167,7 @@ class PoolState:
             raise ValueError("weight must be >= 0")
         old = member.state
         member.weight = weight
+        member.effective_weight = weight
         self._changed(member, old, "")
 
     def report_check(self, member: Member, monitor: str, ok: bool, reason: str,
@@ -200,8 +204,11 @@ class PoolState:
             self._changed(member, old, why)
 
     def record_response_time(self, member: Member, seconds: float) -> None:
+        """Fold a sample (a monitor's probe, a connect, a first response byte)
+        into the member's moving average, and tell the scheduler."""
         rt = member.response_time
         member.response_time = seconds if rt is None else rt + RESPONSE_TIME_ALPHA * (seconds - rt)
+        self.scheduler.member_changed(member)
 
     # -- connections (hot path: keep lean) -------------------------------
 

@@ -44,9 +44,9 @@ class Weighted(SchedulerBase):
             for m in self.members:
                 if m.backup is not backup or not usable(m, exclude):
                     continue
-                s = score[m] + m.weight
+                s = score[m] + m.effective_weight
                 score[m] = s
-                total += m.weight
+                total += m.effective_weight
                 if best is None or s > best_score:
                     best, best_score = m, s
             if best is not None:
