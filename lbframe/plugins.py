@@ -23,6 +23,11 @@ from lbframe.errors import PluginError, did_you_mean
 BUILTIN_PLUGINS = (
     "lbframe.schedulers.round_robin",
     "lbframe.schedulers.weighted",
+    "lbframe.schedulers.priority",
+    "lbframe.schedulers.least_connections",
+    "lbframe.schedulers.response_time",
+    "lbframe.schedulers.composite",
+    "lbframe.schedulers.source_hash",
     "lbframe.monitors.tcp",
     "lbframe.protocols.tcp",
     "lbframe.persistence.memory",
