@@ -29,9 +29,16 @@ class RequestContext:
 @attrs.define(slots=True, frozen=True)
 class Decision:
     pool: PoolState
-    member: Member
+    #: None when the connection should wait in ``pool``'s queue
+    member: Member | None
     #: True when the member came from the sorry pool
     sorry: bool = False
+
+    @property
+    def wait(self) -> bool:
+        """Every usable member is at its ``maxconn``: queue for
+        ``queue_timeout`` (the caller enqueues on ``pool``)."""
+        return self.member is None
 
 
 @attrs.define(eq=False)
@@ -45,7 +52,11 @@ class Balancer:
     rules: Sequence = ()
     persistence: object = None
 
-    def choose(self, context: RequestContext, exclude=()) -> Decision | None:
+    def choose(self, context: RequestContext, exclude=(), may_wait: bool = True
+               ) -> Decision | None:
+        """A member for ``context``; a :attr:`Decision.wait` decision when the
+        pool's members are all full and it has a ``queue_timeout`` (and
+        ``may_wait``); a sorry-pool member; or None (refuse)."""
         vspec = self.virtual.spec
         if vspec.max_connections is None or self.virtual.active < vspec.max_connections:
             pool = self._pool_for(context)
@@ -54,6 +65,12 @@ class Balancer:
                 member = pool.scheduler.pick(context, exclude)
             if member is not None:
                 return Decision(pool, member)
+            if may_wait and pool.spec.queue_timeout > 0 and pool.has_full_members(exclude):
+                return Decision(pool, None)
+        return self.choose_sorry(context, exclude)
+
+    def choose_sorry(self, context: RequestContext, exclude=()) -> Decision | None:
+        """The sorry pool's pick, or None."""
         sorry = self.sorry_pool
         if sorry is not None:
             member = sorry.scheduler.pick(context, exclude)

@@ -8,6 +8,8 @@ member's state.
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from typing import Callable
 
 import attrs
@@ -20,6 +22,10 @@ log = Logger(namespace="lbframe")
 
 #: weight of a new response-time sample in the moving average
 RESPONSE_TIME_ALPHA = 0.3
+#: connections that may wait for a member of one pool (``queue_timeout``)
+QUEUE_LIMIT = 4096
+#: steps in which a slow-starting member's weight ramps up
+SLOW_START_STEPS = 10
 
 
 @attrs.define(eq=False)
@@ -65,6 +71,9 @@ class Member:
     checks: dict[str, CheckState] = attrs.field(factory=dict)
     #: (family, sockaddr) to connect to, filled in by the first connect
     sockaddr: tuple | None = None
+    #: when the current slow start began (clock seconds), or None
+    slow_start_began: float | None = None
+    slow_start_call: object = None
 
     @property
     def address(self) -> Address:
@@ -110,17 +119,21 @@ class PoolState:
 
     spec: Pool
     scheduler: IScheduler
+    #: the reactor's clock, for slow start; None in tests that need no time
+    clock: object = None
     members: dict[str, Member] = attrs.field(factory=dict)
     #: called with (pool, member, old, new, reason) on every state change
     on_state_change: list[StateListener] = attrs.field(factory=list)
+    #: connections waiting for a member with room (FIFO); each has ``wake()``
+    queue: deque = attrs.field(factory=deque)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     @classmethod
-    def build(cls, spec: Pool, scheduler: IScheduler) -> "PoolState":
-        pool = cls(spec, scheduler)
+    def build(cls, spec: Pool, scheduler: IScheduler, clock=None) -> "PoolState":
+        pool = cls(spec, scheduler, clock)
         for mspec in spec.members:
             pool.add_member(mspec)
         return pool
@@ -140,8 +153,15 @@ class PoolState:
     # -- changes -------------------------------------------------------
 
     def _changed(self, member: Member, old_state: str, reason: str) -> None:
+        was_eligible = member.eligible
         member.eligible = member._compute_eligible()
+        if member.eligible and not was_eligible:
+            self._begin_slow_start(member)
+        elif not member.eligible and member.slow_start_began is not None:
+            self._end_slow_start(member)
         self.scheduler.member_changed(member)
+        if member.eligible and self.queue:
+            self.wake_waiters()
         new_state = member.state
         if new_state != old_state:
             if reason:
@@ -167,7 +187,7 @@ class PoolState:
             raise ValueError("weight must be >= 0")
         old = member.state
         member.weight = weight
-        member.effective_weight = weight
+        member.effective_weight = self._ramped_weight(member)
         self._changed(member, old, "")
 
     def report_check(self, member: Member, monitor: str, ok: bool, reason: str,
@@ -210,6 +230,81 @@ class PoolState:
         member.response_time = seconds if rt is None else rt + RESPONSE_TIME_ALPHA * (seconds - rt)
         self.scheduler.member_changed(member)
 
+    # -- slow start ------------------------------------------------------
+
+    def _begin_slow_start(self, member: Member) -> None:
+        """A member that comes back ramps its weight up over ``slow_start``
+        instead of taking a full share at once (HAProxy's ``slowstart``)."""
+        if not self.spec.slow_start or self.clock is None:
+            return
+        self._end_slow_start(member)
+        member.slow_start_began = self.clock.seconds()
+        member.effective_weight = self._ramped_weight(member)
+        member.slow_start_call = self.clock.callLater(
+            self.spec.slow_start / SLOW_START_STEPS, self._slow_start_step, member)
+
+    def _slow_start_step(self, member: Member) -> None:
+        member.slow_start_call = None
+        member.effective_weight = self._ramped_weight(member)
+        if member.effective_weight >= member.weight:
+            member.slow_start_began = None
+        else:
+            member.slow_start_call = self.clock.callLater(
+                self.spec.slow_start / SLOW_START_STEPS, self._slow_start_step, member)
+        self.scheduler.member_changed(member)
+
+    def _end_slow_start(self, member: Member) -> None:
+        if member.slow_start_call is not None and member.slow_start_call.active():
+            member.slow_start_call.cancel()
+        member.slow_start_call = None
+        member.slow_start_began = None
+        member.effective_weight = member.weight
+
+    def _ramped_weight(self, member: Member) -> int:
+        if member.slow_start_began is None:
+            return member.weight
+        done = (self.clock.seconds() - member.slow_start_began) / self.spec.slow_start
+        if done >= 1:
+            return member.weight
+        return max(1, math.ceil(member.weight * done)) if member.weight else 0
+
+    def stop(self) -> None:
+        """Cancel timers (slow start) when the pool goes away."""
+        for member in self.members.values():
+            self._end_slow_start(member)
+
+    # -- the queue (queue_timeout) ---------------------------------------
+
+    def has_full_members(self, exclude=()) -> bool:
+        """True when a member could serve but for its ``maxconn``: worth
+        waiting for (only scanned when a pick found nobody)."""
+        return any(m.eligible and not m.has_room and m not in exclude
+                   for m in self.members.values())
+
+    def enqueue(self, waiter) -> bool:
+        """Queue ``waiter``; False when the queue is full."""
+        if len(self.queue) >= QUEUE_LIMIT:
+            return False
+        self.queue.append(waiter)
+        return True
+
+    def dequeue(self, waiter) -> None:
+        try:
+            self.queue.remove(waiter)
+        except ValueError:
+            pass
+
+    def wake_waiters(self) -> None:
+        """Let waiting connections try again, oldest first, while members
+        have room."""
+        queue = self.queue
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.wake():
+                # It found no room after all: it stays first in line.
+                queue.appendleft(waiter)
+                return
+
     # -- connections (hot path: keep lean) -------------------------------
 
     def take(self, member: Member) -> None:
@@ -220,6 +315,8 @@ class PoolState:
     def release(self, member: Member) -> None:
         member.active -= 1
         self.scheduler.connection_released(member)
+        if self.queue:
+            self.wake_waiters()
 
 
 @attrs.define(eq=False)

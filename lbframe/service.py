@@ -74,7 +74,7 @@ def build_runtime(site: Site, plugins: Plugins, reactor) -> SiteRuntime:
     for name, spec in site.pools.items():
         scheduler = _build(plugins.schedulers, spec.scheduler, spec.source, "scheduler",
                            spec, dict(spec.options))
-        pools[name] = PoolState.build(spec, scheduler)
+        pools[name] = PoolState.build(spec, scheduler, clock=reactor)
         pools[name].on_state_change.append(
             lambda pool, member, old, new, reason: plugins.hook.lbframe_member_state_changed(
                 pool=pool, member=member, old=old, new=new, reason=reason))
@@ -135,3 +135,9 @@ class SiteService(service.MultiService):
     def startService(self) -> None:
         super().startService()
         self.runtime.plugins.hook.lbframe_site_started(site=self.runtime.site)
+
+    def stopService(self):
+        d = super().stopService()
+        for pool in self.runtime.pools.values():
+            pool.stop()
+        return d

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -34,7 +34,9 @@ class Client(protocol.Protocol):
         self.lost.callback(None)
 
 
-class TCPServerTests(TestCase):
+class TCPSiteMixin:
+    """Helpers: a tcp virtual server on real sockets with timers on ``self.clock``."""
+
     def serve(self, site_text: str):
         runtime = build_runtime(parse_site(site_text), load_plugins(entry_points=False), reactor)
         self.clock = Clock()
@@ -56,6 +58,17 @@ class TCPServerTests(TestCase):
         self.addCleanup(lambda: client.transport.loseConnection() or client.lost)
         return client
 
+    @defer.inlineCallbacks
+    def wait_until(self, predicate, timeout: float = 5.0):
+        """Let the real reactor run until ``predicate()`` holds (bounded)."""
+        deadline = reactor.seconds() + timeout
+        while not predicate():
+            if reactor.seconds() > deadline:
+                self.fail(f"condition not reached in {timeout}s")
+            yield task.deferLater(reactor, 0.002, lambda: None)
+
+
+class TCPServerTests(TCPSiteMixin, TestCase):
     @defer.inlineCallbacks
     def test_idle_client_is_closed_after_timeout_client(self):
         vport = free_port()

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lbframe import hookimpl
-from lbframe.balancer import Balancer, RequestContext
+from lbframe.balancer import Balancer, Decision, RequestContext
 from lbframe.errors import OptionError
 from lbframe.interfaces import IProtocol
 from lbframe.protocols.engine import RelayEngine
@@ -50,7 +50,7 @@ class Connection(Relay):
     """A client connection: choose a member, connect, relay, account."""
 
     __slots__ = ("server", "context", "decision", "tries", "excluded", "tick",
-                 "connect_started", "idle_seen", "idle_strikes")
+                 "connect_started", "idle_seen", "idle_strikes", "waiting")
 
     def __init__(self, server: "TCPVirtualServer", sock: socket.socket, addr):
         super().__init__(server.io, sock, server.connection_closed, clock=server.clock)
@@ -63,14 +63,56 @@ class Connection(Relay):
         self.connect_started = 0.0
         self.idle_seen = -1
         self.idle_strikes = 0
+        self.waiting = None  # the pool whose queue we are in
 
     def connect(self) -> None:
-        server = self.server
-        decision = server.balancer.choose(self.context, self.excluded)
-        if decision is None:
-            server.virtual.refused += 1
-            self.close("no member available")
+        decision = self.server.balancer.choose(self.context, self.excluded)
+        if decision is not None and decision.wait:
+            self._wait(decision.pool)
+        else:
+            self._connect_to(decision)
+
+    def _refuse(self, reason: str) -> None:
+        self.server.virtual.refused += 1
+        self.close(reason)
+
+    # -- waiting for room (queue_timeout) ---------------------------------
+
+    def _wait(self, pool) -> None:
+        if not pool.enqueue(self):
+            self._connect_to(self.server.balancer.choose_sorry(self.context, self.excluded),
+                             f"pool {pool.name}: queue full")
             return
+        self.waiting = pool
+        self.tick = self.server.timeouts.schedule(self, pool.spec.queue_timeout)
+
+    def wake(self) -> bool:
+        """Called by the pool, oldest waiter first, when a member may have
+        room. True when we left the queue."""
+        pool = self.waiting
+        member = pool.scheduler.pick(self.context, self.excluded)
+        if member is None:
+            return False
+        self.waiting = None
+        self.server.timeouts.cancel(self, self.tick)
+        self.tick = None
+        self._connect_to(Decision(pool, member))
+        return True
+
+    def _queue_timeout(self) -> None:
+        pool, self.waiting = self.waiting, None
+        pool.dequeue(self)
+        self._connect_to(self.server.balancer.choose_sorry(self.context, self.excluded),
+                         f"pool {pool.name}: no member free after "
+                         f"{pool.spec.queue_timeout:g}s in the queue")
+
+    # -- connecting --------------------------------------------------------
+
+    def _connect_to(self, decision, why_not: str = "no member available") -> None:
+        if decision is None:
+            self._refuse(why_not)
+            return
+        server = self.server
         self.decision = decision
         member = decision.member
         decision.pool.take(member)
@@ -121,9 +163,12 @@ class Connection(Relay):
             self.tick = self.server.timeouts.schedule(self, self.server.idle_step)
 
     def expired(self) -> None:
-        """Our timeout came: the connect took too long, or time for an idle check."""
+        """Our timeout came: the queue wait or the connect took too long, or
+        it is time for an idle check."""
         self.tick = None
-        if self.connecting is not None:
+        if self.waiting is not None:
+            self._queue_timeout()
+        elif self.connecting is not None:
             self.io.removeWriter(self.member)
             self._connect_failed(
                 f"connect timeout after {self.server.virtual.spec.timeout_connect:g}s")
@@ -151,8 +196,7 @@ class Connection(Relay):
             self.excluded.append(member)
             self.connect()
         else:
-            self.server.virtual.refused += 1
-            self.close(f"member {pool.name}/{member.name}: {reason}")
+            self._refuse(f"member {pool.name}/{member.name}: {reason}")
 
     def _idle_check(self) -> None:
         """Every ``idle_step`` seconds: has any byte moved since last time?
@@ -301,6 +345,9 @@ class TCPVirtualServer(service.Service):
         if conn.tick is not None:
             self.timeouts.cancel(conn, conn.tick)
             conn.tick = None
+        if conn.waiting is not None:
+            conn.waiting.dequeue(conn)
+            conn.waiting = None
         decision = conn.decision
         if decision is not None:
             member = decision.member
