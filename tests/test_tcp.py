@@ -37,9 +37,9 @@ class Client(protocol.Protocol):
 class TCPSiteMixin:
     """Helpers: a tcp virtual server on real sockets with timers on ``self.clock``."""
 
-    def serve(self, site_text: str):
+    def serve(self, site_text: str, real_clock: bool = False):
         runtime = build_runtime(parse_site(site_text), load_plugins(entry_points=False), reactor)
-        self.clock = Clock()
+        self.clock = reactor if real_clock else Clock()
         name, = runtime.virtuals
         proto = runtime.protocols[name]
         svc = TCPVirtualServer(runtime.balancers[name], proto.binds, reactor, clock=self.clock)

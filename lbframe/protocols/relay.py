@@ -155,6 +155,23 @@ class Side:
         self.connectionLost(reason)
 
 
+class FirstResponseSide(Side):
+    """The member's side until its first bytes arrive.
+
+    Its first read tells the relay (``first_response``) — the time to the
+    member's first response byte is a response-time sample — and then it
+    becomes a plain :class:`Side` (same slots, so ``__class__`` can change),
+    so that later reads pay nothing for the measurement.
+    """
+
+    __slots__ = ()
+
+    def doRead(self):
+        self.__class__ = Side
+        self.relay.first_response()
+        return Side.doRead(self)
+
+
 class Relay:
     """Relays between a client socket and a member socket.
 
@@ -185,7 +202,8 @@ class Relay:
     def set_member(self, sock: socket.socket) -> None:
         """Attach (or replace, after a failed connect) the member's socket."""
         client = self.client
-        member = self.member = Side(self, sock, "member")
+        side = FirstResponseSide if self.wants_first_response else Side
+        member = self.member = side(self, sock, "member")
         client.peer, member.peer = member, client
         client.peer_send, member.peer_send = sock.send, client.sock.send
 
@@ -194,6 +212,12 @@ class Relay:
         self.connecting = None
         self.io.addReader(self.client)
         self.io.addReader(self.member)
+
+    #: subclasses that set this get :meth:`first_response` called once
+    wants_first_response = False
+
+    def first_response(self) -> None:
+        """The member's first bytes have arrived (see FirstResponseSide)."""
 
     def connect_finished(self, failed: bool) -> None:  # overridden by users that connect
         """The member socket's connect ended: writable (``failed=False``) or

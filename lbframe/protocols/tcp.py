@@ -154,10 +154,20 @@ class Connection(Relay):
             self.io.removeWriter(self.member)
         self.connected()
 
-    def connected(self) -> None:
+    #: measure the time to the member's first byte (a response-time sample)
+    wants_first_response = True
+
+    def first_response(self) -> None:
+        """Time from the start of the connect to the member's first byte:
+        the connect plus the member's time to answer what the client sent
+        (the client is not read before the member is connected, so its
+        request is forwarded at once). It feeds the response-time schedulers."""
         decision = self.decision
-        decision.pool.record_response_time(decision.member,
-                                           self.clock.seconds() - self.connect_started)
+        if decision is not None:
+            decision.pool.record_response_time(decision.member,
+                                               self.clock.seconds() - self.connect_started)
+
+    def connected(self) -> None:
         self.start()
         if self.tick is None:
             self.tick = self.server.timeouts.schedule(self, self.server.idle_step)

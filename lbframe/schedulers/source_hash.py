@@ -103,7 +103,7 @@ def maglev_table(entries, size: int) -> list:
     The result depends only on the set of ``(name, weight)`` pairs, not on the
     order of ``entries``.
     """
-    entries = sorted(entries, key=lambda e: e[0])
+    entries = list(entries)
     table: list = [None] * size
     if not entries:
         return table
