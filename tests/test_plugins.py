@@ -41,7 +41,9 @@ class PluginTests(SynchronousTestCase):
 
     def test_builtins_registered(self):
         plugins = load_plugins(entry_points=False)
-        self.assertEqual(plugins.schedulers.names(), ["round-robin", "weighted"])
+        self.assertEqual(plugins.schedulers.names(),
+                         ["composite", "least-connections", "priority", "response-time",
+                          "round-robin", "source-hash", "weighted"])
         self.assertIn("tcp", plugins.protocols)
         self.assertIn("tcp", plugins.monitors)
         self.assertEqual(plugins.schedulers.get("weighted").plugin, "lbframe.schedulers.weighted")
@@ -126,7 +128,8 @@ class MessageTests(SynchronousTestCase):
         plugins = load_plugins(entry_points=False)
         self.assertEqual(plugins.schedulers.unknown_message("wieghted"),
                          "unknown scheduler 'wieghted' (did you mean 'weighted'?); "
-                         "known: round-robin, weighted")
+                         "known: composite, least-connections, priority, response-time, "
+                         "round-robin, source-hash, weighted")
         self.assertEqual(plugins.persistence_methods.unknown_message("source-ip"),
                          "persistence method 'source-ip' is not available in this version of "
                          "lbframe (no loaded plugin provides it); available: none")
