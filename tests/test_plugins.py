@@ -55,7 +55,7 @@ class PluginTests(SynchronousTestCase):
         for name in plugins.schedulers.names():
             self.assertTrue(verifyObject(IScheduler, plugins.schedulers.get(name).factory(pool, {})))
         for name in plugins.monitors.names():
-            mon = plugins.monitors.get(name).factory(Monitor("m", name), {}, reactor)
+            mon = plugins.monitors.get(name).factory(Monitor("m", name, command="true"), {}, reactor)
             self.assertTrue(verifyObject(IMonitor, mon))
         virtual = Virtual("v", ("tcp:0:interface=127.0.0.1",), "web")
         self.assertTrue(verifyObject(IProtocol, plugins.protocols.get("tcp").factory(virtual, {}, None)))
