@@ -94,6 +94,8 @@ class MemberCheck:
             self.pool.report_check(self.member, self.spec.name, result.ok, result.reason,
                                    rise=self.spec.rise, fall=self.spec.fall, now=now,
                                    duration=duration if result.ok else None)
+            if not self.running:  # the report's listeners may have stopped us
+                return None
             delay = max(0.0, started + self.spec.interval - now)
             self.call = self.clock.callLater(delay, self.run)
             return None
