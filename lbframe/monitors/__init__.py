@@ -127,4 +127,11 @@ class MonitorRunner(service.Service):
     def stopService(self):
         for check in self.checks:
             check.stop()
-        return super().stopService()
+        super().stopService()
+        # Monitors that run something (script's processes) say when it is
+        # all gone, so that stopping lbframe leaves nothing behind.
+        waits = {id(c.monitor): c.monitor.idle() for c in self.checks
+                 if hasattr(c.monitor, "idle")}
+        if not waits:
+            return None
+        return defer.DeferredList(list(waits.values())).addCallback(lambda _: None)
