@@ -39,11 +39,14 @@ class TCPMonitor:
             raise OptionError(key, f"unknown key {key!r} for monitor type tcp")
         self.spec = spec
         self.reactor = reactor
+        # One quiet factory: a noisy one logs two lines per check.
+        self._factory = protocol.Factory.forProtocol(protocol.Protocol)
+        self._factory.noisy = False
 
     def check(self, member):
         endpoint = client_endpoint(self.reactor, member.address.host,
                                    check_port(self.spec, member), self.spec.timeout)
-        d = endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
+        d = endpoint.connect(self._factory)
 
         def connected(proto):
             proto.transport.loseConnection()
