@@ -147,6 +147,7 @@ class PoolState:
 
     def remove_member(self, name: str) -> Member:
         member = self.members.pop(name)
+        self._end_slow_start(member)
         self.scheduler.member_removed(member)
         return member
 

@@ -67,16 +67,12 @@ class Composite(HeapScheduler):
         self._fast_entry: dict = {}
         self._fast_stale = 0
 
-    def _slot(self, member):
-        if not (member.eligible and member.has_room):
-            return None
-        return (2 if member.backup else 0) + (member.response_time is None)
-
-    def _key(self, member):
+    def _where(self, member):
         rt = member.response_time
+        base = 2 if member.backup else 0
         if rt is None:
-            return self._ratio(member.active + 1, member)
-        return (member.active + 1) * rt / max(member.effective_weight, 1)
+            return base + 1, self._ratio(member.active + 1, member)
+        return base, (member.active + 1) * rt / max(member.effective_weight, 1)
 
     # -- the pool's fastest time ---------------------------------------------
 

@@ -50,10 +50,11 @@ _heapreplace = heapq.heapreplace
 class HeapScheduler(SchedulerBase):
     """Picks the usable member with the lowest key; equal keys take turns.
 
-    A subclass defines :meth:`_key`; :meth:`_slot` says which heap a member
-    belongs in (``None``: it cannot be chosen now). An entry is the list
-    ``[key, turn, member, slot]``; it is live while ``self._entry[member]``
-    is that very list. ``turn`` is unique, so members are never compared.
+    Members that can take a connection (eligible, under ``maxconn``) are in
+    a heap; a subclass's :meth:`_where` says which heap and with what key.
+    An entry is the list ``[key, turn, member, slot]``; it is live while
+    ``self._entry[member]`` is that very list. ``turn`` is unique, so
+    members are never compared.
     """
 
     #: heaps, tried in order by :meth:`pick`: primaries, then backups
@@ -77,12 +78,8 @@ class HeapScheduler(SchedulerBase):
 
     # -- what subclasses define ------------------------------------------
 
-    def _slot(self, member):
-        if not (member.eligible and member.has_room):
-            return None
-        return 1 if member.backup else 0
-
-    def _key(self, member):
+    def _where(self, member):
+        """``(heap index, key)`` of a member that can take a connection."""
         raise NotImplementedError
 
     def _ratio(self, n: int, member) -> int:
@@ -102,15 +99,6 @@ class HeapScheduler(SchedulerBase):
         if self._entry.pop(member, None) is not None:
             self._stale += 1
 
-    def member_changed(self, member):
-        self._place(member)
-
-    def connection_taken(self, member):
-        self._place(member)
-
-    def connection_released(self, member):
-        self._place(member)
-
     # -- the heaps ---------------------------------------------------------
 
     def _place(self, member):
@@ -120,13 +108,12 @@ class HeapScheduler(SchedulerBase):
         if member.effective_weight > self._wmax:
             self._widen()
         old = self._entry.get(member)
-        slot = self._slot(member)
-        if slot is None:
+        if not (member.eligible and member.has_room):
             if old is not None:
                 del self._entry[member]
                 self._stale += 1
             return
-        key = self._key(member)
+        slot, key = self._where(member)
         if old is not None:
             if old[0] == key and old[3] == slot:
                 return  # unchanged: keep its turn
@@ -136,6 +123,9 @@ class HeapScheduler(SchedulerBase):
         _heappush(self._heaps[slot], entry)
         if self._stale > len(self._entry) + self._SLACK:
             self._compact()
+
+    # every event just re-places the one member it is about
+    member_changed = connection_taken = connection_released = _place
 
     def _compact(self):
         live = self._entry
@@ -198,8 +188,9 @@ class HeapScheduler(SchedulerBase):
 class LeastConnections(HeapScheduler):
     """Lowest ``active / effective_weight``; ties in turn."""
 
-    def _key(self, member):
-        return self._ratio(member.active, member)
+    def _where(self, member):
+        return (1 if member.backup else 0,
+                (member.active << self._shift) // max(member.effective_weight, 1))
 
 
 @hookimpl

@@ -39,11 +39,10 @@ _UNSAMPLED = float("-inf")
 class ResponseTime(HeapScheduler):
     """Lowest ``response_time / effective_weight``; unsampled members first."""
 
-    def _key(self, member):
+    def _where(self, member):
         rt = member.response_time
-        if rt is None:
-            return _UNSAMPLED
-        return rt / max(member.effective_weight, 1)
+        return (1 if member.backup else 0,
+                _UNSAMPLED if rt is None else rt / max(member.effective_weight, 1))
 
 
 @hookimpl
