@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbframe.config.model import Pool
+from lbframe.config.model import Monitor, Pool
+from lbframe.monitors import MonitorRunner
+from lbframe.monitors.tcp import TCPMonitor
 from lbframe.runtime import PoolState
 from lbframe.schedulers.weighted import Weighted
 from tests.helpers import free_port, member_spec
@@ -165,7 +169,7 @@ class BackupTests(TCPSiteMixin, TestCase):
         for name in "abc":
             listeners[name] = reactor.listenTCP(0, protocol.Factory.forProtocol(
                 lambda name=name: Named(name)), interface="127.0.0.1")
-            self.addCleanup(lambda p=listeners[name]: p.stopListening())
+            self.addCleanup(lambda n=name: listeners[n].stopListening())
             ports[name] = listeners[name].getHost().port
         vport = free_port()
         runtime, svc = self.serve(f"""
@@ -179,6 +183,13 @@ member b = 127.0.0.1:{ports['b']}
 member c = 127.0.0.1:{ports['c']} backup
 """)
         pool = runtime.pools["p"]
+        # A real tcp monitor (connects on the reactor, scheduled on the Clock).
+        spec = Monitor("alive", "tcp", interval=1, timeout=1, fall=1, rise=1)
+        runner = MonitorRunner(self.clock, random.Random(0))
+        for member in pool.members.values():
+            runner.add(pool, member, spec, TCPMonitor(spec, {}, reactor))
+        runner.startService()
+        self.addCleanup(runner.stopService)
 
         @defer.inlineCallbacks
         def ask():
@@ -189,23 +200,28 @@ member c = 127.0.0.1:{ports['c']} backup
             yield client.lost
             return answer
 
-        answers = []
-        for _ in range(4):
-            answers.append((yield ask()))
-        self.assertEqual(sorted(answers), [b"a", b"a", b"b", b"b"])
-        # a and b die (as their monitors would report)
-        for name in "ab":
-            pool.report_check(pool.members[name], "alive", False, "connect refused",
-                              rise=1, fall=1, now=0)
-        answers = []
-        for _ in range(3):
-            answers.append((yield ask()))
-        self.assertEqual(answers, [b"c"] * 3)
-        pool.report_check(pool.members["a"], "alive", True, "", rise=1, fall=1, now=0)
-        answers = []
-        for _ in range(3):
-            answers.append((yield ask()))
-        self.assertEqual(answers, [b"a"] * 3)
+        @defer.inlineCallbacks
+        def asks(n):
+            answers = []
+            for _ in range(n):
+                answers.append((yield ask()))
+            return answers
+
+        self.assertEqual(sorted((yield asks(4))), [b"a", b"a", b"b", b"b"])
+        # a and b die; their monitor notices at its next check
+        yield listeners["a"].stopListening()
+        yield listeners["b"].stopListening()
+        self.clock.advance(1)
+        yield self.wait_until(lambda: [m.state for m in pool.members.values()]
+                              == ["down", "down", "up"])
+        self.assertEqual((yield asks(3)), [b"c"] * 3)
+        # a comes back: the backup steps aside
+        listeners["a"] = reactor.listenTCP(ports["a"], protocol.Factory.forProtocol(
+            lambda: Named("a")), interface="127.0.0.1")
+        self.addCleanup(listeners["a"].stopListening)
+        self.clock.advance(1)
+        yield self.wait_until(lambda: pool.members["a"].state == "up")
+        self.assertEqual((yield asks(3)), [b"a"] * 3)
 
 
 class Named(protocol.Protocol):

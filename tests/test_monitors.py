@@ -92,6 +92,22 @@ class RiseFallTests(SynchronousTestCase):
         self.assertEqual(self.member.state, "down")
         self.assertEqual(self.member.down_reason, "alive: timeout after 1s (1/1)")
 
+    def test_first_checks_spread_over_the_interval(self):
+        """Jitter: 50 members' first checks are not all at once, and all fall
+        within the first interval."""
+        pool = pool_state(RoundRobin(), *(member_spec(f"m{i}") for i in range(50)))
+        spec = Monitor("alive", "tcp", interval=10, timeout=1, fall=3, rise=1)
+        runner = MonitorRunner(self.clock, random.Random(7))
+        for member in pool.members.values():
+            runner.add(pool, member, spec, ScriptedMonitor([(True, "")] * 3))
+        runner.startService()
+        self.addCleanup(runner.stopService)
+        times = sorted(c.getTime() for c in self.clock.getDelayedCalls())
+        self.assertEqual(len(times), 50)
+        self.assertTrue(all(0 <= t < 10 for t in times))
+        self.assertGreater(len({round(t, 3) for t in times}), 45)
+        self.assertGreater(times[-1] - times[0], 8)  # spread over the interval
+
     def test_never_two_checks_in_flight(self):
         spec = Monitor("alive", "tcp", interval=1, timeout=30, fall=3, rise=1)
         mon = self.run_checks([None] + [(True, "")] * 5, spec)
