@@ -61,3 +61,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return `` (did you mean 'x'?)`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def reject_unknown_options(options, what: str | None = None, known=()) -> None:
+    """For plugin factories: raise :class:`OptionError` for the first key of
+    ``options`` not in ``known``, e.g. ``unknown key 'x' for monitor type tcp``."""
+    for key in options or {}:
+        if key not in known:
+            where = f" for {what}" if what else ""
+            raise OptionError(key, f"unknown key {key!r}{where}{did_you_mean(key, known)}")

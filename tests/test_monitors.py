@@ -6,7 +6,7 @@ import random
 
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbframe.config.model import Monitor

@@ -12,7 +12,7 @@ from __future__ import annotations
 from zope.interface import implementer
 
 from lbframe import hookimpl
-from lbframe.errors import OptionError
+from lbframe.errors import OptionError, reject_unknown_options
 from lbframe.interfaces import IMonitor
 from lbframe.monitors._dialogue import check_line_safe, converse, match_greeting
 
@@ -20,8 +20,7 @@ from lbframe.monitors._dialogue import check_line_safe, converse, match_greeting
 @implementer(IMonitor)
 class FTPMonitor:
     def __init__(self, spec, options, reactor):
-        for key in options:
-            raise OptionError(key, f"unknown key {key!r} for monitor type ftp")
+        reject_unknown_options(options, "monitor type ftp")
         if spec.user is not None and spec.password is None:
             raise OptionError("user", "needs password (an FTP login always sends one)")
         check_line_safe(spec)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from zope.interface import implementer
 
 from lbframe import hookimpl
-from lbframe.errors import OptionError
+from lbframe.errors import OptionError, reject_unknown_options
 from lbframe.interfaces import IMonitor
 from lbframe.monitors._dialogue import Failed, check_line_safe, clip, converse, match_greeting
 
@@ -32,8 +32,7 @@ async def status(client) -> str:
 @implementer(IMonitor)
 class POP3Monitor:
     def __init__(self, spec, options, reactor):
-        for key in options:
-            raise OptionError(key, f"unknown key {key!r} for monitor type pop3")
+        reject_unknown_options(options, "monitor type pop3")
         if spec.user is not None and spec.password is None:
             raise OptionError("user", "needs password (a POP3 login sends USER and PASS)")
         check_line_safe(spec)

@@ -7,7 +7,7 @@ from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP
 from zope.interface import implementer
 
 from lbframe import hookimpl
-from lbframe.errors import OptionError
+from lbframe.errors import reject_unknown_options
 from lbframe.interfaces import IMonitor
 from lbframe.monitors import CheckResult, check_port
 
@@ -35,8 +35,7 @@ def client_endpoint(reactor, host: str, port: int, timeout: float):
 @implementer(IMonitor)
 class TCPMonitor:
     def __init__(self, spec, options, reactor):
-        for key in options:
-            raise OptionError(key, f"unknown key {key!r} for monitor type tcp")
+        reject_unknown_options(options, "monitor type tcp")
         self.spec = spec
         self.reactor = reactor
         # One quiet factory: a noisy one logs two lines per check.

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from lbframe import hookimpl
 from lbframe.balancer import Balancer, Decision, RequestContext
-from lbframe.errors import OptionError
+from lbframe.errors import reject_unknown_options
 from lbframe.interfaces import IProtocol
 from lbframe.protocols.engine import RelayEngine
 from lbframe.protocols.endpoints import TCPBind, listening_socket, sockaddr_of, tcp_bind
@@ -376,8 +376,7 @@ class TCPProtocol:
     """Validates a ``protocol = tcp`` virtual server and makes its service."""
 
     def __init__(self, virtual, options, site=None):
-        for key in options:
-            raise OptionError(key, f"unknown key {key!r} for protocol tcp")
+        reject_unknown_options(options, "protocol tcp")
         self.binds = [tcp_bind(d) for d in virtual.listen]
 
     def make_service(self, balancer, reactor):

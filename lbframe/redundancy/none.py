@@ -4,7 +4,7 @@ from twisted.application import service
 from zope.interface import implementer
 
 from lbframe import hookimpl
-from lbframe.errors import OptionError
+from lbframe.errors import reject_unknown_options
 from lbframe.interfaces import IRedundancyDriver
 
 
@@ -13,8 +13,7 @@ class Standalone:
     state = "standalone"
 
     def __init__(self, redundancy=None, options=None, reactor=None):
-        for key in options or {}:
-            raise OptionError(key, f"unknown key {key!r} for redundancy driver none")
+        reject_unknown_options(options, "redundancy driver none")
         self.service = service.Service()
         self.service.setName("redundancy")
 

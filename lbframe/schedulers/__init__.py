@@ -7,15 +7,14 @@ only the events it cares about.
 
 from __future__ import annotations
 
-from lbframe.errors import OptionError
+from lbframe.errors import reject_unknown_options
 
 
 class SchedulerBase:
     """Keeps the pool's members in file order; ignores the other events."""
 
     def __init__(self, pool=None, options=None):
-        for key in options or {}:
-            raise OptionError(key, f"unknown key {key!r}")
+        reject_unknown_options(options)
         self.members: list = []
 
     def member_added(self, member):
