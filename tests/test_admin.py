@@ -104,7 +104,12 @@ EXPECTED_STATUS = {
                              down_reason="tcp: connect refused (1/1)",
                              checks={"tcp": {"ok": False, "up": False,
                                              "reason": "connect refused", "time": 1000.0,
-                                             "duration_ms": 250.0, "checks_total": 1}}),
+                                             "duration_ms": 250.0, "checks_total": 1,
+                                             "checks_failed": 1,
+                                             "last_check": {"result": "fail",
+                                                            "reason": "connect refused",
+                                                            "time": 1000.0,
+                                                            "duration_ms": 250.0}}}),
             "c": member_json("[::1]:8083", backup=True, maxconn=10),
         }},
         "api": {"scheduler": "round-robin", "members": {

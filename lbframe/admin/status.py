@@ -34,6 +34,14 @@ def check_status(check: CheckState) -> dict[str, Any]:
         "time": check.last_time,
         "duration_ms": _ms(check.last_duration),
         "checks_total": check.checks_total,
+        "checks_failed": check.checks_failed,
+        # the last check as one object: result, reason, time, duration
+        "last_check": None if check.last_ok is None else {
+            "result": "pass" if check.last_ok else "fail",
+            "reason": check.last_reason,
+            "time": check.last_time,
+            "duration_ms": _ms(check.last_duration),
+        },
     }
 
 
