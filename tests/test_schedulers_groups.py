@@ -442,6 +442,24 @@ class SourceHashTests(SynchronousTestCase):
         # the backup tier is built only when needed
         self.assertEqual(pool.scheduler._tiers[1].builds, 0)
 
+    def test_member_down_moves_only_its_clients_without_a_rebuild(self):
+        pool = build(SourceHash, [member_spec(f"s{i}") for i in range(10)])
+        tier = pool.scheduler._tiers[0]
+        keys = KEYS[:2000]
+        before = {k: pool.scheduler.pick(ctx(k)).name for k in keys}
+        builds = tier.builds
+        set_state(pool, pool.members["s3"], "enabled", False)  # s3 goes down
+        during = {k: pool.scheduler.pick(ctx(k)).name for k in keys}
+        self.assertEqual(tier.builds, builds)
+        moved = {k for k in keys if during[k] != before[k]}
+        self.assertEqual(moved, {k for k in keys if before[k] == "s3"})
+        self.assertGreater(len(moved), 100)
+        # its clients spread over the others rather than piling onto one
+        self.assertGreater(len({during[k] for k in moved}), 5)
+        set_state(pool, pool.members["s3"], "enabled", True)  # back: they return
+        self.assertEqual({k: pool.scheduler.pick(ctx(k)).name for k in keys}, before)
+        self.assertEqual(tier.builds, builds)
+
     def test_full_or_excluded_falls_back_deterministically(self):
         specs = [member_spec(f"s{i}", maxconn=1) for i in range(6)]
         nodes = [build(SourceHash, specs), build(SourceHash, specs, order=specs[::-1])]

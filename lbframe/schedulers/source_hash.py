@@ -19,12 +19,16 @@ within 1 %. A client address hashes (BLAKE2b, never Python's salted
   members of the tier (all of them, whatever their state), so health changes
   never resize the table; a reload that crosses a size (655 → 656 members)
   remaps nearly every client.
-- The table holds the *eligible* members with an effective weight above 0.
-  It is rebuilt lazily, at the first pick after the eligible set or a weight
-  actually changed (a response-time sample changes neither). A rebuild costs
+- The table holds every member of the tier with a weight above 0, whether
+  it is up or not: a member going down (or disabled, draining, full) is
+  skipped at lookup time (see below), so health changes need no rebuild and
+  move only that member's clients; when it comes back, they return. The
+  table is rebuilt lazily, at the first pick after a member was added or
+  removed (reload) or its weight was set (admin). A rebuild costs
   O(M log M) — about 0.05-0.15 s for 65 537 slots (up to 655 members), 0.35 s
-  for 131 071 (1000 members) on CPython 3.11; slow start rebuilds it at each
-  of its steps.
+  for 131 071 (1000 members) on CPython 3.11 — during which the reactor
+  waits, so weight changes on a big source-hash pool are best made rarely.
+  Slow start does not apply: the table uses the set weight.
 - When the slot's member cannot take this connection (at ``maxconn`` or
   excluded), the next slots of the table are tried in order, up to
   :data:`FALLBACK_PROBES` of them, then every member of the tier in name
@@ -150,8 +154,12 @@ class _Tier:
 
     @staticmethod
     def weight_of(member):
-        w = member.effective_weight
-        return w if member.eligible and w > 0 else None
+        # The table holds every member by its set weight, whatever its
+        # health: a member going down or up, or a slow-start step, needs no
+        # rebuild (the lookup skips members that cannot take a connection),
+        # and only that member's clients move.
+        w = member.weight
+        return w if w > 0 else None
 
     def add(self, member):
         self.members.append(member)
