@@ -13,7 +13,7 @@ from lbframe.monitors import MonitorRunner
 from lbframe.monitors.tcp import TCPMonitor
 from lbframe.runtime import PoolState
 from lbframe.schedulers.weighted import Weighted
-from tests.helpers import free_port, member_spec
+from tests.helpers import member_spec
 from tests.test_tcp import TCPSiteMixin
 
 
@@ -103,18 +103,9 @@ class AdmissionTests(TCPSiteMixin, TestCase):
 
     @defer.inlineCallbacks
     def held_site(self, extra_virtual="", extra=""):
-        self.vport = free_port()
-        self.runtime, self.svc = self.serve(f"""
-[virtual v]
-listen = tcp:{self.vport}:interface=127.0.0.1
-pool = main
-{extra_virtual}
-
-[pool main]
-queue_timeout = 5s
-member a = 127.0.0.1:{self.echo_member()} maxconn=1
-{extra}
-""")
+        self.vport, self.runtime, self.svc = self.serve_virtual(
+            f"queue_timeout = 5s\nmember a = 127.0.0.1:{self.echo_member()} maxconn=1",
+            extra_virtual, extra, pool="main")
         first = yield self.connect(self.vport)
         first.transport.write(b"1")
         yield first.got_data
@@ -171,17 +162,10 @@ class BackupTests(TCPSiteMixin, TestCase):
                 lambda name=name: Named(name)), interface="127.0.0.1")
             self.addCleanup(lambda n=name: listeners[n].stopListening())
             ports[name] = listeners[name].getHost().port
-        vport = free_port()
-        runtime, svc = self.serve(f"""
-[virtual v]
-listen = tcp:{vport}:interface=127.0.0.1
-pool = p
-
-[pool p]
-member a = 127.0.0.1:{ports['a']}
-member b = 127.0.0.1:{ports['b']}
-member c = 127.0.0.1:{ports['c']} backup
-""")
+        vport, runtime, svc = self.serve_virtual(
+            f"member a = 127.0.0.1:{ports['a']}\n"
+            f"member b = 127.0.0.1:{ports['b']}\n"
+            f"member c = 127.0.0.1:{ports['c']} backup")
         pool = runtime.pools["p"]
         # A real tcp monitor (connects on the reactor, scheduled on the Clock).
         spec = Monitor("alive", "tcp", interval=1, timeout=1, fall=1, rise=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import TestCase
 
-from tests.helpers import free_port
 from tests.test_tcp import TCPSiteMixin
 
 
@@ -38,17 +37,8 @@ class LiveSchedulerTests(TCPSiteMixin, TestCase):
         return "\n".join(lines)
 
     def site(self, scheduler: str, members: str, pool_extra: str = "", **kw):
-        self.vport = free_port()
-        self.runtime, self.svc = self.serve(f"""
-[virtual v]
-listen = tcp:{self.vport}:interface=127.0.0.1
-pool = p
-
-[pool p]
-scheduler = {scheduler}
-{pool_extra}
-{members}
-""", **kw)
+        self.vport, self.runtime, self.svc = self.serve_virtual(
+            f"scheduler = {scheduler}\n{pool_extra}\n{members}", **kw)
         return self.runtime.pools["p"]
 
     @defer.inlineCallbacks

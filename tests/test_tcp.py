@@ -47,6 +47,23 @@ class TCPSiteMixin:
         self.addCleanup(svc.stopService)
         return runtime, svc
 
+    def serve_virtual(self, pool_lines: str, virtual_lines: str = "", more: str = "",
+                      pool: str = "p", **kw):
+        """Virtual server ``v`` on a free port in front of pool ``pool``
+        (whose keys are ``pool_lines``); ``more`` adds sections. Returns
+        (port, runtime, service)."""
+        vport = free_port()
+        runtime, svc = self.serve(f"""
+[virtual v]
+listen = tcp:{vport}:interface=127.0.0.1
+pool = {pool}
+{virtual_lines}
+
+[pool {pool}]
+{pool_lines}
+{more}""", **kw)
+        return vport, runtime, svc
+
     def echo_member(self) -> int:
         port = reactor.listenTCP(0, protocol.Factory.forProtocol(Echo), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -71,17 +88,9 @@ class TCPSiteMixin:
 class TCPServerTests(TCPSiteMixin, TestCase):
     @defer.inlineCallbacks
     def test_idle_client_is_closed_after_timeout_client(self):
-        vport = free_port()
-        runtime, svc = self.serve(f"""
-[virtual v]
-listen = tcp:{vport}:interface=127.0.0.1
-pool = p
-timeout_client = 20s
-timeout_server = 40s
-
-[pool p]
-member a = 127.0.0.1:{self.echo_member()}
-""")
+        vport, runtime, svc = self.serve_virtual(
+            f"member a = 127.0.0.1:{self.echo_member()}",
+            "timeout_client = 20s\ntimeout_server = 40s")
         client = yield self.connect(vport)
         client.transport.write(b"ping")
         yield client.got_data  # the member answered: now the client is expected to speak
@@ -96,17 +105,9 @@ member a = 127.0.0.1:{self.echo_member()}
 
     @defer.inlineCallbacks
     def test_traffic_keeps_a_connection_open(self):
-        vport = free_port()
-        runtime, svc = self.serve(f"""
-[virtual v]
-listen = tcp:{vport}:interface=127.0.0.1
-pool = p
-timeout_client = 20s
-timeout_server = 20s
-
-[pool p]
-member a = 127.0.0.1:{self.echo_member()}
-""")
+        vport, runtime, svc = self.serve_virtual(
+            f"member a = 127.0.0.1:{self.echo_member()}",
+            "timeout_client = 20s\ntimeout_server = 20s")
         client = yield self.connect(vport)
         for i in range(12):
             client.got_data = defer.Deferred()
@@ -118,21 +119,10 @@ member a = 127.0.0.1:{self.echo_member()}
 
     @defer.inlineCallbacks
     def test_max_connections_overflow_to_sorry_pool(self):
-        vport = free_port()
         main_port, sorry_port = self.echo_member(), self.echo_member()
-        runtime, svc = self.serve(f"""
-[virtual v]
-listen = tcp:{vport}:interface=127.0.0.1
-pool = main
-sorry = sorry
-max_connections = 1
-
-[pool main]
-member a = 127.0.0.1:{main_port}
-
-[pool sorry]
-member s = 127.0.0.1:{sorry_port}
-""")
+        vport, runtime, svc = self.serve_virtual(
+            f"member a = 127.0.0.1:{main_port}", "sorry = sorry\nmax_connections = 1",
+            f"[pool sorry]\nmember s = 127.0.0.1:{sorry_port}", pool="main")
         first = yield self.connect(vport)
         first.transport.write(b"1")
         yield first.got_data
@@ -144,16 +134,8 @@ member s = 127.0.0.1:{sorry_port}
 
     @defer.inlineCallbacks
     def test_no_member_closes_the_client(self):
-        vport = free_port()
-        runtime, svc = self.serve(f"""
-[virtual v]
-listen = tcp:{vport}:interface=127.0.0.1
-pool = p
-
-[pool p]
-member a = 127.0.0.1:{free_port()}
-member b = 127.0.0.1:{free_port()}
-""")
+        vport, runtime, svc = self.serve_virtual(
+            f"member a = 127.0.0.1:{free_port()}\nmember b = 127.0.0.1:{free_port()}")
         client = yield self.connect(vport)
         yield client.lost
         members = runtime.pools["p"].members
