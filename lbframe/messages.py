@@ -1,0 +1,119 @@
+"""HTTP heads as the balancer sees them: rules, persistence methods and
+access logs read these, the http protocol builds them.
+
+They live here, above the protocols, so that a rule or a persistence method
+can read a request without importing the data path. Header names and values
+are kept as the bytes that arrived (name case and order preserved, so the
+head can be forwarded as it came); the accessors decode on demand, with
+latin-1, which maps every byte to one character and cannot fail.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_plus
+
+import attrs
+
+Headers = list  # of (name: bytes, value: bytes), in arrival order
+
+
+def _find(headers: Headers, name: str) -> list[str]:
+    wanted = name.lower().encode("latin-1")
+    return [v.decode("latin-1") for n, v in headers if n.lower() == wanted]
+
+
+@attrs.define(slots=True, eq=False)
+class RequestHead:
+    """A parsed, validated request head."""
+
+    method: str
+    #: the request-target exactly as sent: ``/cart;jsessionid=A1?item=3``
+    target: str
+    #: ``"1.1"`` or ``"1.0"``
+    version: str
+    headers: Headers = attrs.field(factory=list)
+    _cookies: dict | None = attrs.field(default=None, init=False)
+    _query: dict | None = attrs.field(default=None, init=False)
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        values = _find(self.headers, name)
+        return values[0] if values else None
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header ``name``, in order."""
+        return _find(self.headers, name)
+
+    @property
+    def path(self) -> str:
+        """The target without its query (path parameters such as
+        ``;jsessionid=`` stay: they are part of the path)."""
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> str:
+        """The raw query string, without the ``?``; ``""`` when none."""
+        parts = self.target.split("?", 1)
+        return parts[1] if len(parts) == 2 else ""
+
+    @property
+    def host(self) -> str | None:
+        """The Host header, lower-cased, without its port."""
+        host = self.header("host")
+        if host is None:
+            return None
+        host = host.strip().lower()
+        if host.startswith("["):
+            return host.split("]", 1)[0] + "]"
+        return host.rsplit(":", 1)[0] if ":" in host else host
+
+    def query_param(self, name: str) -> str | None:
+        """The first value of query parameter ``name`` (decoded), or None."""
+        if self._query is None:
+            params: dict[str, str] = {}
+            for pair in self.query.split("&"):
+                if not pair:
+                    continue
+                key, _, value = pair.partition("=")
+                params.setdefault(unquote_plus(key), unquote_plus(value))
+            self._query = params
+        return self._query.get(name)
+
+    def cookie(self, name: str) -> str | None:
+        """The value of cookie ``name`` from the Cookie header(s), or None."""
+        if self._cookies is None:
+            cookies: dict[str, str] = {}
+            for line in self.header_values("cookie"):
+                for pair in line.split(";"):
+                    key, sep, value = pair.strip().partition("=")
+                    if sep:
+                        cookies.setdefault(key, value.strip().strip('"'))
+            self._cookies = cookies
+        return self._cookies.get(name)
+
+
+@attrs.define(slots=True, eq=False)
+class ResponseHead:
+    """A parsed, validated response head from a member."""
+
+    status: int
+    reason: str
+    version: str
+    headers: Headers = attrs.field(factory=list)
+
+    def header(self, name: str) -> str | None:
+        values = _find(self.headers, name)
+        return values[0] if values else None
+
+    def header_values(self, name: str) -> list[str]:
+        return _find(self.headers, name)
+
+    def set_cookies(self) -> list[tuple[str, str]]:
+        """``(name, value)`` of every ``Set-Cookie``, attributes dropped."""
+        found = []
+        for line in self.header_values("set-cookie"):
+            pair = line.split(";", 1)[0]
+            key, sep, value = pair.partition("=")
+            if sep:
+                found.append((key.strip(), value.strip().strip('"')))
+        return found
