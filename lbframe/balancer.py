@@ -24,6 +24,8 @@ class RequestContext:
     client_port: int
     virtual: str
     head: object = None
+    #: the ``[rule X]`` that chose the pool (http), for the access log
+    rule: str | None = None
 
 
 @attrs.define(slots=True, frozen=True)
@@ -82,6 +84,7 @@ class Balancer:
         if context.head is not None:
             for rule, pool in self.rules:
                 if rule.matches(context.head):
+                    context.rule = rule.name
                     return pool
         return self.pool
 

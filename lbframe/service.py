@@ -20,6 +20,7 @@ from lbframe.config.model import Site, Source
 from lbframe.errors import ConfigError, OptionError
 from lbframe.monitors import MonitorRunner
 from lbframe.plugins import Plugins, Registry
+from lbframe.rules import CompiledRule
 from lbframe.runtime import PoolState, VirtualState
 
 log = Logger(namespace="lbframe")
@@ -87,6 +88,7 @@ def build_runtime(site: Site, plugins: Plugins, reactor) -> SiteRuntime:
         stores[name] = _build(plugins.persistence_stores, scheme, spec.source, "store",
                               spec.store, spec, reactor)
 
+    rules = {name: CompiledRule.compile(spec) for name, spec in site.rules.items()}
     virtuals, balancers, protocols = {}, {}, {}
     for name, spec in site.virtuals.items():
         protocols[name] = _build(plugins.protocols, spec.protocol, spec.source, "protocol",
@@ -94,7 +96,8 @@ def build_runtime(site: Site, plugins: Plugins, reactor) -> SiteRuntime:
         virtuals[name] = VirtualState(spec)
         balancers[name] = Balancer(
             virtuals[name], pools[spec.pool],
-            sorry_pool=pools[spec.sorry_pool] if spec.sorry_pool else None)
+            sorry_pool=pools[spec.sorry_pool] if spec.sorry_pool else None,
+            rules=[(rules[r], pools[rules[r].pool]) for r in spec.rules])
 
     red = site.redundancy
     redundancy = _build(plugins.redundancy_drivers, red.driver, red.source, "driver",
