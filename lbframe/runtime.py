@@ -74,6 +74,9 @@ class Member:
     #: when the current slow start began (clock seconds), or None
     slow_start_began: float | None = None
     slow_start_call: object = None
+    #: True once a reload took the member out of its pool: connections that
+    #: were on it finish, but its pool's scheduler no longer knows it
+    removed: bool = False
 
     @property
     def address(self) -> Address:
@@ -149,7 +152,48 @@ class PoolState:
         member = self.members.pop(name)
         self._end_slow_start(member)
         self.scheduler.member_removed(member)
+        member.removed = True
         return member
+
+    # -- reload ------------------------------------------------------------
+
+    def update_member(self, mspec: MemberSpec) -> Member:
+        """A reload changed a member's weight, priority, maxconn or backup
+        (not its address): the same :class:`Member` keeps its state, checks
+        and counters, and the scheduler sees it anew. A weight set by the
+        admin gives way to a weight changed in the file."""
+        member = self.members[mspec.name]
+        old_spec = member.spec
+        self.scheduler.member_removed(member)
+        member.spec = mspec
+        if mspec.weight != old_spec.weight:
+            member.weight = mspec.weight
+        member.effective_weight = self._ramped_weight(member)
+        member.eligible = member._compute_eligible()
+        self.scheduler.member_added(member)
+        if member.eligible and self.queue:
+            self.wake_waiters()
+        return member
+
+    def replace_scheduler(self, scheduler: IScheduler) -> None:
+        """A reload changed the scheduler or its options: ``scheduler`` (a
+        new, empty one) takes over every member as it is."""
+        self.scheduler = scheduler
+        for member in self.members.values():
+            scheduler.member_added(member)
+
+    def forget_check(self, member: Member, monitor: str) -> None:
+        """A reload took ``monitor`` off ``member``'s pool: its result no
+        longer counts toward the member's health."""
+        if member.checks.pop(monitor, None) is None:
+            return
+        healthy = all(c.up for c in member.checks.values())
+        if healthy != member.healthy:
+            old = member.state
+            member.healthy = healthy
+            if healthy:
+                member.down_reason = ""
+            self._changed(member, old, f"monitor {monitor} removed")
 
     # -- changes -------------------------------------------------------
 
@@ -168,10 +212,11 @@ class PoolState:
             if reason:
                 log.info("member {pool}/{member} {state}: {reason}", pool=self.name,
                          member=member.name, state=new_state, reason=reason,
-                         old=old_state)
+                         old=old_state, lbframe_event="member_state")
             else:
                 log.info("member {pool}/{member} {state}", pool=self.name,
-                         member=member.name, state=new_state, old=old_state)
+                         member=member.name, state=new_state, old=old_state,
+                         lbframe_event="member_state")
             for listener in self.on_state_change:
                 listener(self.name, member.name, old_state, new_state, reason)
 
@@ -229,7 +274,8 @@ class PoolState:
         into the member's moving average, and tell the scheduler."""
         rt = member.response_time
         member.response_time = seconds if rt is None else rt + RESPONSE_TIME_ALPHA * (seconds - rt)
-        self.scheduler.member_changed(member)
+        if not member.removed:
+            self.scheduler.member_changed(member)
 
     # -- slow start ------------------------------------------------------
 
@@ -315,7 +361,8 @@ class PoolState:
 
     def release(self, member: Member) -> None:
         member.active -= 1
-        self.scheduler.connection_released(member)
+        if not member.removed:
+            self.scheduler.connection_released(member)
         if self.queue:
             self.wake_waiters()
 
@@ -328,6 +375,11 @@ class VirtualState:
     active: int = 0
     total: int = 0
     refused: int = 0
+    #: http: requests received, and responses sent by status class
+    #: (``"2xx"`` …; lbframe's own error and sorry pages included)
+    requests: int = 0
+    responses: dict = attrs.field(factory=lambda: {"1xx": 0, "2xx": 0, "3xx": 0,
+                                                   "4xx": 0, "5xx": 0})
 
     @property
     def name(self) -> str:
