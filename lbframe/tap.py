@@ -23,16 +23,17 @@ class Options(usage.Options):
             raise usage.UsageError(f"{self['config']}: no such file")
 
 
-def load(path: str, reactor):
+def load(path: str, reactor, previous=None):
     """Read ``path``, load its plugins and build its runtime; raises
-    ConfigError or PluginError."""
+    ConfigError or PluginError. ``previous``: the running site's runtime,
+    on reload (see :func:`lbframe.service.build_runtime`)."""
     from lbframe.config import load_site
     from lbframe.plugins import load_plugins
     from lbframe.service import build_runtime
 
     site = load_site(path)
     plugins = load_plugins(site.lbframe.plugins, base_dir=os.path.dirname(os.path.abspath(path)))
-    return build_runtime(site, plugins, reactor)
+    return build_runtime(site, plugins, reactor, previous=previous)
 
 
 def makeService(options):
@@ -44,4 +45,11 @@ def makeService(options):
         runtime = load(options["config"], reactor)
     except (ConfigError, PluginError) as e:
         raise usage.UsageError(str(e)) from None
-    return SiteService(runtime, reactor)
+    svc = SiteService(runtime, reactor, config_path=options["config"], signals=True)
+    if runtime.site.lbframe.log_format == "json":
+        from lbframe.logs import twistd_observer
+
+        # twistd uses an ILogObserver component of its application, when
+        # there is one, instead of its own text observer.
+        svc.log_observer = twistd_observer(getattr(options, "parent", None) or {}, reactor)
+    return svc

@@ -66,6 +66,19 @@ class Connection(Relay):
         self.waiting = None  # the pool whose queue we are in
 
     def connect(self) -> None:
+        if self.tries == 0:
+            # A remote persistence store is read before the decision.
+            d = self.server.balancer.prepare(self.context)
+            if d is not None:
+                d.addCallback(self._prepared)
+                return
+        self._decide()
+
+    def _prepared(self, _) -> None:
+        if not self.closed:
+            self._decide()
+
+    def _decide(self) -> None:
         decision = self.server.balancer.choose(self.context, self.excluded)
         if decision is not None and decision.wait:
             self._wait(decision.pool)
@@ -322,17 +335,40 @@ class TCPVirtualServer(service.Service):
                  where=", ".join(str(self.bound_address(s)) for s in self.sockets))
 
     def stopService(self):
+        self.stop_listening()
+        self.close_all("stopping")
+        if hasattr(self.io, "release"):
+            self.io.release()
+        self.timeouts.stop()
+        return super().stopService()
+
+    # -- the listener-service API (reload and graceful stop) ----------------
+
+    def set_balancer(self, balancer: Balancer) -> None:
+        """Connections accepted from now on use ``balancer`` (a reload that
+        kept this virtual server's endpoints); established ones finish with
+        the decision they made."""
+        self.balancer = balancer
+        self.virtual = balancer.virtual
+        spec = self.virtual.spec
+        self.idle_step = min(spec.timeout_client, spec.timeout_server) / 4
+
+    def stop_listening(self) -> None:
+        """Close the listening sockets; established connections go on."""
         for acceptor in self.acceptors:
             self.io.removeReader(acceptor)
         for s in self.sockets:
             s.close()
         self.acceptors, self.sockets = [], []
+
+    def connection_count(self) -> int:
+        """Client connections still open."""
+        return len(self.connections)
+
+    def close_all(self, reason: str) -> None:
+        """Close every connection still open."""
         for conn in list(self.connections):
-            conn.close("stopping")
-        if hasattr(self.io, "release"):
-            self.io.release()
-        self.timeouts.stop()
-        return super().stopService()
+            conn.close(reason)
 
     @staticmethod
     def bound_address(sock: socket.socket):
