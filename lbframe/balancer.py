@@ -1,9 +1,12 @@
 """The balancing decision of a virtual server: one synchronous call, no I/O.
 
+0. (``prepare``, before the call: a remote persistence store is read);
 1. persistence lookup → a member, when the profile knows one that is usable;
 2. L7 rules (http) → a pool;
 3. the pool's scheduler → a member;
-4. admission: nobody can take it → the sorry pool → refuse (``None``).
+4. admission: nobody can take it → the sorry pool → refuse (``None``);
+5. (``responded``, when a member's response head arrives: learning
+   persistence methods learn, cookie-insert adds its cookie).
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from typing import Sequence
 import attrs
 
 from lbframe.runtime import Member, PoolState, VirtualState
+
+#: :meth:`Balancer.responded` without persistence: nothing to add
+NO_HEADERS: tuple = ()
 
 
 @attrs.define(slots=True)
@@ -26,6 +32,8 @@ class RequestContext:
     head: object = None
     #: the ``[rule X]`` that chose the pool (http), for the access log
     rule: str | None = None
+    #: what the persistence profile found for this request (its own record)
+    persistence: object = None
 
 
 @attrs.define(slots=True, frozen=True)
@@ -52,6 +60,7 @@ class Balancer:
     sorry_pool: PoolState | None = None
     #: (rule, PoolState) pairs in the virtual server's order; used by L7 protocols
     rules: Sequence = ()
+    #: the :class:`lbframe.persistence.profile.Profile` this virtual server names
     persistence: object = None
 
     def choose(self, context: RequestContext, exclude=(), may_wait: bool = True
@@ -65,6 +74,8 @@ class Balancer:
             member = self._persisted(context, pool, exclude)
             if member is None:
                 member = pool.scheduler.pick(context, exclude)
+                if member is not None and self.persistence is not None:
+                    self.persistence.picked(context, member)
             if member is not None:
                 return Decision(pool, member)
             if may_wait and pool.spec.queue_timeout > 0 and pool.has_full_members(exclude):
@@ -89,5 +100,29 @@ class Balancer:
         return self.pool
 
     def _persisted(self, context: RequestContext, pool: PoolState, exclude) -> Member | None:
-        """Persistence seam: the persistence issue fills it in."""
-        return None
+        """The member the persistence profile holds for ``context``, if usable."""
+        profile = self.persistence
+        if profile is None:
+            return None
+        return profile.member_for(context, pool, exclude)
+
+    # -- persistence around the decision (lbframe.persistence.profile) ------
+
+    def prepare(self, context: RequestContext):
+        """Call before :meth:`choose`: None, or a Deferred to wait for first
+        (a remote persistence store being read). The Deferred never fails:
+        a store error means the scheduler decides."""
+        profile = self.persistence
+        if profile is None:
+            return None
+        return profile.prepare(context)
+
+    def responded(self, context: RequestContext, decision: Decision | None, response):
+        """Call once per response head from a member (http): learning
+        methods learn here. Returns the ``(bytes name, bytes value)``
+        headers to add to the answer sent to the client (cookie-insert's
+        ``Set-Cookie``), usually an empty tuple."""
+        profile = self.persistence
+        if profile is None:
+            return NO_HEADERS
+        return profile.responded(context, decision, response)

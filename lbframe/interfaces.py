@@ -54,21 +54,69 @@ class IMonitor(Interface):
 
 
 class IPersistenceMethod(Interface):
-    """Extracts a persistence key from a request context (and, for learning
-    methods, from a member's response)."""
+    """Finds a persistence key in a request context (and, for learning
+    methods, in a member's response). Built once per ``[persistence X]``
+    profile by ``factory(profile, options)``; it keeps no table itself (the
+    profile's :class:`IPersistenceStore` does).
+
+    :class:`lbframe.persistence.PersistenceMethod` is a base class with the
+    defaults below; a plugin method usually overrides :meth:`key_for` and
+    one of :meth:`learn` or :meth:`member_for`.
+    """
+
+    learns = Attribute(
+        "True when members' responses teach entries (cookie-learn, url-session): "
+        "the store is written in :meth:`learn`'s time, after the member answered. "
+        "False (source-ip): a scheduler pick is written right after the decision.")
+    stateless = Attribute(
+        "True when the key itself names the member (cookie-insert): no store is "
+        "read or written and :meth:`member_for` is asked instead.")
 
     def key_for(context):
-        """The key for ``context``, or ``None`` when it carries none."""
+        """The key for ``context`` (a :class:`lbframe.balancer.RequestContext`),
+        a ``str``, or ``None`` when it carries none. Cheap: called once per
+        connection or request."""
+
+    def learn(context, response):
+        """Keys that ``response`` (a :class:`lbframe.messages.ResponseHead`,
+        or a protocol's own response object) assigns to the member that sent
+        it, e.g. the value of its ``Set-Cookie: JSESSIONID=``; an iterable,
+        usually empty."""
+
+    def member_for(key, pool):
+        """Stateless methods: the :class:`lbframe.runtime.Member` of ``pool``
+        that ``key`` names, or ``None``."""
+
+    def response_headers(context, member, key):
+        """``(bytes name, bytes value)`` headers to add to the answer sent to
+        the client now that ``member`` answered (cookie-insert's
+        ``Set-Cookie``); an empty tuple for most methods. ``key`` is what
+        :meth:`key_for` found in the request."""
 
 
 class IPersistenceStore(Interface):
-    """Maps persistence keys to member *names*, with idle expiry."""
+    """Maps persistence keys (``str``) to member *names*, with idle expiry.
+
+    A local store (``memory``) answers every call at once. A remote store
+    (``redis://``) sets :attr:`asynchronous`: its :meth:`get` returns a
+    Deferred, which the balancer waits for *before* the decision
+    (:meth:`lbframe.balancer.Balancer.prepare`), and its writes return at once
+    (they are sent after the decision, never waited for). A remote store's
+    Deferreds must not errback for an unreachable server: it logs and answers
+    ``None`` so that the scheduler decides instead.
+    """
+
+    asynchronous = Attribute("True when :meth:`get` returns a Deferred.")
 
     def get(key):
-        """The member name stored for ``key``, or ``None``."""
+        """The member name stored for ``key`` (refreshing its idle time), or
+        ``None``; a Deferred firing with that when :attr:`asynchronous`."""
 
     def set(key, member_name):
-        """Remember ``key`` → ``member_name``."""
+        """Remember ``key`` → ``member_name`` (fire and forget)."""
+
+    def touch(key):
+        """Refresh the idle time of ``key`` without reading it."""
 
     def delete(key):
         """Forget ``key``."""

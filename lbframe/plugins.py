@@ -37,6 +37,10 @@ BUILTIN_PLUGINS = (
     "lbframe.monitors.icmp",
     "lbframe.protocols.tcp",
     "lbframe.persistence.memory",
+    "lbframe.persistence.source_ip",
+    "lbframe.persistence.cookie_insert",
+    "lbframe.persistence.cookie_learn",
+    "lbframe.persistence.url_session",
     "lbframe.redundancy.none",
 )
 
