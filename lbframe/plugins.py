@@ -4,6 +4,19 @@ Built-in plugins are registered exactly as third-party ones are (pytest's
 ``default_plugins``, tox's ``internal_plugins``): they are modules with
 ``@hookimpl`` functions. A manager is built by :func:`load_plugins`, fresh
 each time; nothing is built at import time.
+
+Two environment variables are for operators and plugin authors:
+
+- ``LBFRAME_DISABLE_PLUGINS=name,...`` keeps plugins out (an entry point's
+  name, a module name, a file's path, name or stem, a built-in's module);
+  a disabled plugin is not even imported, so a broken one cannot stop a site.
+- ``LBFRAME_TRACE_HOOKS=1`` logs every hook call and every registration
+  (pluggy's hook-call monitoring) through :mod:`twisted.logger`.
+
+A plugin may declare the plugin API it was written for,
+``LBFRAME_PLUGIN_API = (1, 0)``; one that needs another major version, or a
+newer minor one than :data:`lbframe.PLUGIN_API`, is refused with a message
+naming the plugin and both versions.
 """
 
 from __future__ import annotations
@@ -16,9 +29,15 @@ from typing import Any, Callable, Iterable
 
 import attrs
 import pluggy
+from twisted.logger import Logger
 
-from lbframe import PROJECT, hookspecs
+from lbframe import PLUGIN_API, PROJECT, hookspecs
 from lbframe.errors import PluginError, did_you_mean
+
+log = Logger(namespace="lbframe.plugins")
+
+#: the module attribute a plugin declares its plugin API version with
+API_ATTRIBUTE = "LBFRAME_PLUGIN_API"
 
 BUILTIN_PLUGINS = (
     "lbframe.schedulers.round_robin",
@@ -36,6 +55,7 @@ BUILTIN_PLUGINS = (
     "lbframe.monitors.script",
     "lbframe.monitors.icmp",
     "lbframe.protocols.tcp",
+    "lbframe.protocols.http",
     "lbframe.persistence.memory",
     "lbframe.persistence.source_ip",
     "lbframe.persistence.cookie_insert",
@@ -79,22 +99,39 @@ class Registration:
 class Registry:
     """The factories of one kind, by name. Refuses duplicates."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, origins: dict[str, str] | None = None):
         self.kind = kind
         self.noun = KINDS[kind]
         self._entries: dict[str, Registration] = {}
         self._current_plugin = "?"
+        #: plugin name → origin ("built-in", "entry point", ...), for messages
+        self._origins = origins if origins is not None else {}
+
+    def _describe(self, plugin: str) -> str:
+        origin = self._origins.get(plugin)
+        if origin == "built-in":
+            return f"the built-in plugin {plugin!r}"
+        return f"plugin {plugin!r}" + (f" ({origin})" if origin else "")
 
     def add(self, name: str, factory: Callable[..., Any]) -> None:
         """Register ``factory`` under ``name``."""
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {self._current_plugin!r} registered a {self.noun} "
                               f"with a bad name {name!r}")
+        if not callable(factory):
+            raise PluginError(f"plugin {self._current_plugin!r} registered {self.noun} "
+                              f"{name!r} with a factory that is not callable: {factory!r}")
         if name in self._entries:
             first = self._entries[name].plugin
-            raise PluginError(f"{self.noun} {name!r} is registered twice: by plugin "
-                              f"{first!r} and by plugin {self._current_plugin!r}")
+            hint = ("; give yours another name" if self._origins.get(first) == "built-in"
+                    else "; remove one, or keep one out with LBFRAME_DISABLE_PLUGINS")
+            raise PluginError(f"{self.noun} {name!r} is registered twice: by "
+                              f"{self._describe(first)} and by "
+                              f"{self._describe(self._current_plugin)}{hint}")
         self._entries[name] = Registration(name, factory, self._current_plugin)
+        if tracing():
+            log.info("plugin {plugin} registered {noun} {name!r}", plugin=self._current_plugin,
+                     noun=self.noun, name=name)
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
@@ -125,6 +162,10 @@ class PluginInfo:
     name: str
     origin: str  # "built-in", "entry point", "file", "module"
     version: str | None
+    #: the plugin API the plugin declared (``LBFRAME_PLUGIN_API``), or None
+    api: tuple[int, int] | None = None
+    #: kept out by ``LBFRAME_DISABLE_PLUGINS`` (listed, never imported)
+    disabled: bool = False
 
 
 class Plugins:
@@ -147,10 +188,85 @@ class Plugins:
     def hook(self):
         return self.manager.hook
 
+    def registered_by(self, plugin: str) -> dict[str, list[str]]:
+        """``{noun: [names]}`` that ``plugin`` registered, e.g.
+        ``{"scheduler": ["two-choices"]}``."""
+        out = {}
+        for registry in self.registries.values():
+            names = registry.by_plugin().get(plugin)
+            if names:
+                out[registry.noun] = sorted(names)
+        return out
+
 
 def _disabled() -> set[str]:
     raw = os.environ.get("LBFRAME_DISABLE_PLUGINS", "")
     return {n.strip() for n in raw.replace(" ", ",").split(",") if n.strip()}
+
+
+def tracing() -> bool:
+    """``LBFRAME_TRACE_HOOKS`` is set to something other than ``0``/empty."""
+    return os.environ.get("LBFRAME_TRACE_HOOKS", "").strip().lower() not in ("", "0", "no", "false")
+
+
+def _trace_hook_calls(pm: pluggy.PluginManager):
+    """Log each hook call and its outcome (pluggy's hook-call monitoring)."""
+
+    def before(hook_name, hook_impls, kwargs):
+        log.info("hook {hook}({args}) -> {plugins}", hook=hook_name,
+                 args=", ".join(f"{k}={v!r}" for k, v in kwargs.items()),
+                 plugins=", ".join(i.plugin_name for i in hook_impls) or "no plugin")
+
+    def after(outcome, hook_name, hook_impls, kwargs):
+        if outcome.exception is not None:
+            log.info("hook {hook} raised {error!r}", hook=hook_name, error=outcome.exception)
+        else:
+            log.info("hook {hook} returned {result!r}", hook=hook_name, result=outcome.get_result())
+
+    return pm.add_hookcall_monitoring(before, after)
+
+
+def parse_api(value) -> tuple[int, int] | None:
+    """``(1, 0)``, ``[1, 0]``, ``"1.0"`` or ``"1"`` → ``(1, 0)``; None for
+    anything else."""
+    if isinstance(value, str):
+        value = value.strip().split(".")
+    try:
+        parts = tuple(int(p) for p in value)
+    except (TypeError, ValueError):
+        return None
+    if len(parts) == 1:
+        parts += (0,)
+    return parts[:2] if len(parts) >= 2 else None
+
+
+def check_api(plugin_name: str, plugin) -> tuple[int, int] | None:
+    """The API ``plugin`` declares; raises PluginError when this lbframe
+    cannot serve it. A plugin that declares nothing is taken as written for
+    the current API (and ``lbframe plugins`` says it declared nothing)."""
+    declared = getattr(plugin, API_ATTRIBUTE, None)
+    if declared is None:
+        return None
+    from lbframe import __version__
+    have = ".".join(map(str, PLUGIN_API))
+    api = parse_api(declared)
+    if api is None:
+        raise PluginError(f"plugin {plugin_name!r} declares {API_ATTRIBUTE} = {declared!r}; "
+                          f"write it as a (major, minor) tuple, e.g. {tuple(PLUGIN_API)!r}")
+    need = ".".join(map(str, api))
+    if api[0] != PLUGIN_API[0]:
+        what = ("a newer lbframe" if api[0] > PLUGIN_API[0]
+                else "an older lbframe; the plugin needs updating")
+        raise PluginError(f"plugin {plugin_name!r} needs lbframe plugin API {need}, but lbframe "
+                          f"{__version__} provides plugin API {have}: it was written for {what}")
+    if api[1] > PLUGIN_API[1]:
+        raise PluginError(f"plugin {plugin_name!r} needs lbframe plugin API {need}, but lbframe "
+                          f"{__version__} provides plugin API {have}: upgrade lbframe")
+    return api
+
+
+def _is_disabled(disabled: set[str], *names: str | None) -> bool:
+    return any(n in disabled for n in names if n)
 
 
 def _load_file_plugin(path: str):
@@ -182,55 +298,75 @@ def load_plugins(extra: Iterable[str] = (), base_dir: str | None = None,
     ``extra`` are module names or paths to ``.py`` files (``plugins =`` in
     ``site.ini``); relative paths are taken from ``base_dir``.
     """
+    from lbframe import __version__
+
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
     disabled = _disabled()
     infos: list[PluginInfo] = []
-    from lbframe import __version__
+
+    def add(plugin, name: str, origin: str, version: str | None) -> None:
+        api = check_api(name, plugin) if origin != "built-in" else PLUGIN_API
+        _register(pm, plugin, name)
+        infos.append(PluginInfo(name, origin, version, api))
 
     for modname in BUILTIN_PLUGINS:
-        pm.register(importlib.import_module(modname), name=modname)
-        infos.append(PluginInfo(modname, "built-in", __version__))
+        if _is_disabled(disabled, modname):
+            infos.append(PluginInfo(modname, "built-in", __version__, disabled=True))
+            continue
+        add(importlib.import_module(modname), modname, "built-in", __version__)
 
     if entry_points:
         from importlib.metadata import entry_points as _eps
         for ep in _eps(group=PROJECT):
-            if ep.name in disabled or pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+            version = ep.dist.version if ep.dist is not None else None
+            if _is_disabled(disabled, ep.name, ep.value):
+                infos.append(PluginInfo(ep.name, "entry point", version, disabled=True))
+                continue
+            if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
                 continue
             try:
                 plugin = ep.load()
             except Exception as e:
-                raise PluginError(f"entry point plugin {ep.name!r} failed to load: {e!r}") from e
-            _register(pm, plugin, ep.name)
-            version = ep.dist.version if ep.dist is not None else None
-            infos.append(PluginInfo(ep.name, "entry point", version))
+                raise PluginError(f"entry point plugin {ep.name!r} ({ep.value}) failed to "
+                                  f"load: {e!r}; keep it out with "
+                                  f"LBFRAME_DISABLE_PLUGINS={ep.name}") from e
+            add(plugin, ep.name, "entry point", version)
 
     for spec in extra:
         if spec.endswith(".py") or os.sep in spec or "/" in spec:
             path = spec if os.path.isabs(spec) or base_dir is None else os.path.join(base_dir, spec)
+            stem = os.path.splitext(os.path.basename(path))[0]
+            if _is_disabled(disabled, spec, path, os.path.basename(path), stem):
+                infos.append(PluginInfo(path, "file", None, disabled=True))
+                continue
             if not os.path.exists(path):
                 raise PluginError(f"plugin file {path!r} does not exist")
             plugin = _load_file_plugin(path)
             origin, pname = "file", path
         else:
+            if _is_disabled(disabled, spec):
+                infos.append(PluginInfo(spec, "module", None, disabled=True))
+                continue
             try:
                 plugin = importlib.import_module(spec)
             except ImportError as e:
                 raise PluginError(f"plugin module {spec!r} cannot be imported: {e}") from e
             origin, pname = "module", spec
-        if pname in disabled or getattr(plugin, "__name__", None) in disabled:
-            continue
         if pm.is_registered(plugin):
             continue
-        _register(pm, plugin, pname)
-        infos.append(PluginInfo(pname, origin, getattr(plugin, "__version__", None)))
+        add(plugin, pname, origin, getattr(plugin, "__version__", None))
 
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as e:
         raise PluginError(str(e)) from e
 
-    registries = {kind: Registry(kind) for kind in KINDS}
+    if tracing():
+        _trace_hook_calls(pm)
+
+    origins = {i.name: i.origin for i in infos}
+    registries = {kind: Registry(kind, origins) for kind in KINDS}
     for kind, registry in registries.items():
         caller = getattr(pm.hook, f"lbframe_register_{kind}")
         # Call each implementation ourselves so the registry knows which
@@ -238,7 +374,13 @@ def load_plugins(extra: Iterable[str] = (), base_dir: str | None = None,
         for impl in caller.get_hookimpls():
             registry._current_plugin = impl.plugin_name
             kwargs = {"registry": registry}
-            impl.function(**{k: kwargs[k] for k in impl.argnames})
+            try:
+                impl.function(**{k: kwargs[k] for k in impl.argnames})
+            except PluginError:
+                raise
+            except Exception as e:
+                raise PluginError(f"plugin {impl.plugin_name!r} failed in "
+                                  f"lbframe_register_{kind}: {e!r}") from e
         registry._current_plugin = "?"
 
     return Plugins(pm, registries, infos)

@@ -1,0 +1,301 @@
+"""A client's connection to an http virtual server.
+
+It parses the client's requests as they arrive and keeps one
+:class:`~lbframe.protocols.http.exchange.Exchange` per request in arrival
+order; only the first is active, so pipelined requests are answered in
+order. What waits for its turn (or for its member connection) is bounded:
+past ``MAX_BUFFERED`` bytes or ``MAX_PIPELINE`` requests we stop reading
+from the client until the line moves.
+
+A request we refuse (malformed, too big) gets its error page in its turn
+and the connection is closed after it: after a framing error nothing that
+follows can be trusted to be a request boundary.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from lbframe.protocols.http import pages
+from lbframe.protocols.http.exchange import Exchange
+from lbframe.protocols.http.parser import HTTPError, RequestParser
+
+log = Logger(namespace="lbframe.http")
+
+#: request bytes we hold for requests waiting for their turn or their member
+MAX_BUFFERED = 256 * 1024
+#: requests one client may have outstanding
+MAX_PIPELINE = 32
+#: the longest PROXY protocol header we wait for (v2 with TLVs)
+MAX_PROXY_HEADER = 4096 + 16
+
+
+class ClientConnection(Protocol):
+    def __init__(self, server):
+        self.server = server
+        self.exchanges: deque = deque()
+        self.incoming: Exchange | None = None  # the request being received
+        self.parser: RequestParser | None = None
+        self.buffered = 0
+        self.paused = False
+        self.closing = False
+        self.tunnel: Exchange | None = None
+        self.held = b""  # bytes after an Upgrade request, until the answer
+        self.proxy_buffer: bytes | None = None
+        self.client_host = ""
+        self.client_port = 0
+        self.last_read = 0.0
+        self.tick = None
+        #: b"https" behind an ssl: listener (X-Forwarded-Proto)
+        self.scheme = b"http"
+
+    # -- connection life ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        server = self.server
+        peer = self.transport.getPeer()
+        self.client_host = getattr(peer, "host", "")
+        self.client_port = getattr(peer, "port", 0)
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass
+        self.parser = RequestParser(self, server.max_request_line, server.max_head)
+        if server.virtual.spec.accept_proxy:
+            self.proxy_buffer = b""
+        self.last_read = server.clock.seconds()
+        server.connection_made(self)
+        self.tick = server.timeouts.schedule(self, server.idle_step)
+
+    def connectionLost(self, reason) -> None:
+        self.closing = True
+        server = self.server
+        if self.tick is not None:
+            server.timeouts.cancel(self, self.tick)
+            self.tick = None
+        while self.exchanges:
+            self.exchanges[0].abort("client closed")
+        server.idle.drop_client(self)
+        server.connection_lost(self)
+
+    def close(self) -> None:
+        """Close after what is already written."""
+        if not self.closing:
+            self.closing = True
+            self.transport.loseConnection()
+
+    # -- bytes from the client ---------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.last_read = self.server.clock.seconds()
+        if self.tunnel is not None:
+            tunnel = self.tunnel
+            tunnel.bytes_in += len(data)
+            if tunnel.conn is not None:
+                tunnel.conn.transport.write(data)
+            return
+        if self.proxy_buffer is not None:
+            data = self._proxy_header(data)
+            if not data:
+                return
+        parser = self.parser
+        if parser is None:
+            # After an Upgrade request, until the member answers it.
+            self.held += data
+            self.buffered += len(data)
+            self.update_reading()
+            return
+        try:
+            parser.feed(data)
+        except HTTPError as e:
+            self.refuse(e)
+            return
+        self.update_reading()
+
+    def _proxy_header(self, data: bytes) -> bytes:
+        """``accept_proxy``: the PROXY header comes first; it names the client."""
+        from lbframe.protocols import proxy_protocol
+
+        buffer = self.proxy_buffer + data
+        try:
+            parsed = proxy_protocol.parse(buffer)
+        except proxy_protocol.ProxyHeaderError as e:
+            log.warn("virtual {virtual}: bad PROXY header from {peer}: {error}",
+                     virtual=self.server.virtual.name, peer=self.client_host, error=e)
+            self.proxy_buffer = None
+            self.server.virtual.refused += 1
+            self.transport.abortConnection()
+            return b""
+        if parsed is None:
+            if len(buffer) > MAX_PROXY_HEADER:
+                self.transport.abortConnection()
+                return b""
+            self.proxy_buffer = buffer
+            return b""
+        info, used = parsed
+        self.proxy_buffer = None
+        if info.source is not None:
+            self.client_host, self.client_port = info.source
+        return buffer[used:]
+
+    def update_reading(self) -> None:
+        """Pause reading while too much waits; resume when it moved."""
+        want_pause = (self.buffered > MAX_BUFFERED or len(self.exchanges) > MAX_PIPELINE)
+        if want_pause and not self.paused:
+            self.paused = True
+            self.transport.pauseProducing()
+        elif not want_pause and self.paused and not self.closing:
+            self.paused = False
+            self.transport.resumeProducing()
+
+    # -- the request parser's sink -----------------------------------------
+
+    def request(self, head, keep_alive: bool, has_body: bool) -> None:
+        exchange = Exchange(self, head, keep_alive, has_body, self.parser.chunked)
+        self.incoming = exchange
+        self.exchanges.append(exchange)
+        if len(self.exchanges) == 1:
+            exchange.start()
+
+    def body(self, data: bytes) -> None:
+        self.incoming.request_body(data)
+
+    def end(self, trailers) -> None:
+        exchange, self.incoming = self.incoming, None
+        exchange.request_end(trailers)
+
+    def upgrade(self, rest: bytes) -> None:
+        """The request just parsed asks for an Upgrade: stop parsing until
+        its answer says whether what follows is a tunnel or a request."""
+        if self.exchanges:
+            self.exchanges[-1].wants_upgrade = True
+        self.parser = None
+        self.held = rest
+        self.buffered += len(rest)
+
+    def refuse(self, error: HTTPError) -> None:
+        """A request we will not forward: its error page in its turn, then close."""
+        self.parser = None
+        self.server.virtual.refused += 1
+        log.info("virtual {virtual}: refused a request from {client}: {reason}",
+                 virtual=self.server.virtual.name, client=self.client_host,
+                 reason=error.reason)
+        incoming, self.incoming = self.incoming, None
+        if incoming is not None and not incoming.done:
+            # Its head went out already; its body broke: cut it off.
+            if incoming is self.exchanges[0] and not incoming.response_started:
+                incoming.abort_with(error)
+                return
+            incoming.abort(error.reason)
+            return
+        exchange = Exchange(self, None, False, False, False)
+        exchange.local_error = error
+        exchange.request_complete = True
+        self.exchanges.append(exchange)
+        if len(self.exchanges) == 1:
+            exchange.start()
+        if not self.paused:
+            self.paused = True
+            self.transport.pauseProducing()
+
+    # -- exchanges ---------------------------------------------------------
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        exchanges = self.exchanges
+        if exchanges and exchanges[0] is exchange:
+            exchanges.popleft()
+        elif exchange in exchanges:
+            exchanges.remove(exchange)
+        if self.incoming is exchange:
+            self.incoming = None
+        if self.closing:
+            return
+        if exchange.close_after or self.server.stopping:
+            while exchanges:
+                exchanges.popleft().abort("connection closing")
+            self.close()
+            return
+        if exchanges:
+            exchanges[0].start()
+            return
+        if self.parser is None and exchange.wants_upgrade:
+            # The member did not switch protocols: what followed the
+            # request is the next request.
+            self.parser = RequestParser(self, self.server.max_request_line,
+                                        self.server.max_head)
+            held, self.held = self.held, b""
+            self.buffered -= len(held)
+            if held:
+                self.dataReceived(held)
+        self.update_reading()
+
+    def start_tunnel(self, exchange: Exchange) -> None:
+        """After a 101: relay bytes both ways until either side closes."""
+        self.tunnel = exchange
+        held, self.held = self.held, b""
+        self.buffered -= len(held)
+        if held and exchange.conn is not None:
+            exchange.bytes_in += len(held)
+            exchange.conn.transport.write(held)
+        self.update_reading()
+
+    def proxy_header(self, version: str) -> bytes:
+        """The PROXY header naming this client, for ``send_proxy``."""
+        from lbframe.protocols import proxy_protocol
+
+        local = self.transport.getHost()
+        source = (self.client_host, self.client_port)
+        destination = (getattr(local, "host", "0.0.0.0"), getattr(local, "port", 0))
+        if version == "v2":
+            return proxy_protocol.build_v2(source, destination)
+        return proxy_protocol.build_v1(source, destination)
+
+    # -- timeouts (the server's timer wheel calls expired) ------------------
+
+    def expired(self) -> None:
+        self.tick = None
+        if self.closing:
+            return
+        server = self.server
+        spec = server.virtual.spec
+        now = server.clock.seconds()
+        idle_client = now - self.last_read
+        if self.tunnel is not None:
+            if now - max(self.last_read, self.tunnel.last_member) >= server.timeout_tunnel:
+                self.tunnel.outcome = f"tunnel idle for {server.timeout_tunnel:g}s"
+                self.transport.loseConnection()
+                return
+        elif self.exchanges:
+            exchange = self.exchanges[0]
+            if (exchange.conn is not None and not exchange.response_complete and
+                    now - exchange.last_member >= spec.timeout_server and
+                    (exchange.request_complete or idle_client >= spec.timeout_server)):
+                exchange.timed_out()
+                if self.closing:
+                    return
+            elif (self.incoming is not None and not self.incoming.request_complete and
+                  idle_client >= spec.timeout_client):
+                self._client_timeout(f"client timeout after {spec.timeout_client:g}s "
+                                     "in the request body")
+                return
+        elif self.parser is not None and self.parser.in_head:
+            if idle_client >= spec.timeout_client:
+                self._client_timeout(f"client timeout after {spec.timeout_client:g}s "
+                                     "in the request head")
+                return
+        elif idle_client >= server.timeout_keepalive:
+            self.close()
+            return
+        self.tick = server.timeouts.schedule(self, server.idle_step)
+
+    def _client_timeout(self, reason: str) -> None:
+        log.info("virtual {virtual}: {reason} (client {client})",
+                 virtual=self.server.virtual.name, reason=reason, client=self.client_host)
+        if not self.exchanges or not self.exchanges[0].response_started:
+            self.transport.write(pages.error_response(408))
+        while self.exchanges:
+            self.exchanges[0].abort(reason)
+        self.close()

@@ -1,0 +1,506 @@
+"""One request and its response, from the decision to the access log line.
+
+An :class:`Exchange` is created when a request head has been parsed and
+checked. When its turn comes (requests on one client connection are
+answered in order), it asks the balancer for a member, takes a kept-alive
+connection to it or opens one, sends the head and streams the body as it
+arrives, then streams the member's response back. Backpressure is Twisted's
+producer/consumer: while an exchange runs, each side's transport is the
+other's producer, so a full write buffer on one side pauses reading on the
+other, and memory per connection stays at the transports' buffer sizes
+whatever the body sizes.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from lbframe.balancer import Decision, RequestContext
+from lbframe.protocols.http import heads, pages
+from lbframe.protocols.http.members import Connect
+from lbframe.protocols.http.parser import HTTPError
+
+log = Logger(namespace="lbframe.http")
+
+#: how many members one request may try
+MAX_TRIES = 2
+
+_STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+def _chunk(data: bytes) -> tuple:
+    return (b"%x\r\n" % len(data), data, b"\r\n")
+
+
+class Exchange:
+    __slots__ = (
+        "client", "server", "head", "keep_alive", "has_body", "chunked",
+        "wants_upgrade", "pending", "pending_bytes", "conn", "connecting", "decision", "context", "tries",
+        "excluded", "started", "connect_started", "t_queue", "t_connect", "t_first",
+        "member_keep_alive", "framing", "to_client_chunked", "close_after",
+        "request_complete", "response_started", "response_complete", "done", "tunnel",
+        "bytes_in", "bytes_out", "status", "waiting", "queue_call", "last_member",
+        "outcome", "local_error", "producers",
+    )
+
+    def __init__(self, client, head, keep_alive: bool, has_body: bool, chunked: bool):
+        self.client = client
+        self.server = client.server
+        self.head = head
+        self.keep_alive = keep_alive
+        self.has_body = has_body
+        self.chunked = chunked
+        self.wants_upgrade = False
+        self.pending: list = []
+        self.pending_bytes = 0
+        self.conn = None
+        self.connecting = None
+        self.decision: Decision | None = None
+        self.context: RequestContext | None = None
+        self.tries = 0
+        self.excluded: list = []
+        self.started = self.last_member = self.connect_started = self.server.clock.seconds()
+        self.t_queue = self.t_connect = self.t_first = None
+        self.member_keep_alive = False
+        self.framing = None
+        self.to_client_chunked = False
+        self.close_after = False
+        self.request_complete = False
+        self.response_started = False
+        self.response_complete = False
+        self.done = False
+        self.tunnel = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.status = None
+        self.waiting = None
+        self.queue_call = None
+        self.outcome = None
+        self.local_error: HTTPError | None = None
+        self.producers = False
+
+    # -- the decision ------------------------------------------------------
+
+    def start(self) -> None:
+        """Our turn: the exchanges before ours on this connection are done."""
+        server = self.server
+        server.virtual.requests += 1
+        self.started = server.clock.seconds()
+        if self.local_error is not None:
+            error = self.local_error
+            self.respond_local(error.status, lambda close: pages.error_response(error.status),
+                               outcome=error.reason, close=True)
+            return
+        client = self.client
+        self.context = RequestContext(client.client_host, client.client_port,
+                                      server.virtual.name, self.head)
+        prepare = getattr(server.balancer, "prepare", None)
+        if prepare is not None:
+            waiting = prepare(self.context)
+            if waiting is not None:
+                waiting.addCallback(lambda _: None if self.done else self.decide())
+                return
+        self.decide()
+
+    def decide(self) -> None:
+        server = self.server
+        decision = server.balancer.choose(self.context, self.excluded)
+        if decision is not None and decision.wait:
+            pool = decision.pool
+            if pool.enqueue(self):
+                self.waiting = pool
+                self.queue_call = server.clock.callLater(pool.spec.queue_timeout,
+                                                         self._queue_timeout)
+                return
+            decision = server.balancer.choose_sorry(self.context, self.excluded)
+            if decision is None:
+                self.unavailable(f"pool {pool.name}: queue full")
+                return
+        if decision is None:
+            self.unavailable("no member available")
+        else:
+            self.use(decision)
+
+    def wake(self) -> bool:
+        """The pool has room again (we waited in its queue): True when we
+        found a member and left the queue."""
+        pool = self.waiting
+        member = pool.scheduler.pick(self.context, self.excluded)
+        if member is None:
+            return False
+        self.waiting = None
+        if self.queue_call is not None and self.queue_call.active():
+            self.queue_call.cancel()
+        self.queue_call = None
+        self.use(Decision(pool, member))
+        return True
+
+    def _queue_timeout(self) -> None:
+        self.queue_call = None
+        pool, self.waiting = self.waiting, None
+        pool.dequeue(self)
+        decision = self.server.balancer.choose_sorry(self.context, self.excluded)
+        if decision is None:
+            self.unavailable(f"pool {pool.name}: no member free after "
+                             f"{pool.spec.queue_timeout:g}s in the queue")
+        else:
+            self.use(decision)
+
+    def unavailable(self, reason: str) -> None:
+        """Nobody can serve: the sorry page, or a 503."""
+        server = self.server
+        server.virtual.refused += 1
+        sorry = server.sorry_page
+        head_only = self.head.method == "HEAD"
+        if sorry is not None:
+            self.respond_local(sorry.status, lambda close: sorry.render(close, head_only),
+                               outcome=f"sorry page: {reason}")
+        else:
+            self.respond_local(503, lambda close: pages.error_response(503, close),
+                               outcome=reason)
+
+    # -- the member connection ----------------------------------------------
+
+    def use(self, decision: Decision) -> None:
+        server = self.server
+        self.decision = decision
+        member = decision.member
+        decision.pool.take(member)
+        self.tries += 1
+        now = server.clock.seconds()
+        if self.t_queue is None:
+            self.t_queue = now - self.started
+        self.connect_started = now
+        conn = server.idle.acquire(self._idle_key())
+        if conn is not None:
+            self.t_connect = 0.0
+            self.attach(conn, fresh=False)
+        else:
+            self.open()
+
+    def _idle_key(self):
+        if self.decision.pool.spec.send_proxy != "no":
+            return (self.decision.member, self.client)
+        return self.decision.member
+
+    def open(self) -> None:
+        """A new connection to the decision's member."""
+        server = self.server
+        member = self.decision.member
+        factory = Connect(self, member, server.max_head)
+        self.connecting = factory
+        address = member.spec.address
+        factory.connector = server.reactor.connectTCP(
+            address.host, address.port, factory, timeout=server.virtual.spec.timeout_connect)
+
+    def member_connected(self, conn, fresh: bool) -> None:
+        self.connecting = None
+        if self.done:
+            conn.transport.loseConnection()
+            return
+        self.t_connect = self.server.clock.seconds() - self.connect_started
+        self.attach(conn, fresh)
+
+    def attach(self, conn, fresh: bool) -> None:
+        server, client = self.server, self.client
+        self.conn = conn
+        conn.exchange = self
+        conn.parser.sink = self
+        conn.parser.expect(self.head.method)
+        data = []
+        send_proxy = self.decision.pool.spec.send_proxy
+        if fresh and send_proxy != "no":
+            conn.owner = client
+            data.append(client.proxy_header(send_proxy))
+        forwarded = client.client_host if server.virtual.spec.forwarded_for else None
+        data.append(heads.request_bytes(self.head, forwarded, client.scheme, self.wants_upgrade))
+        if self.pending:
+            data.extend(self.pending)
+            client.buffered -= self.pending_bytes
+            self.pending, self.pending_bytes = [], 0
+        conn.transport.writeSequence(data)
+        self.last_member = server.clock.seconds()
+        # Each side's transport produces for the other: backpressure both ways.
+        conn.transport.registerProducer(client.transport, True)
+        client.transport.registerProducer(conn.transport, True)
+        self.producers = True
+        client.update_reading()
+
+    def connect_failed(self, reason) -> None:
+        self.connecting = None
+        if self.done:
+            return
+        self._member_failed(f"connect failed: {reason.getErrorMessage()}", may_retry=True)
+
+    def _member_failed(self, why: str, may_retry: bool = False) -> None:
+        """The member did not take the request: count it, and after a
+        failed connect (the request never left) try another member."""
+        decision = self.decision
+        member, pool = decision.member, decision.pool
+        member.failures += 1
+        pool.release(member)
+        log.warn("member {pool}/{member}: {why} (client {client})", pool=pool.name,
+                 member=member.name, why=why, client=self.client.client_host)
+        if may_retry and self.tries < MAX_TRIES:
+            self.decision = None
+            self.excluded.append(member)
+            self.decide()
+        else:
+            self._fail(503 if may_retry else 502, f"member {pool.name}/{member.name}: {why}",
+                       released=True)
+
+    # -- the request body, from the client ---------------------------------
+
+    def request_body(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.bytes_in += len(data)
+        conn = self.conn
+        if conn is not None:
+            if self.chunked:
+                conn.transport.writeSequence(_chunk(data))
+            else:
+                conn.transport.write(data)
+            return
+        framed = b"".join(_chunk(data)) if self.chunked else data
+        self.pending.append(framed)
+        self.pending_bytes += len(framed)
+        self.client.buffered += len(framed)
+
+    def request_end(self, trailers) -> None:
+        if self.done:
+            return
+        self.request_complete = True
+        if self.chunked:
+            tail = heads.trailer_bytes(trailers)
+            if self.conn is not None:
+                self.conn.transport.write(tail)
+            else:
+                self.pending.append(tail)
+                self.pending_bytes += len(tail)
+                self.client.buffered += len(tail)
+        if self.response_complete and not self.done:
+            self.finish()
+
+    # -- the response, from the member -----------------------------------------
+
+    def member_data(self, data: bytes) -> None:
+        self.last_member = self.server.clock.seconds()
+        if self.tunnel:
+            self.bytes_out += len(data)
+            self.client.transport.write(data)
+            return
+        try:
+            self.conn.parser.feed(data)
+        except HTTPError as e:
+            self._bad_response(e)
+
+    def informational(self, head) -> None:
+        """A 1xx (100 Continue, 103 Early Hints): passed on to 1.1 clients."""
+        if self.head.version == "1.1":
+            self.client.transport.write(heads.response_bytes(head, False, False, False))
+
+    def response(self, head, member_keep_alive: bool, framing: str) -> None:
+        server = self.server
+        now = server.clock.seconds()
+        decision = self.decision
+        self.t_first = now - self.started
+        decision.pool.record_response_time(decision.member, now - self.connect_started)
+        self.status = head.status
+        server.virtual.responses[_STATUS_CLASS.get(head.status // 100, "5xx")] += 1
+        self.member_keep_alive = member_keep_alive
+        self.framing = framing
+        responded = getattr(server.balancer, "responded", None)
+        extra = responded(self.context, decision, head) if responded is not None else ()
+        client_11 = self.head.version == "1.1"
+        if head.status == 101:
+            self.response_started = True
+            self.client.transport.write(heads.response_bytes(head, False, False, False, extra))
+            return
+        chunked = framing == "chunked" and client_11
+        close = (not self.keep_alive or framing == "close" or
+                 (framing == "chunked" and not client_11) or server.stopping)
+        self.to_client_chunked = chunked
+        self.close_after = close
+        self.response_started = True
+        self.client.transport.write(heads.response_bytes(
+            head, chunked, close, not close and not client_11, extra))
+
+    def body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self.to_client_chunked:
+            self.client.transport.writeSequence(_chunk(data))
+        else:
+            self.client.transport.write(data)
+
+    def end(self, trailers) -> None:
+        if self.to_client_chunked:
+            self.client.transport.write(heads.trailer_bytes(trailers))
+        self.response_complete = True
+        if not self.request_complete:
+            # The member answered before the request ended (e.g. a 413):
+            # what is left of the body cannot be told from a next request.
+            self.close_after = True
+        self.finish()
+
+    def upgrade(self, rest: bytes) -> None:
+        """After a 101: both connections become one byte tunnel."""
+        if self.status != 101:
+            self._bad_response(HTTPError(502, "bad response: unexpected upgrade"))
+            return
+        self.tunnel = True
+        if rest:
+            self.bytes_out += len(rest)
+            self.client.transport.write(rest)
+        self.client.start_tunnel(self)
+
+    def _bad_response(self, error: HTTPError) -> None:
+        decision = self.decision
+        log.warn("member {pool}/{member}: {reason} (client {client})",
+                 pool=decision.pool.name, member=decision.member.name,
+                 reason=error.reason, client=self.client.client_host)
+        decision.member.failures += 1
+        self._fail(502, error.reason)
+
+    def member_lost(self, conn, reason) -> None:
+        """The member connection closed (or broke) during our exchange."""
+        if self.done:
+            return
+        self.conn = None
+        self._unregister(conn)
+        if self.tunnel:
+            self.close_after = True
+            self.outcome = "tunnel closed by member"
+            self.finish()
+            return
+        if self.response_started:
+            if self.framing == "close" and self.status != 101:
+                # The body was delimited by the close: the response is whole.
+                self.response_complete = True
+                self.close_after = True
+                self.finish()
+                return
+            self.outcome = "member closed mid-response"
+            log.warn("member {pool}/{member}: closed mid-response (client {client})",
+                     pool=self.decision.pool.name, member=self.decision.member.name,
+                     client=self.client.client_host)
+            self.close_after = True
+            self.finish()
+            return
+        if conn.reused and not self.has_body and self.tries <= MAX_TRIES:
+            # A kept-alive connection the member had closed meanwhile: the
+            # request never reached it, send it again on a new connection.
+            self.tries += 1
+            self.connect_started = self.server.clock.seconds()
+            self.open()
+            return
+        self._member_failed("closed the connection before answering")
+
+    def timed_out(self) -> None:
+        """``timeout_server`` passed without a byte from the member."""
+        decision = self.decision
+        limit = self.server.virtual.spec.timeout_server
+        log.warn("member {pool}/{member}: no answer within {limit:g}s (client {client})",
+                 pool=decision.pool.name, member=decision.member.name, limit=limit,
+                 client=self.client.client_host)
+        self._fail(504, f"server timeout after {limit:g}s")
+
+    # -- ending -----------------------------------------------------------
+
+    def _fail(self, status: int, reason: str, released: bool = False) -> None:
+        """Give up on the member: an error page when nothing was sent yet,
+        else close the client connection (the response is cut)."""
+        if self.response_started:
+            self.outcome = reason
+            self.close_after = True
+            self.finish(released=released)
+        else:
+            self.respond_local(status, lambda close: pages.error_response(status, close),
+                               outcome=reason, close=True, released=released)
+
+    def respond_local(self, status: int, render, outcome: str, close: bool = False,
+                      released: bool = False) -> None:
+        """Answer from lbframe itself (error or sorry page)."""
+        close = close or not self.keep_alive or not self.request_complete or \
+            self.server.stopping
+        self.status = status
+        self.server.virtual.responses[_STATUS_CLASS.get(status // 100, "5xx")] += 1
+        self.outcome = outcome
+        self.close_after = close
+        self.response_started = self.response_complete = True
+        data = render(close)
+        if self.head is not None and self.head.method == "HEAD":
+            data = data[:data.index(b"\r\n\r\n") + 4]
+        self.bytes_out += len(data)
+        self.client.transport.write(data)
+        self.finish(released=released)
+
+    def _unregister(self, conn) -> None:
+        if self.producers:
+            self.producers = False
+            if conn is not None:
+                conn.transport.unregisterProducer()
+            self.client.transport.unregisterProducer()
+
+    def finish(self, released: bool = False) -> None:
+        """The exchange is over: give the member connection back (or close
+        it), account, log, and let the client connection go on."""
+        if self.done:
+            return
+        self.done = True
+        conn = self.conn
+        self.conn = None
+        self._unregister(conn)
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        if self.waiting is not None:
+            self.waiting.dequeue(self)
+            self.waiting = None
+        if self.queue_call is not None and self.queue_call.active():
+            self.queue_call.cancel()
+        decision = self.decision
+        if decision is not None and not released:
+            decision.pool.release(decision.member)
+        if decision is not None:
+            decision.member.bytes_in += self.bytes_in
+            decision.member.bytes_out += self.bytes_out
+        if conn is not None and not conn.lost:
+            conn.exchange = None
+            conn.parser.sink = None
+            if (self.member_keep_alive and self.response_complete and self.request_complete
+                    and not self.tunnel and conn.parser.extra == 0 and not self.server.stopping
+                    and decision is not None):
+                conn.transport.resumeProducing()
+                self.server.idle.release(self._idle_key(), conn)
+            else:
+                conn.transport.loseConnection()
+        self.server.log_exchange(self)
+        self.client.exchange_done(self)
+
+    def abort_with(self, error: HTTPError) -> None:
+        """The request turned out malformed after its head went to the
+        member (a bad chunk): cut the member off, answer the error, close."""
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            self._unregister(conn)
+            conn.exchange = None
+            conn.transport.abortConnection()
+        self.respond_local(error.status, lambda close: pages.error_response(error.status),
+                           outcome=error.reason, close=True)
+
+    def abort(self, why: str) -> None:
+        """The client went away: drop everything without answering."""
+        if self.done:
+            return
+        self.outcome = why
+        conn = self.conn
+        if conn is not None and not self.response_complete:
+            # Half a request or response on it: not reusable.
+            self.conn = None
+            self._unregister(conn)
+            conn.exchange = None
+            conn.transport.abortConnection()
+        self.close_after = True
+        self.finish()

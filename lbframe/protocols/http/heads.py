@@ -1,0 +1,96 @@
+"""Writing heads out again, as a proxy must (RFC 9110 §7.6).
+
+Hop-by-hop headers (``Connection`` and every header it names,
+``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Upgrade`` outside an upgrade,
+``Transfer-Encoding`` where we re-frame) describe one connection and are
+not passed on. Everything else goes out as it came: same names, same case,
+same order, so a request that needed no change reaches the member byte for
+byte, followed by the ``X-Forwarded-*`` lines when ``forwarded_for`` is on.
+"""
+
+from __future__ import annotations
+
+from lbframe.messages import RequestHead, ResponseHead
+
+_ALWAYS_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te",
+                         b"upgrade"))
+
+
+def _dropped(headers, extra: frozenset) -> frozenset:
+    """Names not to forward: the hop-by-hop ones and those ``Connection`` lists."""
+    listed = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            for token in value.split(b","):
+                token = token.strip().lower()
+                if token:
+                    listed.add(token)
+    if not listed and not extra:
+        return _ALWAYS_HOP
+    return _ALWAYS_HOP | extra | listed
+
+
+def request_bytes(head: RequestHead, forwarded_for: str | None, proto: bytes,
+                  upgrade: bool) -> bytes:
+    """The request head to send to a member.
+
+    ``forwarded_for`` is the client's address to append as
+    ``X-Forwarded-For`` (None: add nothing); the client's own
+    ``X-Forwarded-Proto`` is replaced then, since only we know the scheme.
+    """
+    extra = frozenset((b"x-forwarded-proto",)) if forwarded_for is not None else frozenset()
+    dropped = _dropped(head.headers, extra)
+    out = [b"%s %s HTTP/%s\r\n" % (head.method.encode("ascii"), head.target.encode("latin-1"),
+                                    head.version.encode("ascii"))]
+    for name, value in head.headers:
+        if name.lower() in dropped:
+            if upgrade and name.lower() == b"upgrade":
+                out.append(b"%s: %s\r\n" % (name, value))
+            continue
+        out.append(b"%s: %s\r\n" % (name, value))
+    if upgrade:
+        out.append(b"Connection: Upgrade\r\n")
+    if forwarded_for is not None:
+        out.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"
+                   % (forwarded_for.encode("ascii"), proto))
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+_NOT_FRAMING = frozenset((b"transfer-encoding",))
+
+
+def response_bytes(head: ResponseHead, chunked: bool, close: bool, keep_alive: bool,
+                   extra: tuple = ()) -> bytes:
+    """The response head to send to the client.
+
+    ``chunked``: we frame the body as chunked (``Transfer-Encoding: chunked``
+    is written by us, never copied); ``close``: we will close after it;
+    ``keep_alive``: say ``Connection: keep-alive`` (an HTTP/1.0 client that
+    asked for it); ``extra``: headers to add, e.g. a persistence cookie.
+    """
+    upgrade = head.status == 101
+    dropped = _dropped(head.headers, _NOT_FRAMING)
+    out = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason.encode("latin-1"))]
+    for name, value in head.headers:
+        lower = name.lower()
+        if lower in dropped and not (upgrade and lower == b"upgrade"):
+            continue
+        out.append(b"%s: %s\r\n" % (name, value))
+    for name, value in extra:
+        out.append(b"%s: %s\r\n" % (name, value))
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    if upgrade:
+        out.append(b"Connection: Upgrade\r\n")
+    elif close:
+        out.append(b"Connection: close\r\n")
+    elif keep_alive:
+        out.append(b"Connection: keep-alive\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def trailer_bytes(trailers) -> bytes:
+    """The last chunk and its trailer section."""
+    return b"0\r\n" + b"".join(b"%s: %s\r\n" % pair for pair in trailers) + b"\r\n"

@@ -1,0 +1,188 @@
+"""Connections to members, and the idle ones kept for reuse.
+
+A :class:`MemberConnection` carries one exchange at a time (no pipelining
+toward members: a member that fails mid-pipeline would take several
+requests with it). After a response that leaves the connection clean it goes
+back to :class:`IdleConnections`, per member, most recently used first, so
+the next request — from any client — skips the TCP handshake. Idle
+connections are bounded per member and closed after ``member_idle_timeout``;
+one a member closes while idle simply leaves the list.
+
+With ``send_proxy`` a connection's PROXY header names one client, so such
+connections are kept per client connection instead (HAProxy does the same).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.task import LoopingCall
+
+from lbframe.protocols.http.parser import ResponseParser
+
+
+class MemberConnection(Protocol):
+    """One TCP (or TLS) connection to a member."""
+
+    def __init__(self, member, max_head: int):
+        self.member = member
+        self.exchange = None
+        self.parser = ResponseParser(None, max_head)
+        self.idle_since: float | None = None
+        #: True once it served an exchange: a failure before any response
+        #: byte may then be the member closing an idle connection (retry)
+        self.reused = False
+        self.owner = None  # the client connection, for send_proxy connections
+        self.lost = False
+        self.idle_key = None
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+        self.factory.made(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            # An idle member connection must be silent.
+            self.transport.abortConnection()
+            return
+        exchange.member_data(data)
+
+    def connectionLost(self, reason) -> None:
+        self.lost = True
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.member_lost(self, reason)
+        elif self.idle_since is not None:
+            self.idle_list.discard(self)
+
+    idle_list = None  # the IdleConnections keeping us
+
+
+class Connect(ClientFactory):
+    """One connection attempt for one exchange."""
+
+    noisy = False
+
+    def __init__(self, exchange, member, max_head: int):
+        self.exchange = exchange
+        self.member = member
+        self.max_head = max_head
+        self.connector = None
+
+    def buildProtocol(self, addr):
+        conn = MemberConnection(self.member, self.max_head)
+        conn.factory = self
+        return conn
+
+    def clientConnectionFailed(self, connector, reason) -> None:
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.connect_failed(reason)
+
+    def clientConnectionLost(self, connector, reason) -> None:
+        pass
+
+    def made(self, conn: MemberConnection) -> None:
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.member_connected(conn, fresh=True)
+        else:
+            conn.transport.loseConnection()
+
+    def cancel(self) -> None:
+        """The exchange is gone: stop connecting, or close when connected."""
+        self.exchange = None
+        if self.connector is not None and self.connector.state == "connecting":
+            self.connector.stopConnecting()
+
+
+class IdleConnections:
+    """Kept-alive member connections, per member, at most ``per_member``
+    each, closed after ``idle_timeout`` seconds unused."""
+
+    def __init__(self, clock, per_member: int, idle_timeout: float):
+        self.clock = clock
+        self.per_member = per_member
+        self.idle_timeout = idle_timeout
+        self.idle: dict = defaultdict(list)
+        self.count = 0
+        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper.clock = clock
+
+    def start(self) -> None:
+        if not self._sweeper.running:
+            self._sweeper.start(max(0.05, min(self.idle_timeout / 2, 5.0)), now=False)
+
+    def stop(self) -> None:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        for conns in self.idle.values():
+            for conn in conns:
+                conn.idle_since = None
+                conn.transport.loseConnection()
+        self.idle.clear()
+        self.count = 0
+
+    def acquire(self, key):
+        """The most recently used idle connection for ``key``, or None."""
+        conns = self.idle.get(key)
+        while conns:
+            conn = conns.pop()
+            self.count -= 1
+            conn.idle_since = None
+            if not conn.lost:
+                return conn
+        return None
+
+    def release(self, key, conn: MemberConnection) -> None:
+        """Keep ``conn`` for reuse (or close it when ``key`` has enough)."""
+        conns = self.idle[key]
+        if len(conns) >= self.per_member or self.per_member == 0:
+            conn.transport.loseConnection()
+            return
+        conn.idle_since = self.clock.seconds()
+        conn.reused = True
+        conn.idle_list = self
+        conn.idle_key = key
+        conns.append(conn)
+        self.count += 1
+
+    def discard(self, conn: MemberConnection) -> None:
+        conns = self.idle.get(conn.idle_key)
+        if conns and conn in conns:
+            conns.remove(conn)
+            self.count -= 1
+        conn.idle_since = None
+
+    def drop(self, key) -> None:
+        """Close every idle connection of ``key`` (a client went away)."""
+        for conn in self.idle.pop(key, ()):
+            self.count -= 1
+            conn.idle_since = None
+            conn.transport.loseConnection()
+
+    def drop_client(self, client) -> None:
+        """A client connection closed: its send_proxy connections go too."""
+        for key in [k for k in self.idle if type(k) is tuple and k[1] is client]:
+            self.drop(key)
+
+    def sweep(self) -> None:
+        """Close connections idle longer than ``idle_timeout``."""
+        deadline = self.clock.seconds() - self.idle_timeout
+        for key in list(self.idle):
+            conns = self.idle[key]
+            keep = []
+            for conn in conns:
+                if conn.idle_since is not None and conn.idle_since < deadline:
+                    conn.idle_since = None
+                    self.count -= 1
+                    conn.transport.loseConnection()
+                else:
+                    keep.append(conn)
+            if keep:
+                self.idle[key] = keep
+            else:
+                del self.idle[key]

@@ -1,0 +1,310 @@
+"""Strict HTTP/1.x message parsing on llhttp (through ``httptools``).
+
+llhttp is Node.js's parser: written for speed (generated C state machine)
+and strict by default — it already refuses Content-Length together with
+Transfer-Encoding, duplicate or malformed Content-Lengths, obs-fold, bare CR
+or LF line ends, control characters and NUL in heads, whitespace before a
+header colon, malformed chunk sizes and extensions. These classes add what a
+proxy must check on top (RFC 9112):
+
+- ``Transfer-Encoding`` must be exactly ``chunked`` (llhttp also takes
+  ``gzip, chunked``; we have no business decoding that and a coding list is
+  the classic TE.TE smuggling vector), and an HTTP/1.0 request must not
+  carry one at all;
+- an HTTP/1.1 request has exactly one ``Host``; only HTTP/1.0 and 1.1;
+- the request line and the whole head have size limits, enforced while the
+  bytes arrive, so an endless header costs bounded memory (llhttp hands
+  httptools header pieces that httptools joins before calling us);
+- ``CONNECT`` is refused (lbframe is a reverse proxy, not a forward one).
+
+A parser calls its *sink* as the message goes by; the data path decides what
+to forward. Errors are raised as :class:`HTTPError` carrying the status the
+client should get.
+"""
+
+from __future__ import annotations
+
+import httptools
+
+from lbframe.messages import RequestHead, ResponseHead
+
+#: defaults for the virtual server keys ``max_request_line`` / ``max_head_size``
+MAX_REQUEST_LINE = 8 * 1024
+MAX_HEAD_SIZE = 32 * 1024
+#: the most one read can hand the parser
+READ_SLACK = 64 * 1024
+
+
+class HTTPError(Exception):
+    """A message we refuse: ``status`` for the client (or 502 when a member
+    sent it), ``reason`` for the log."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+def _llhttp_error(e: Exception, what: str, status: int = 400) -> HTTPError:
+    if isinstance(e, httptools.HttpParserInvalidMethodError):
+        return HTTPError(501, f"{what}: unknown method")
+    cause = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None
+    if isinstance(cause, HTTPError):
+        return cause
+    if cause is not None:
+        raise cause
+    return HTTPError(status, f"{what}: {e}")
+
+
+def _hop_tokens(values: list[bytes]) -> set[bytes]:
+    tokens = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+class _Base:
+    """What request and response parsing share: the head collection, the
+    size accounting, trailers, and the chunked flag."""
+
+    def __init__(self, sink, max_head: int):
+        self.sink = sink
+        self.max_head = max_head
+        self.in_head = False
+        self.head_bytes = 0  # bytes received since the head began (bounded check)
+        self.head_size = 0  # exact size of the parsed pieces
+        self.headers: list = []
+        self.trailers: list | None = None
+        self.chunked = False
+        self.content_length = False
+
+    # -- llhttp callbacks shared by both ---------------------------------
+
+    def on_message_begin(self):
+        self.in_head = True
+        self.head_size = 0
+        self.headers = []
+        self.trailers = None
+        self.chunked = False
+        self.content_length = False
+
+    def on_header(self, name: bytes, value: bytes):
+        if self.trailers is not None:
+            self.trailers.append((name, value))
+            return
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.max_head:
+            raise self._too_big()
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes):
+        self.sink.body(body)
+
+    def on_chunk_header(self):
+        pass
+
+    def on_chunk_complete(self):
+        pass
+
+    def _headers_done(self):
+        """Checks common to requests and responses, after the head."""
+        self.in_head = False
+        self.head_bytes = 0
+        te = [v for n, v in self.headers if n.lower() == b"transfer-encoding"]
+        if te:
+            if len(te) != 1 or te[0].strip().lower() != b"chunked":
+                raise HTTPError(400, "Transfer-Encoding other than chunked")
+            self.chunked = True
+        self.content_length = any(n.lower() == b"content-length" for n, _ in self.headers)
+        # Trailers arrive through on_header after the last chunk.
+        self.trailers = []
+
+    def _too_big(self) -> HTTPError:
+        return HTTPError(431, f"head over {self.max_head} bytes")
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; raises HTTPError.
+
+        The 431 itself comes from the exact size of the parsed pieces; this
+        coarser count of the bytes received while a head is unfinished only
+        bounds memory (httptools joins a header's fragments before it calls
+        us), so it allows one read of slack for the bytes that preceded the
+        head in the same read."""
+        self._feed(data)
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.max_head + READ_SLACK:
+                raise self._too_big()
+
+
+class RequestParser(_Base):
+    """Parses a client's stream of requests.
+
+    Sink methods: ``request(head, keep_alive, has_body)``, ``body(data)``,
+    ``end(trailers)``, ``upgrade(rest)`` (after an ``Upgrade`` request's head:
+    the bytes that followed it, which belong to the tunnel if the member
+    answers 101, or to the next request if not).
+    """
+
+    def __init__(self, sink, max_request_line: int = MAX_REQUEST_LINE,
+                 max_head: int = MAX_HEAD_SIZE):
+        super().__init__(sink, max_head)
+        self.max_request_line = max_request_line
+        self.url = b""
+        self.parser = httptools.HttpRequestParser(self)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self.sink.upgrade(data[e.args[0]:])
+        except httptools.HttpParserError as e:
+            raise _llhttp_error(e, "bad request") from None
+
+    def on_message_begin(self):
+        super().on_message_begin()
+        self.url = b""
+        # The head began: count from here (a previous message's body bytes
+        # in the same read do not count).
+        self.head_bytes = 0
+
+    def on_url(self, url: bytes):
+        self.url += url
+        if len(self.url) > self.max_request_line:
+            raise HTTPError(414, f"request line over {self.max_request_line} bytes")
+        self.head_size += len(url)
+
+    def on_headers_complete(self):
+        parser = self.parser
+        method = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise HTTPError(505, f"HTTP/{version} not supported")
+        if method == "CONNECT":
+            raise HTTPError(501, "CONNECT is not supported by a reverse proxy")
+        self._headers_done()
+        if self.chunked and version == "1.0":
+            raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        hosts = sum(1 for n, _ in self.headers if n.lower() == b"host")
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            raise HTTPError(400, "an HTTP/1.1 request needs exactly one Host header")
+        head = RequestHead(method, self.url.decode("latin-1"), version, self.headers)
+        has_body = self.chunked or (self.content_length and self._declared_length() > 0)
+        self.sink.request(head, parser.should_keep_alive(), has_body)
+
+    def _declared_length(self) -> int:
+        for name, value in self.headers:
+            if name.lower() == b"content-length":
+                return int(value)
+        return 0
+
+    def on_message_complete(self):
+        self.sink.end(self.trailers or [])
+
+
+class ResponseParser(_Base):
+    """Parses one member connection's responses, one request at a time.
+
+    ``expect(method)`` must be called before each request's response, so
+    that a response to HEAD is known to have no body. Sink methods:
+    ``response(head, keep_alive, framing)`` with framing one of ``"none"``,
+    ``"length"``, ``"chunked"``, ``"close"``; ``informational(head)`` for 1xx
+    other than 101; ``body(data)``; ``end(trailers)``; ``upgrade(rest)`` after a
+    101 head.
+    """
+
+    def __init__(self, sink, max_head: int = MAX_HEAD_SIZE):
+        super().__init__(sink, max_head)
+        self.parser = httptools.HttpResponseParser(self)
+        self.reason = b""
+        self.head_only = False
+        self.complete = False
+        #: bytes that arrived after a complete HEAD response
+        self.extra = 0
+        self._skip_rest = False
+
+    def expect(self, method: str) -> None:
+        """The next response answers a ``method`` request."""
+        if method == "HEAD" or self._skip_rest:
+            # llhttp cannot be told that a response has no body: a HEAD
+            # exchange gets a parser of its own, stopped after the head.
+            self.parser = httptools.HttpResponseParser(self)
+        self.head_only = method == "HEAD"
+        self.complete = False
+        self.extra = 0
+        self._skip_rest = False
+
+    def _feed(self, data: bytes) -> None:
+        if self._skip_rest:
+            self.extra += len(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self.sink.upgrade(data[e.args[0]:])
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _HeadDone):
+                # We cannot know where in ``data`` llhttp stopped; a member
+                # that wrote anything after the head is not reused.
+                self._skip_rest = True
+                self.extra = 0 if data.endswith(b"\r\n\r\n") else 1
+                self.complete = True
+                self.sink.end([])
+                return
+            raise _llhttp_error(e, "bad response", 502) from None
+        except httptools.HttpParserError as e:
+            raise HTTPError(502, f"bad response: {e}") from None
+
+    def on_message_begin(self):
+        super().on_message_begin()
+        self.head_bytes = 0
+        self.reason = b""
+
+    def on_status(self, reason: bytes):
+        self.reason += reason
+        self.head_size += len(reason) + 13
+
+    def on_headers_complete(self):
+        parser = self.parser
+        status = parser.get_status_code()
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise HTTPError(502, f"bad response: HTTP/{version}")
+        try:
+            self._headers_done()
+        except HTTPError as e:
+            raise HTTPError(502, f"bad response: {e.reason}") from None
+        head = ResponseHead(status, self.reason.decode("latin-1"), version, self.headers)
+        keep_alive = parser.should_keep_alive()
+        if 100 <= status < 200 and status != 101:
+            self.trailers = None
+            self.sink.informational(head)
+            return
+        if status == 101:
+            self.sink.response(head, False, "none")
+            return
+        if self.head_only or status in (204, 304):
+            framing = "none"
+        elif self.chunked:
+            framing = "chunked"
+        elif self.content_length:
+            framing = "length"
+        else:
+            framing = "close"
+            keep_alive = False
+        self.sink.response(head, keep_alive, framing)
+        if self.head_only:
+            raise _HeadDone()
+
+    def on_message_complete(self):
+        if self.trailers is None:  # the end of a 1xx
+            return
+        self.complete = True
+        self.sink.end(self.trailers)
+
+
+class _HeadDone(Exception):
+    """Raised from the callback to stop llhttp after a HEAD response's head."""

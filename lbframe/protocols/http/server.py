@@ -1,0 +1,197 @@
+"""The listening side of an http virtual server.
+
+It owns what the virtual server's connections share: the listening ports
+(any Twisted server endpoint, so ``ssl:`` terminates TLS here), the member
+connections kept alive for reuse, one timer wheel for every connection's
+timeouts, and the access log. It implements the listener API the service
+uses for reload and graceful stop: ``set_balancer``, ``stop_listening``,
+``connection_count`` and ``close_all``.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from lbframe.accesslog import access_log_for
+from lbframe.protocols.http.client import ClientConnection
+from lbframe.protocols.http.members import IdleConnections
+from lbframe.protocols.timeouts import TimerWheel
+
+log = Logger(namespace="lbframe.http")
+
+
+@attrs.frozen
+class HTTPSettings:
+    """The http virtual server keys, parsed (see docs/http.md)."""
+
+    listen: tuple
+    max_head: int
+    max_request_line: int
+    timeout_keepalive: float
+    timeout_tunnel: float
+    member_keepalive: int
+    member_idle_timeout: float
+    sorry_page: object = None
+    access_log: str | None = None
+    access_log_json: bool = False
+
+
+class _ClientFactory(Factory):
+    noisy = False
+
+    def __init__(self, server: "HTTPVirtualServer", scheme: bytes):
+        self.server = server
+        self.scheme = scheme
+
+    def buildProtocol(self, addr):
+        conn = ClientConnection(self.server)
+        conn.scheme = self.scheme
+        return conn
+
+
+class HTTPVirtualServer(service.Service):
+    def __init__(self, balancer, settings: HTTPSettings, reactor, clock=None):
+        self.balancer = balancer
+        self.virtual = balancer.virtual
+        self.settings = settings
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        spec = self.virtual.spec
+        self.max_head = settings.max_head
+        self.max_request_line = settings.max_request_line
+        self.timeout_keepalive = settings.timeout_keepalive
+        self.timeout_tunnel = settings.timeout_tunnel
+        self.sorry_page = settings.sorry_page
+        self.idle_step = max(0.01, min(spec.timeout_client, spec.timeout_server,
+                                       settings.timeout_keepalive, settings.timeout_tunnel) / 4)
+        self.timeouts = TimerWheel(self.clock, min(1.0, self.idle_step / 2))
+        self.idle = IdleConnections(self.clock, settings.member_keepalive,
+                                    settings.member_idle_timeout)
+        self.connections: set[ClientConnection] = set()
+        self.ports: list = []
+        self.stopping = False
+        self.access_log = None
+        self.setName(f"virtual:{self.virtual.name}")
+
+    # -- listening -----------------------------------------------------------
+
+    def _listen(self) -> None:
+        if self.ports:
+            return
+        ports = []
+        for description in self.settings.listen:
+            scheme = b"https" if description.startswith("ssl:") else b"http"
+            outcome = []
+            serverFromString(self.reactor, description).listen(
+                _ClientFactory(self, scheme)).addBoth(outcome.append)
+            result = outcome[0] if outcome else None
+            if isinstance(result, Failure) or result is None:
+                for port in ports:
+                    port.stopListening()
+                why = result.getErrorMessage() if isinstance(result, Failure) else "no answer"
+                # SystemExit: twistd prints the message and exits 1, no traceback.
+                raise SystemExit(f"lbframe: virtual {self.virtual.name}: cannot listen on "
+                                 f"{description}: {why}")
+            ports.append(result)
+        self.ports = ports
+
+    def privilegedStartService(self) -> None:
+        self._listen()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self._listen()
+        super().startService()
+        self.stopping = False
+        self.access_log = access_log_for(self.settings.access_log, self.settings.access_log_json)
+        self.idle.start()
+        log.info("virtual {virtual} (http) listening on {where}", virtual=self.virtual.name,
+                 where=", ".join(str(p.getHost()) for p in self.ports))
+
+    def stopService(self):
+        self.stop_listening()
+        self.close_all("stopping")
+        self.idle.stop()
+        self.timeouts.stop()
+        return super().stopService()
+
+    def addresses(self) -> list:
+        """Where we listen (``IAddress`` per port): tests use the port numbers."""
+        return [p.getHost() for p in self.ports]
+
+    # -- the listener API (reload, graceful stop) ---------------------------------
+
+    def set_balancer(self, balancer) -> None:
+        """Requests that start from now on use ``balancer`` (reload)."""
+        self.balancer = balancer
+        self.virtual = balancer.virtual
+
+    def stop_listening(self):
+        """Stop accepting; established connections finish their current
+        request and close (``Connection: close`` on their next response)."""
+        ports, self.ports = self.ports, []
+        self.stopping = True
+        for conn in list(self.connections):
+            if not conn.exchanges:
+                conn.close()
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+    def connection_count(self) -> int:
+        return len(self.connections)
+
+    def close_all(self, reason: str) -> None:
+        for conn in list(self.connections):
+            for exchange in list(conn.exchanges):
+                exchange.abort(reason)
+            conn.transport.abortConnection()
+
+    # -- connections -----------------------------------------------------------
+
+    def connection_made(self, conn: ClientConnection) -> None:
+        virtual = self.virtual
+        virtual.total += 1
+        virtual.active += 1
+        self.connections.add(conn)
+        if self.stopping:
+            conn.close()
+
+    def connection_lost(self, conn: ClientConnection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.virtual.active -= 1
+
+    def log_exchange(self, exchange) -> None:
+        access_log = self.access_log
+        if access_log is None:
+            return
+        now = self.clock.seconds()
+        decision, head, client = exchange.decision, exchange.head, exchange.client
+        context = exchange.context
+
+        def ms(seconds):
+            return None if seconds is None else seconds * 1000.0
+
+        access_log.write({
+            "client": f"{client.client_host}:{client.client_port}",
+            "virtual": self.virtual.name,
+            "rule": context.rule if context is not None else None,
+            "pool": decision.pool.name if decision is not None else None,
+            "member": decision.member.name if decision is not None else None,
+            "method": head.method if head is not None else None,
+            "target": head.target if head is not None else None,
+            "version": head.version if head is not None else None,
+            "status": exchange.status,
+            "bytes_in": exchange.bytes_in,
+            "bytes_out": exchange.bytes_out,
+            "queue_ms": ms(exchange.t_queue),
+            "connect_ms": ms(exchange.t_connect),
+            "first_byte_ms": ms(exchange.t_first),
+            "total_ms": ms(now - exchange.started),
+            "outcome": exchange.outcome,
+        })
