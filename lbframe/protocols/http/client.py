@@ -209,8 +209,6 @@ class ClientConnection(Protocol):
             exchanges.popleft()
         elif exchange in exchanges:
             exchanges.remove(exchange)
-        if self.incoming is exchange:
-            self.incoming = None
         if self.closing:
             return
         if exchange.close_after or self.server.stopping:

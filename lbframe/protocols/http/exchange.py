@@ -65,7 +65,8 @@ class Exchange:
         self.framing = None
         self.to_client_chunked = False
         self.close_after = False
-        self.request_complete = False
+        #: a request without a body is complete with its head
+        self.request_complete = not has_body
         self.response_started = False
         self.response_complete = False
         self.done = False
