@@ -284,6 +284,7 @@ class ResponseParser(_Base):
             self.sink.informational(head)
             return
         if status == 101:
+            self.trailers = None  # no message end: upgrade() follows
             self.sink.response(head, False, "none")
             return
         if self.head_only or status in (204, 304):
