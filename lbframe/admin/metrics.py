@@ -150,9 +150,39 @@ class RuntimeCollector:
                 continue
             entries.add_metric([name], n)
         yield entries
+        yield from self._persistence(runtime)
         build = GaugeMetricFamily("lbframe_build_info", "lbframe's version", labels=["version"])
         build.add_metric([__version__], 1)
         yield build
+
+
+    def _persistence(self, runtime) -> Iterator[Metric]:
+        """Persistence lookups by result, and the memory store's evictions."""
+        lookups = CounterMetricFamily("lbframe_persistence_lookups_total",
+                                      "requests that carried a persistence key, by result: "
+                                      "hit (sent to the entry's member), miss (no entry), "
+                                      "replaced (its member was down, disabled or gone)",
+                                      labels=["profile", "result"])
+        dropped = CounterMetricFamily("lbframe_persistence_dropped_total",
+                                      "entries the memory store dropped: evicted (full, "
+                                      "least recently used) or expired (idle)",
+                                      labels=["profile", "reason"])
+        seen = set()
+        for balancer in runtime.balancers.values():
+            profile = getattr(balancer, "persistence", None)
+            if profile is None or profile.name in seen:
+                continue
+            seen.add(profile.name)
+            hits, replaced = profile.hits, profile.replaced
+            lookups.add_metric([profile.name, "hit"], hits)
+            lookups.add_metric([profile.name, "replaced"], replaced)
+            lookups.add_metric([profile.name, "miss"], max(0, profile.lookups - hits - replaced))
+        for name, store in runtime.persistence_stores.items():
+            if hasattr(store, "evicted"):
+                dropped.add_metric([name, "evicted"], store.evicted)
+            if hasattr(store, "expired"):
+                dropped.add_metric([name, "expired"], store.expired)
+        yield from (lookups, dropped)
 
 
 def make_registry(get_runtime: Callable[[], object]) -> CollectorRegistry:

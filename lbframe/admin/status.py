@@ -15,6 +15,7 @@ extensions: they may be added to, never renamed.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from lbframe.runtime import CheckState, Member, PoolState, VirtualState
@@ -90,10 +91,47 @@ def redundancy_status(runtime) -> dict[str, Any]:
     }
 
 
+def persistence_status(runtime) -> dict[str, Any]:
+    """Each ``[persistence X]`` profile: its table's size (``None`` for a
+    store that cannot count at once, e.g. Redis), who uses it, and how its
+    lookups went."""
+    users: dict[str, list[str]] = {}
+    profiles: dict[str, Any] = {}
+    for vname, balancer in getattr(runtime, "balancers", {}).items():
+        profile = getattr(balancer, "persistence", None)
+        if profile is not None:
+            profiles[profile.name] = profile
+            users.setdefault(profile.name, []).append(vname)
+    out = {}
+    for name, spec in runtime.site.persistence.items():
+        store = runtime.persistence_stores.get(name)
+        try:
+            entries = len(store) if store is not None else None
+        except TypeError:
+            entries = None
+        profile = profiles.get(name)
+        out[name] = {
+            "method": spec.method,
+            # a store URL may carry a password: never shown
+            "store": re.sub(r"//[^/@]*@", "//***@", spec.store),
+            "entries": entries,
+            "virtuals": users.get(name, []),
+            "lookups": getattr(profile, "lookups", 0),
+            "hits": getattr(profile, "hits", 0),
+            "replaced": getattr(profile, "replaced", 0),
+            "evicted": getattr(store, "evicted", 0),
+            "expired": getattr(store, "expired", 0),
+        }
+    return out
+
+
 def site_status(runtime) -> dict[str, Any]:
     """The whole ``/api/status`` document for a :class:`lbframe.service.SiteRuntime`."""
-    return {
+    status = {
         "virtuals": {name: virtual_status(v) for name, v in runtime.virtuals.items()},
         "pools": {name: pool_status(p) for name, p in runtime.pools.items()},
         "redundancy": redundancy_status(runtime),
     }
+    if runtime.site.persistence:
+        status["persistence"] = persistence_status(runtime)
+    return status
