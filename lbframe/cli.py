@@ -28,6 +28,9 @@ def cmd_check(args) -> int:
 
 
 def cmd_plugins(args) -> int:
+    """Every plugin, where it came from, its version and what it registered:
+    the plugins a site would load (its ``plugins =`` too, when given)."""
+    from lbframe import PLUGIN_API, __version__
     from lbframe.plugins import load_plugins
 
     extra, base = (), None
@@ -44,12 +47,18 @@ def cmd_plugins(args) -> int:
     except PluginError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    print(f"lbframe {__version__}, plugin API {'.'.join(map(str, PLUGIN_API))}")
     for info in plugins.infos:
-        print(f"{info.name} ({info.origin}{', ' + info.version if info.version else ''})")
-        for kind, registry in plugins.registries.items():
-            names = registry.by_plugin().get(info.name)
-            if names:
-                print(f"    {registry.noun}: {', '.join(sorted(names))}")
+        details = [info.origin]
+        if info.version:
+            details.append(info.version)
+        if info.origin != "built-in" and info.api is not None:
+            details.append(f"plugin API {'.'.join(map(str, info.api))}")
+        if info.disabled:
+            details.append("disabled by LBFRAME_DISABLE_PLUGINS")
+        print(f"{info.name} ({', '.join(details)})")
+        for noun, names in plugins.registered_by(info.name).items():
+            print(f"    {noun}: {', '.join(names)}")
     return 0
 
 

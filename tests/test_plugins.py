@@ -10,10 +10,12 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+import lbframe
+import lbframe.plugins
 from lbframe.config.model import Monitor, Pool, Redundancy, Virtual
 from lbframe.errors import PluginError
 from lbframe.interfaces import IMonitor, IProtocol, IRedundancyDriver, IScheduler
-from lbframe.plugins import load_plugins
+from lbframe.plugins import Registry, load_plugins
 from tests.helpers import member_spec
 
 SCHEDULER_PLUGIN = '''
@@ -79,10 +81,32 @@ class PluginTests(SynchronousTestCase):
         self.assertIn("modfirst", plugins.schedulers)
 
     def test_duplicate_name_is_an_error(self):
+        """A plugin taking a built-in's name is told whose name it is."""
         path = self.write("dup.py", SCHEDULER_PLUGIN.format(name="weighted"))
         e = self.assertRaises(PluginError, load_plugins, [path], entry_points=False)
-        self.assertEqual(str(e), f"scheduler 'weighted' is registered twice: by plugin "
-                                 f"'lbframe.schedulers.weighted' and by plugin '{path}'")
+        self.assertEqual(str(e), f"scheduler 'weighted' is registered twice: by the built-in "
+                                 f"plugin 'lbframe.schedulers.weighted' and by plugin '{path}' "
+                                 f"(file); give yours another name")
+
+    def test_duplicate_between_third_parties(self):
+        one = self.write("one.py", SCHEDULER_PLUGIN.format(name="mine"))
+        two = self.write("two.py", SCHEDULER_PLUGIN.format(name="mine"))
+        e = self.assertRaises(PluginError, load_plugins, [one, two], entry_points=False)
+        self.assertEqual(str(e), f"scheduler 'mine' is registered twice: by plugin '{one}' "
+                                 f"(file) and by plugin '{two}' (file); remove one, or keep one "
+                                 f"out with LBFRAME_DISABLE_PLUGINS")
+
+    def test_registration_hook_failing_names_the_plugin(self):
+        path = self.write("boom.py", """
+            from lbframe import hookimpl
+
+            @hookimpl
+            def lbframe_register_monitors(registry):
+                registry.add("boom", None)
+        """)
+        e = self.assertRaises(PluginError, load_plugins, [path], entry_points=False)
+        self.assertIn(f"plugin '{path}' registered monitor type 'boom' with a factory that is "
+                      f"not callable", str(e))
 
     def test_misspelt_hook_is_an_error(self):
         path = self.write("typo.py", """
@@ -120,7 +144,138 @@ class PluginTests(SynchronousTestCase):
 
         os.environ["LBFRAME_DISABLE_PLUGINS"] = "epplugin"
         self.addCleanup(os.environ.pop, "LBFRAME_DISABLE_PLUGINS", None)
-        self.assertNotIn("from-ep", load_plugins().schedulers)
+        plugins = load_plugins()
+        self.assertNotIn("from-ep", plugins.schedulers)
+        self.assertEqual([(i.origin, i.disabled) for i in plugins.infos if i.name == "epplugin"],
+                         [("entry point", True)])
+
+    def add_entry_point(self, dist: str, name: str, source: str) -> None:
+        site = self.mktemp()
+        module = f"lbframe_test_{name}"
+        os.makedirs(os.path.join(site, f"{dist}-1.0.dist-info"))
+        with open(os.path.join(site, f"{module}.py"), "w") as f:
+            f.write(textwrap.dedent(source))
+        with open(os.path.join(site, f"{dist}-1.0.dist-info", "METADATA"), "w") as f:
+            f.write(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        with open(os.path.join(site, f"{dist}-1.0.dist-info", "entry_points.txt"), "w") as f:
+            f.write(f"[lbframe]\n{name} = {module}\n")
+        sys.path.insert(0, site)
+        self.addCleanup(sys.path.remove, site)
+        self.addCleanup(sys.modules.pop, module, None)
+
+    def test_disabled_broken_entry_point_is_never_imported(self):
+        """A third-party plugin that breaks on import stops every site until
+        LBFRAME_DISABLE_PLUGINS keeps it out, and the error says so."""
+        self.add_entry_point("brokenplugin", "broken", "raise RuntimeError('oops')\n")
+        e = self.assertRaises(PluginError, load_plugins)
+        self.assertIn("entry point plugin 'broken' (lbframe_test_broken) failed to load: "
+                      "RuntimeError('oops')", str(e))
+        self.assertIn("LBFRAME_DISABLE_PLUGINS=broken", str(e))
+        os.environ["LBFRAME_DISABLE_PLUGINS"] = "other, broken"
+        self.addCleanup(os.environ.pop, "LBFRAME_DISABLE_PLUGINS", None)
+        plugins = load_plugins()
+        self.assertNotIn("lbframe_test_broken", sys.modules)
+        self.assertIn("round-robin", plugins.schedulers)
+
+    def test_disable_file_plugin_and_builtin(self):
+        path = self.write("first.py", SCHEDULER_PLUGIN.format(name="first"))
+        self.addCleanup(os.environ.pop, "LBFRAME_DISABLE_PLUGINS", None)
+        for spelling in ("first", "first.py", path):
+            os.environ["LBFRAME_DISABLE_PLUGINS"] = spelling
+            plugins = load_plugins([path], entry_points=False)
+            self.assertNotIn("first", plugins.schedulers, spelling)
+        # A built-in can be kept out too, e.g. to replace it with your own.
+        os.environ["LBFRAME_DISABLE_PLUGINS"] = "lbframe.schedulers.weighted"
+        dup = self.write("dup.py", SCHEDULER_PLUGIN.format(name="weighted"))
+        plugins = load_plugins([dup], entry_points=False)
+        self.assertEqual(plugins.schedulers.get("weighted").plugin, dup)
+
+
+class PluginAPITests(SynchronousTestCase):
+    write = PluginTests.write
+
+    def plugin(self, api: str) -> str:
+        return self.write("versioned.py", f"LBFRAME_PLUGIN_API = {api}\n" +
+                          SCHEDULER_PLUGIN.format(name="versioned"))
+
+    def test_compatible_versions_load(self):
+        for api in ("(1, 0)", "'1.0'", "(1,)", "[1, 0]"):
+            plugins = load_plugins([self.plugin(api)], entry_points=False)
+            self.assertIn("versioned", plugins.schedulers)
+            self.assertEqual([i.api for i in plugins.infos if i.origin == "file"], [(1, 0)])
+
+    def test_undeclared_is_loaded_and_says_so(self):
+        path = self.write("plain.py", SCHEDULER_PLUGIN.format(name="plain"))
+        plugins = load_plugins([path], entry_points=False)
+        self.assertEqual([i.api for i in plugins.infos if i.name == path], [None])
+
+    def test_newer_minor_is_refused(self):
+        path = self.plugin("(1, 7)")
+        e = self.assertRaises(PluginError, load_plugins, [path], entry_points=False)
+        self.assertEqual(str(e), f"plugin '{path}' needs lbframe plugin API 1.7, but lbframe "
+                                 f"{lbframe.__version__} provides plugin API 1.0: upgrade lbframe")
+
+    def test_other_major_is_refused(self):
+        path = self.plugin("(2, 0)")
+        e = self.assertRaises(PluginError, load_plugins, [path], entry_points=False)
+        self.assertEqual(str(e), f"plugin '{path}' needs lbframe plugin API 2.0, but lbframe "
+                                 f"{lbframe.__version__} provides plugin API 1.0: it was written "
+                                 f"for a newer lbframe")
+        path = self.plugin("(0, 9)")
+        e = self.assertRaises(PluginError, load_plugins, [path], entry_points=False)
+        self.assertIn("needs lbframe plugin API 0.9, but lbframe", str(e))
+        self.assertIn("written for an older lbframe; the plugin needs updating", str(e))
+
+    def test_older_minor_of_this_major_loads(self):
+        self.patch(lbframe.plugins, "PLUGIN_API", (1, 3))
+        plugins = load_plugins([self.plugin("(1, 1)")], entry_points=False)
+        self.assertIn("versioned", plugins.schedulers)
+
+    def test_nonsense_is_refused(self):
+        path = self.plugin("'one'")
+        e = self.assertRaises(PluginError, load_plugins, [path], entry_points=False)
+        self.assertIn("declares LBFRAME_PLUGIN_API = 'one'; write it as a (major, minor) "
+                      "tuple, e.g. (1, 0)", str(e))
+
+    def test_refused_at_start_by_twistd(self):
+        """``twistd lbframe`` stops with the message (a UsageError), before
+        anything listens."""
+        from twisted.python import usage
+
+        from lbframe.tap import makeService
+        path = self.plugin("(1, 9)")
+        site = os.path.join(os.path.dirname(path), "site.ini")
+        with open(site, "w") as f:
+            f.write("[lbframe]\nplugins = versioned.py\n[virtual web]\n"
+                    "listen = tcp:0:interface=127.0.0.1\npool = web\n"
+                    "[pool web]\nmember a = 127.0.0.1:1\n")
+        e = self.assertRaises(usage.UsageError, makeService, {"config": site})
+        self.assertIn("needs lbframe plugin API 1.9", str(e))
+
+
+class TraceHooksTests(SynchronousTestCase):
+    def test_trace_logs_registrations_and_hook_calls(self):
+        from twisted.logger import capturedLogs, formatEvent
+
+        os.environ["LBFRAME_TRACE_HOOKS"] = "1"
+        self.addCleanup(os.environ.pop, "LBFRAME_TRACE_HOOKS", None)
+        with capturedLogs() as events:
+            plugins = load_plugins(entry_points=False)
+            plugins.hook.lbframe_member_state_changed(pool="web", member="a", old="up",
+                                                      new="down", reason="test")
+        lines = [formatEvent(e) for e in events]
+        self.assertIn("plugin lbframe.schedulers.weighted registered scheduler 'weighted'", lines)
+        self.assertIn("hook lbframe_member_state_changed(pool='web', member='a', old='up', "
+                      "new='down', reason='test') -> no plugin", lines)
+        self.assertIn("hook lbframe_member_state_changed returned []", lines)
+
+    def test_no_trace_by_default(self):
+        from twisted.logger import capturedLogs
+
+        os.environ.pop("LBFRAME_TRACE_HOOKS", None)
+        with capturedLogs() as events:
+            load_plugins(entry_points=False).hook.lbframe_site_started(site=None)
+        self.assertEqual([e for e in events if e.get("log_namespace") == "lbframe.plugins"], [])
 
 
 class MessageTests(SynchronousTestCase):
@@ -130,6 +285,8 @@ class MessageTests(SynchronousTestCase):
                          "unknown scheduler 'wieghted' (did you mean 'weighted'?); "
                          "known: composite, least-connections, priority, response-time, "
                          "round-robin, source-hash, weighted")
-        self.assertEqual(plugins.persistence_methods.unknown_message("source-ip"),
+        # A contract name that no loaded plugin provides (an empty registry,
+        # so that the test does not depend on what is built in today).
+        self.assertEqual(Registry("persistence_methods").unknown_message("source-ip"),
                          "persistence method 'source-ip' is not available in this version of "
                          "lbframe (no loaded plugin provides it); available: none")
