@@ -168,6 +168,7 @@ class SiteService(service.MultiService):
         self.signals = signals
         self.setName("lbframe")
         self.stopping = False
+        self._stopped = None  # while stopping: Deferreds of callers that asked again
         self._old_hup = None
         #: listener services by virtual server name
         self.listeners: dict[str, service.IService] = {}
@@ -229,7 +230,14 @@ class SiteService(service.MultiService):
 
     def stopService(self):
         """Graceful stop: stop accepting, let open connections finish for up
-        to ``[lbframe] stop_grace``, close the rest, then stop everything."""
+        to ``[lbframe] stop_grace``, close the rest, then stop everything.
+        Stopping again while (or after) stopping changes nothing."""
+        if self._stopped is not None:
+            waiter: defer.Deferred = defer.Deferred()
+            self._stopped.append(waiter)
+            return waiter
+        if not self.running:
+            return defer.succeed(None)
         self.stopping = True
         if self._old_hup is not None:
             import signal
@@ -241,12 +249,16 @@ class SiteService(service.MultiService):
         if open_now:
             log.info("stopping: {count} connections open, waiting up to {grace:g}s for them",
                      count=open_now, grace=grace, lbframe_event="stopping")
+        self._stopped = []  # callers that asked again meanwhile
         d = self._drain(listeners, grace, "stopping: stop_grace passed")
         d.addCallback(lambda _: service.MultiService.stopService(self))
 
         def stopped(result):
             for pool in self.runtime.pools.values():
                 pool.stop()
+            waiters, self._stopped = self._stopped, None
+            for waiter in waiters:
+                waiter.callback(None)
             return result
 
         return d.addCallback(stopped)

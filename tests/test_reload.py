@@ -1,0 +1,490 @@
+"""Reload (SIGHUP): a diff applied to the running site, state carried over.
+
+Real sockets on 127.0.0.1 and the real reactor: backends are Twisted
+servers that answer ``name`` with their name and ``bulk`` with
+:data:`BULK_SIZE` bytes of position-dependent data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import signal
+import socket
+import tempfile
+
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.interfaces import IPullProducer
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from lbframe.cli import main as cli_main
+from lbframe.service import SiteService
+from lbframe.tap import load
+from tests.helpers import free_port
+
+BULK_SIZE = 48 * 1024 * 1024
+CHUNK = 64 * 1024
+
+
+def chunk(i: int) -> bytes:
+    """Chunk ``i`` of the bulk data: different for every position."""
+    return hashlib.sha256(i.to_bytes(8, "big")).digest() * (CHUNK // 32)
+
+
+def bulk_digest() -> str:
+    h = hashlib.sha256()
+    for i in range(BULK_SIZE // CHUNK):
+        h.update(chunk(i))
+    return h.hexdigest()
+
+
+@implementer(IPullProducer)
+class BulkProducer:
+    def __init__(self, transport):
+        self.transport = transport
+        self.i = 0
+
+    def resumeProducing(self):
+        if self.i * CHUNK >= BULK_SIZE:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+            return
+        self.transport.write(chunk(self.i))
+        self.i += 1
+
+    def stopProducing(self):
+        pass
+
+
+class Backend(protocol.Protocol):
+    """``name\\n`` → the backend's name; ``bulk\\n`` → the bulk data."""
+
+    def connectionMade(self):
+        self.factory.connections += 1
+        self.buf = b""
+
+    def dataReceived(self, data):
+        self.buf += data
+        if b"\n" not in self.buf:
+            return
+        cmd = self.buf.split(b"\n", 1)[0]
+        if cmd == b"bulk":
+            self.transport.registerProducer(BulkProducer(self.transport), False)
+        else:
+            self.transport.write(self.factory.name.encode() + b"\n")
+            self.transport.loseConnection()
+
+
+class BackendFactory(protocol.Factory):
+    protocol = Backend
+
+    def __init__(self, name):
+        self.name = name
+        self.connections = 0
+
+
+class Ask(protocol.Protocol):
+    """Sends one command, collects the answer until the member closes."""
+
+    def __init__(self, command: bytes):
+        self.command = command
+        self.data = b""
+        self.done = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.command + b"\n")
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.done.callback(self.data)
+
+
+class SlowReader(protocol.Protocol):
+    """Reads the bulk data only while told to: :meth:`read_until` resumes
+    reading until ``n`` bytes arrived, then pauses again."""
+
+    def __init__(self):
+        self.hash = hashlib.sha256()
+        self.received = 0
+        self.until = 0
+        self.waiting = None
+        self.closed = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.pauseProducing()
+        self.transport.write(b"bulk\n")
+
+    def dataReceived(self, data):
+        self.hash.update(data)
+        self.received += len(data)
+        if self.waiting is not None and self.received >= self.until:
+            self.transport.pauseProducing()
+            d, self.waiting = self.waiting, None
+            d.callback(self.received)
+
+    def read_until(self, n: int) -> defer.Deferred:
+        self.until = n
+        self.waiting = defer.Deferred()
+        self.transport.resumeProducing()
+        return self.waiting
+
+    def read_all(self) -> defer.Deferred:
+        self.until = float("inf")
+        self.transport.resumeProducing()
+        return self.closed
+
+    def connectionLost(self, reason):
+        self.closed.callback(self.received)
+
+
+def connect(port: int, proto: protocol.Protocol) -> defer.Deferred:
+    return protocol.ClientCreator(reactor, lambda: proto).connectTCP("127.0.0.1", port)
+
+
+@defer.inlineCallbacks
+def ask(port: int, command: bytes = b"name") -> defer.Deferred:
+    p = Ask(command)
+    yield connect(port, p)
+    answer = yield p.done
+    return answer.decode().strip()
+
+
+def refused(port: int) -> bool:
+    s = socket.socket()
+    try:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+    finally:
+        s.close()
+
+
+class ReloadCase(TestCase):
+    """A site written to a file, started, and reloaded from it."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="lbframe-reload-")
+        self.path = os.path.join(self.dir, "site.ini")
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def backend(self, name: str) -> tuple[int, BackendFactory]:
+        factory = BackendFactory(name)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port, factory
+
+    def write(self, text: str) -> None:
+        with open(self.path, "w") as f:
+            f.write(text)
+
+    def start(self, text: str, **kw) -> SiteService:
+        self.write(text)
+        svc = SiteService(load(self.path, reactor), reactor, config_path=self.path, **kw)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        return svc
+
+    def reload(self, svc: SiteService, text: str) -> bool:
+        self.write(text)
+        return svc.reload()
+
+    def logged(self, event: str) -> list[dict]:
+        return [e for e in self.events if e.get("lbframe_event") == event]
+
+
+def site(vport: int, members: dict[str, int], *, scheduler="round-robin", extra_pool="",
+         extra="", listen=None, stop_grace="30s") -> str:
+    lines = "\n".join(f"member {n} = 127.0.0.1:{p}" for n, p in members.items())
+    return f"""
+[lbframe]
+stop_grace = {stop_grace}
+
+[virtual web]
+listen = {listen or f"tcp:{vport}:interface=127.0.0.1"}
+pool = web
+
+[pool web]
+scheduler = {scheduler}
+{lines}
+{extra_pool}
+{extra}
+"""
+
+
+class TransferDuringReloadTests(ReloadCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_bulk_transfer_survives_two_reloads(self):
+        """A 48 MiB transfer read slowly: a reload adds a member, a second
+        reload brings a broken file. The transfer arrives intact on its old
+        member, the new member gets new connections, the broken file is
+        refused with the ``lbframe check`` message and the site keeps
+        serving."""
+        pa, fa = self.backend("a")
+        pb, fb = self.backend("b")
+        vport = free_port()
+        svc = self.start(site(vport, {"a": pa}))
+        listener = svc.listeners["web"]
+
+        reader = SlowReader()
+        yield connect(vport, reader)
+        got = yield reader.read_until(4 * 1024 * 1024)
+        self.assertLess(got, BULK_SIZE)
+        member_a = svc.runtime.pools["web"].members["a"]
+        self.assertEqual(member_a.active, 1)
+
+        # Reload 1: add member b.
+        self.assertTrue(self.reload(svc, site(vport, {"a": pa, "b": pb})))
+        self.assertIs(svc.listeners["web"], listener, "unchanged listener kept")
+        self.assertIs(svc.runtime.pools["web"].members["a"], member_a)
+        names = []
+        for _ in range(4):
+            names.append((yield ask(vport)))
+        self.assertEqual(sorted(names), ["a", "a", "b", "b"])
+        self.assertEqual(fb.connections, 2)
+        got = yield reader.read_until(16 * 1024 * 1024)
+        self.assertLess(got, BULK_SIZE)
+
+        # Reload 2: a broken file is refused and explained.
+        broken = site(vport, {"a": pa, "b": pb}, scheduler="round-robbin")
+        self.assertFalse(self.reload(svc, broken))
+        refusals = self.logged("reload_refused")
+        self.assertEqual(len(refusals), 1)
+        error = refusals[0]["error"]
+        self.assertIn(f"{self.path}:", error)
+        self.assertIn("[pool web] scheduler:", error)
+        self.assertIn("round-robbin", error)
+        # ... the same words `lbframe check` prints.
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = cli_main(["check", self.path])
+        self.assertEqual(rc, 1)
+        self.assertEqual(err.getvalue().strip(), error)
+        # The old site keeps serving, both members.
+        self.assertEqual(svc.runtime.site.pools["web"].scheduler, "round-robin")
+        names = []
+        for _ in range(2):
+            names.append((yield ask(vport)))
+        self.assertEqual(sorted(names), ["a", "b"])
+
+        total = yield reader.read_all()
+        self.assertEqual(total, BULK_SIZE)
+        self.assertEqual(reader.hash.hexdigest(), bulk_digest())
+        for _ in range(100):
+            if member_a.active == 0:
+                break
+            yield deferLater(0.02)
+        self.assertEqual(member_a.active, 0)
+        self.assertEqual(len(self.logged("reload")), 1)
+
+
+class CarryStateTests(ReloadCase):
+    @defer.inlineCallbacks
+    def test_unchanged_members_keep_state_and_counters(self):
+        pa, _ = self.backend("a")
+        pb, _ = self.backend("b")
+        pc, _ = self.backend("c")
+        vport = free_port()
+        svc = self.start(site(vport, {"a": pa, "b": pb, "c": pc}))
+        pool = svc.runtime.pools["web"]
+        a, b, c = (pool.members[n] for n in "abc")
+        for _ in range(3):
+            yield ask(vport)
+        pool.set_admin(b, "draining")
+        pool.set_weight(a, 7)
+        scheduler = pool.scheduler
+        totals = (a.total, b.total)
+
+        # c is removed, d added, the weight of nobody changed in the file.
+        pd, _ = self.backend("d")
+        self.assertTrue(self.reload(svc, site(vport, {"a": pa, "b": pb, "d": pd})))
+        self.assertIs(svc.runtime.pools["web"], pool)
+        self.assertIs(pool.scheduler, scheduler)
+        self.assertEqual(list(pool.members), ["a", "b", "d"])
+        self.assertIs(pool.members["a"], a)
+        self.assertIs(pool.members["b"], b)
+        self.assertEqual((a.total, b.total), totals)
+        self.assertEqual(b.state, "draining")
+        self.assertEqual(a.weight, 7, "a weight set by the admin survives an unchanged file")
+        self.assertTrue(c.removed)
+        names = set()
+        for _ in range(4):
+            names.add((yield ask(vport)))
+        self.assertEqual(names, {"a", "d"})
+
+        reload = self.logged("reload")[-1]
+        self.assertEqual(reload["changes"]["members"], {"added": ["web/d"], "removed": ["web/c"]})
+        self.assertEqual(reload["changes"]["pools"], {"changed": ["web"]})
+
+    def test_changed_weight_and_scheduler(self):
+        vport = free_port()
+        svc = self.start(site(vport, {"a": 1001, "b": 1002}))
+        pool = svc.runtime.pools["web"]
+        a = pool.members["a"]
+        old_scheduler = pool.scheduler
+        new = site(vport, {"a": 1001, "b": 1002}, scheduler="weighted").replace(
+            "127.0.0.1:1001", "127.0.0.1:1001 weight=3")
+        self.assertTrue(self.reload(svc, new))
+        self.assertIs(pool.members["a"], a)
+        self.assertEqual(a.weight, 3)
+        self.assertEqual(a.spec.weight, 3)
+        self.assertIsNot(pool.scheduler, old_scheduler)
+        self.assertEqual(type(pool.scheduler).__name__, type(
+            svc.runtime.plugins.schedulers.get("weighted").factory(pool.spec, {})).__name__)
+        # The new scheduler knows both members: 3 a for every b.
+        from lbframe.balancer import RequestContext
+        picks = [pool.scheduler.pick(RequestContext("127.0.0.1", 1, "web")).name
+                 for _ in range(8)]
+        self.assertEqual(picks.count("a"), 6)
+
+    def test_changed_address_is_a_new_member(self):
+        vport = free_port()
+        svc = self.start(site(vport, {"a": 1001}))
+        a = svc.runtime.pools["web"].members["a"]
+        self.assertTrue(self.reload(svc, site(vport, {"a": 1003})))
+        a2 = svc.runtime.pools["web"].members["a"]
+        self.assertIsNot(a2, a)
+        self.assertTrue(a.removed)
+        self.assertEqual(a2.address.port, 1003)
+
+    def test_monitor_checks_carried_replaced_and_removed(self):
+        pa, _ = self.backend("a")
+        vport = free_port()
+        monitor = "[monitor alive]\ntype = tcp\ninterval = {}\n"
+        svc = self.start(site(vport, {"a": pa, "b": 1}, extra_pool="monitor = alive",
+                              extra=monitor.format("30s")))
+        pool = svc.runtime.pools["web"]
+        b = pool.members["b"]
+        # b is down by its check (without waiting for the monitor's clock).
+        pool.report_check(b, "alive", False, "connect refused", rise=1, fall=1, now=1.0)
+        self.assertEqual(b.state, "down")
+        checks = {(c.member.name, c.spec.name): c for c in svc.monitor_runner.checks}
+        self.assertEqual(set(checks), {("a", "alive"), ("b", "alive")})
+
+        # Same monitor: the checks go on, b stays down (no flap).
+        self.assertTrue(self.reload(svc, site(vport, {"a": pa, "b": 1}, extra_pool="monitor = alive",
+                                              extra=monitor.format("30s"))))
+        self.assertEqual({(c.member.name, c.spec.name): c for c in svc.monitor_runner.checks},
+                         checks)
+        self.assertEqual(b.state, "down")
+
+        # A changed interval: new checks, but the result so far is kept.
+        self.assertTrue(self.reload(svc, site(vport, {"a": pa, "b": 1}, extra_pool="monitor = alive",
+                                              extra=monitor.format("20s"))))
+        now = {(c.member.name, c.spec.name): c for c in svc.monitor_runner.checks}
+        self.assertEqual(set(now), set(checks))
+        self.assertNotIn(now[("b", "alive")], checks.values())
+        self.assertFalse(checks[("b", "alive")].running)
+        self.assertEqual(now[("b", "alive")].spec.interval, 20)
+        self.assertEqual(b.state, "down")
+
+        # The monitor taken off the pool: b counts as up again.
+        self.assertTrue(self.reload(svc, site(vport, {"a": pa, "b": 1})))
+        self.assertEqual(svc.monitor_runner.checks, [])
+        self.assertEqual(b.state, "up")
+        self.assertEqual(b.checks, {})
+
+    def test_refused_file_changes_nothing(self):
+        vport = free_port()
+        svc = self.start(site(vport, {"a": 1001}))
+        runtime = svc.runtime
+        self.write("[virtual web]\nlisten = tcp:1:interface=127.0.0.1\npool = nowhere\n")
+        self.assertFalse(svc.reload())
+        self.assertIs(svc.runtime, runtime)
+        [event] = self.logged("reload_refused")
+        self.assertIn("site.ini:3: [virtual web] pool:", event["error"])
+
+    def test_site_reloaded_hook(self):
+        out = os.path.join(self.dir, "hook.out")
+        plugin = os.path.join(self.dir, "hookplugin.py")
+        with open(plugin, "w") as f:
+            f.write(f"""
+from lbframe import hookimpl
+
+@hookimpl
+def lbframe_site_reloaded(old, new):
+    with open({out!r}, "a") as f:
+        f.write(" ".join(m.name for m in old.pools["web"].members)
+                + " -> " + " ".join(m.name for m in new.pools["web"].members) + "\\n")
+""")
+        vport = free_port()
+        extra = f"[lbframe]\nplugins = {plugin}\n"
+        text = site(vport, {"a": 1001}).replace("[lbframe]\n", extra)
+        svc = self.start(text)
+        self.assertTrue(self.reload(svc, site(vport, {"a": 1001, "b": 1002}).replace(
+            "[lbframe]\n", extra)))
+        with open(out) as f:
+            self.assertEqual(f.read(), "a -> a b\n")
+
+
+class ListenerReloadTests(ReloadCase):
+    @defer.inlineCallbacks
+    def test_changed_listen_rebinds_and_old_connections_finish(self):
+        pa, _ = self.backend("a")
+        v1, v2 = free_port(), free_port()
+        svc = self.start(site(v1, {"a": pa}))
+        old_listener = svc.listeners["web"]
+        reader = SlowReader()
+        yield connect(v1, reader)
+        yield reader.read_until(1024 * 1024)
+
+        self.assertTrue(self.reload(svc, site(v2, {"a": pa})))
+        self.assertIsNot(svc.listeners["web"], old_listener)
+        self.assertTrue(refused(v1))
+        self.assertEqual((yield ask(v2)), "a")
+        self.assertIn(old_listener, svc.retiring)
+        # The connection on the old listener goes on to the end.
+        total = yield reader.read_all()
+        self.assertEqual(total, BULK_SIZE)
+        self.assertEqual(reader.hash.hexdigest(), bulk_digest())
+        # ... after which the old listener leaves the tree.
+        for _ in range(50):
+            if old_listener not in svc.retiring:
+                break
+            yield deferLater(0.05)
+        self.assertNotIn(old_listener, svc.retiring)
+        self.assertNotIn(old_listener, list(svc))
+        self.assertTrue(old_listener.running is False or old_listener.running == 0)
+
+    @defer.inlineCallbacks
+    def test_removed_virtual_stops_listening(self):
+        pa, _ = self.backend("a")
+        v1, v2 = free_port(), free_port()
+        two = site(v1, {"a": pa}) + f"\n[virtual api]\nlisten = tcp:{v2}:interface=127.0.0.1\npool = web\n"
+        svc = self.start(two)
+        self.assertEqual((yield ask(v2)), "a")
+        self.assertTrue(self.reload(svc, site(v1, {"a": pa})))
+        self.assertNotIn("api", svc.listeners)
+        self.assertTrue(refused(v2))
+        self.assertEqual((yield ask(v1)), "a")
+        self.assertNotIn("api", svc.runtime.virtuals)
+
+    @defer.inlineCallbacks
+    def test_sighup_reloads(self):
+        pa, _ = self.backend("a")
+        pb, _ = self.backend("b")
+        vport = free_port()
+        before = signal.getsignal(signal.SIGHUP)
+        svc = self.start(site(vport, {"a": pa}), signals=True)
+        self.write(site(vport, {"b": pb}))
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(100):
+            if self.logged("reload"):
+                break
+            yield deferLater(0.02)
+        self.assertEqual(list(svc.runtime.pools["web"].members), ["b"])
+        self.assertEqual((yield ask(vport)), "b")
+        yield svc.stopService()
+        self.assertIs(signal.getsignal(signal.SIGHUP), before)
+
+
+def deferLater(seconds: float) -> defer.Deferred:
+    from twisted.internet import task
+    return task.deferLater(reactor, seconds, lambda: None)
