@@ -323,6 +323,14 @@ class URLSessionTests(SynchronousTestCase):
             self.assertEqual(ex(request(target))[0], name)
         self.assertNotEqual(ex(request("/cart;jsessionid=NEW2"))[0], name)
 
+    def test_learns_from_the_cookie_of_the_same_name(self):
+        """The answer that starts a session: cookie and rewritten links."""
+        rt = runtime_for("method = url-session")
+        ex = Exchange(rt.balancers["v"])
+        name, _ = ex(request("/start"), response("JSESSIONID=U7; Path=/"))
+        for _ in range(5):
+            self.assertEqual(ex(request("/next;jsessionid=U7"))[0], name)
+
     def test_learns_from_a_redirect(self):
         rt = runtime_for("method = url-session")
         ex = Exchange(rt.balancers["v"])

@@ -4,14 +4,17 @@ Either a path parameter (``/cart;jsessionid=ID?x=1``, the servlet way for
 clients without cookies) or a query parameter (``/cart?jsessionid=ID``);
 ``parameter`` names it (default ``jsessionid``, matched without regard to
 case in the path). The first request carrying a new id is scheduled, and the
-member that answers it owns the id from then on. A ``Location`` header of the
-answer that carries an id (a redirect that starts a session) teaches it too.
+member that answers it owns the id from then on. The answer that starts a
+session teaches its id too: a ``Location`` header carrying it (a redirect),
+or a ``Set-Cookie`` of the same name (servlet containers send the cookie and
+rewrite their links with ``;jsessionid=`` in the same answer), so the
+client's next URL already goes to the right member.
 """
 
 from __future__ import annotations
 
 from lbframe import hookimpl
-from lbframe.persistence import NO_HEADERS, PersistenceMethod
+from lbframe.persistence import PersistenceMethod
 
 
 def path_parameter(path: str, name: str) -> str | None:
@@ -48,10 +51,15 @@ class URLSession(PersistenceMethod):
         return value or None
 
     def learn(self, context, response):
+        learned = []
+        set_cookies = getattr(response, "set_cookies", None)
+        if set_cookies is not None:
+            wanted = self.parameter.lower()
+            learned = [value for name, value in set_cookies() if name.lower() == wanted and value]
         header = getattr(response, "header", None)
         location = header("location") if header is not None else None
         if not location:
-            return NO_HEADERS
+            return learned
         path, _, query = location.partition("?")
         value = path_parameter(path, self.parameter)
         if value is None and query:
@@ -60,7 +68,7 @@ class URLSession(PersistenceMethod):
                 if pair.startswith(prefix) and len(pair) > len(prefix):
                     value = pair[len(prefix):]
                     break
-        return (value,) if value else NO_HEADERS
+        return learned + [value] if value else learned
 
 
 @hookimpl
