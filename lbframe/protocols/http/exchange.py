@@ -19,6 +19,7 @@ from lbframe.balancer import Decision, RequestContext
 from lbframe.protocols.http import heads, pages
 from lbframe.protocols.http.members import Connect
 from lbframe.protocols.http.parser import HTTPError
+from lbframe.protocols.http.send import send
 
 log = Logger(namespace="lbframe.http")
 
@@ -219,7 +220,7 @@ class Exchange:
             data.extend(self.pending)
             client.buffered -= self.pending_bytes
             self.pending, self.pending_bytes = [], 0
-        conn.transport.writeSequence(data)
+        send(conn.transport, b"".join(data))
         self.last_member = server.clock.seconds()
         # Each side's transport produces for the other: backpressure both ways.
         conn.transport.registerProducer(client.transport, True)
@@ -259,9 +260,9 @@ class Exchange:
         conn = self.conn
         if conn is not None:
             if self.chunked:
-                conn.transport.writeSequence(_chunk(data))
+                send(conn.transport, b"".join(_chunk(data)))
             else:
-                conn.transport.write(data)
+                send(conn.transport, data)
             return
         framed = b"".join(_chunk(data)) if self.chunked else data
         self.pending.append(framed)
@@ -275,7 +276,7 @@ class Exchange:
         if self.chunked:
             tail = heads.trailer_bytes(trailers)
             if self.conn is not None:
-                self.conn.transport.write(tail)
+                send(self.conn.transport, tail)
             else:
                 self.pending.append(tail)
                 self.pending_bytes += len(tail)
@@ -289,7 +290,7 @@ class Exchange:
         self.last_member = self.server.clock.seconds()
         if self.tunnel:
             self.bytes_out += len(data)
-            self.client.transport.write(data)
+            send(self.client.transport, data)
             return
         try:
             self.conn.parser.feed(data)
@@ -299,7 +300,7 @@ class Exchange:
     def informational(self, head) -> None:
         """A 1xx (100 Continue, 103 Early Hints): passed on to 1.1 clients."""
         if self.head.version == "1.1":
-            self.client.transport.write(heads.response_bytes(head, False, False, False))
+            send(self.client.transport, heads.response_bytes(head, False, False, False))
 
     def response(self, head, member_keep_alive: bool, framing: str) -> None:
         server = self.server
@@ -316,7 +317,7 @@ class Exchange:
         client_11 = self.head.version == "1.1"
         if head.status == 101:
             self.response_started = True
-            self.client.transport.write(heads.response_bytes(head, False, False, False, extra))
+            send(self.client.transport, heads.response_bytes(head, False, False, False, extra))
             return
         chunked = framing == "chunked" and client_11
         close = (not self.keep_alive or framing == "close" or
@@ -324,19 +325,19 @@ class Exchange:
         self.to_client_chunked = chunked
         self.close_after = close
         self.response_started = True
-        self.client.transport.write(heads.response_bytes(
+        send(self.client.transport, heads.response_bytes(
             head, chunked, close, not close and not client_11, extra))
 
     def body(self, data: bytes) -> None:
         self.bytes_out += len(data)
         if self.to_client_chunked:
-            self.client.transport.writeSequence(_chunk(data))
+            send(self.client.transport, b"".join(_chunk(data)))
         else:
-            self.client.transport.write(data)
+            send(self.client.transport, data)
 
     def end(self, trailers) -> None:
         if self.to_client_chunked:
-            self.client.transport.write(heads.trailer_bytes(trailers))
+            send(self.client.transport, heads.trailer_bytes(trailers))
         self.response_complete = True
         if not self.request_complete:
             # The member answered before the request ended (e.g. a 413):
@@ -352,7 +353,7 @@ class Exchange:
         self.tunnel = True
         if rest:
             self.bytes_out += len(rest)
-            self.client.transport.write(rest)
+            send(self.client.transport, rest)
         self.client.start_tunnel(self)
 
     def _bad_response(self, error: HTTPError) -> None:
@@ -433,7 +434,7 @@ class Exchange:
         if self.head is not None and self.head.method == "HEAD":
             data = data[:data.index(b"\r\n\r\n") + 4]
         self.bytes_out += len(data)
-        self.client.transport.write(data)
+        send(self.client.transport, data)
         self.finish(released=released)
 
     def _unregister(self, conn) -> None:

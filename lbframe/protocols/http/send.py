@@ -1,0 +1,32 @@
+"""Write to a TCP transport at once when nothing is queued before it.
+
+Twisted's ``transport.write`` always queues: the bytes go out on the next
+reactor turn, after registering the socket for writability and removing it
+again — two ``epoll_ctl`` calls and a loop iteration per response, which in
+the http path's profile cost more than parsing the response did. When the
+transport's buffer is empty, sending right away keeps the order and skips
+all of that; what the kernel does not take is queued the usual way, so
+backpressure (``registerProducer``) works unchanged. TLS and other
+transports always take the usual way.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.tcp import Connection
+
+
+def send(transport, data: bytes) -> None:
+    if (isinstance(transport, Connection) and transport.connected
+            and not transport.disconnecting and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)):
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # let the transport's own write path see and report it
+        if sent == len(data):
+            return
+        if sent:
+            data = data[sent:]
+    transport.write(data)
