@@ -517,11 +517,18 @@ class PageTests(AdminServerTestCase):
         self.assertEqual(r.code, 200)
         self.assertEqual(r.header("content-type"), "text/html; charset=utf-8")
         page = r.text
-        self.assertIn('<meta http-equiv="refresh" content="5">', page)
-        self.assertIn('<tr class="member state-up"><td>a</td><td>127.0.0.1:8081</td>'
-                      '<td class="state state-up">up</td>', page)
-        self.assertIn('<td class="state state-down">down</td>', page)
-        self.assertIn("tcp: connect refused (1/1)", page)
+        self.assertIn('<noscript><meta http-equiv="refresh" content="5"></noscript>', page)
+        self.assertIn('<tr class="member state-up" data-pool="web" data-member="a">'
+                      '<td class="name">a</td><td>127.0.0.1:8081</td>'
+                      '<td class="state">up</td><td class="num weight">4</td>', page)
+        self.assertIn('<td class="state">down</td>', page)
+        self.assertIn('<td class="reason">tcp: connect refused (1/1)</td>', page)
+        self.assertIn('<span class="check-fail">tcp: fail (connect refused)</span>', page)
+        self.assertIn('data-action="drain"', page)
+        csp = r.header("content-security-policy")
+        self.assertIn("script-src 'sha256-", csp)
+        self.assertIn("connect-src 'self'", csp)
+        self.assertNotIn("unsafe-inline'; script", csp.replace("style-src 'unsafe-inline'", ""))
         self.assertIn("1.7 ms", page)
         self.assertIn("<h2>Pool web", page)
         self.assertIn("<td>tcp:8080:interface=127.0.0.1</td>", page)
@@ -531,7 +538,9 @@ class PageTests(AdminServerTestCase):
     def test_page_follows_changes(self):
         yield self.post_member("web", "a", {"state": "drain"})
         r = yield self.request("GET", "/")
-        self.assertIn('<td class="state state-draining">draining</td>', r.text)
+        self.assertIn('<tr class="member state-draining" data-pool="web" data-member="a">'
+                      '<td class="name">a</td><td>127.0.0.1:8081</td>'
+                      '<td class="state">draining</td>', r.text)
 
     def test_escaping(self):
         status = json.loads(json.dumps(EXPECTED_STATUS))
@@ -540,7 +549,8 @@ class PageTests(AdminServerTestCase):
             status["pools"]["web"]["members"]["b"], down_reason='"<b>bad</b>" & more')
         status["virtuals"]["<v>"] = dict(status["virtuals"]["web"], listen=["<l>"])
         page = render_page(status)
-        self.assertNotIn("<script>", page)
+        self.assertNotIn("<script>alert", page)
+        self.assertEqual(page.count("<script>"), 1)  # the page's own
         self.assertNotIn("<b>bad", page)
         self.assertIn("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;", page)
         self.assertIn("&quot;&lt;b&gt;bad&lt;/b&gt;&quot; &amp; more", page)
@@ -695,3 +705,50 @@ no virtual servers
 pool p (weighted)
   MEMBER  ADDRESS      STATE     WEIGHT  ACTIVE  TOTAL  RESP_MS
   m       10.0.0.1:80  draining       3       1      2     12.3""")
+
+
+class RatesTests(SynchronousTestCase):
+    def test_sampler_rates_and_sparkline(self):
+        from twisted.internet.task import Clock
+
+        from lbframe.admin.page import sparkline
+        from lbframe.admin.rates import RateSampler
+
+        runtime = make_runtime()
+        clock = Clock()
+        sampler = RateSampler(lambda: runtime, clock, interval=5, samples=3)
+        sampler.start()
+        web = runtime.pools["web"]
+        a = web.members["a"]
+        for n in (10, 20, 0, 5):
+            for _ in range(n):
+                web.take(a)
+            clock.advance(5)
+        # three samples kept, oldest first: 20/5, 0/5, 5/5 per second
+        self.assertEqual(sampler.rates("member", "web", "a"), [4.0, 0.0, 1.0])
+        self.assertEqual(sampler.rates("member", "web", "nobody"), [])
+        svg = sparkline(sampler.rates("member", "web", "a"))
+        self.assertIn("<svg", svg)
+        self.assertIn("4.0, 0.0, 1.0", svg)
+        page = render_page(json.loads(json.dumps(
+            __import__("lbframe.admin.status", fromlist=["x"]).site_status(runtime))),
+            sampler.rates)
+        self.assertIn('<td class="rate">1.0/s <svg', page)
+        # A member a reload removed is forgotten at the next sample.
+        web.remove_member("b")
+        clock.advance(5)
+        self.assertEqual(sampler.rates("member", "web", "b"), [])
+        sampler.stop()
+
+
+class AdminChangeEventTests(AdminServerTestCase):
+    @defer.inlineCallbacks
+    def test_change_event_is_structured(self):
+        events = self.capture_log()
+        yield self.post_member("web", "a", {"state": "disable"})
+        [event] = [e for e in events if e.get("lbframe_event") == "admin_change"]
+        self.assertEqual((event["pool"], event["member"], event["admin"], event["client"]),
+                         ("web", "a", "disabled", "127.0.0.1"))
+        # an unchanged request changes nothing and logs nothing
+        yield self.post_member("web", "a", {"state": "disable"})
+        self.assertEqual(len([e for e in events if e.get("lbframe_event") == "admin_change"]), 1)

@@ -29,6 +29,7 @@ from lbframe.admin.api import ApiRoot
 from lbframe.admin.auth import Auth, endpoint_is_loopback
 from lbframe.admin.metrics import MetricsResource
 from lbframe.admin.page import PageResource
+from lbframe.admin.rates import RateSampler
 from lbframe.admin.web import AdminContext, AdminRequest, ErrorResource, not_found
 
 __all__ = ["AdminService", "make_admin_service", "make_resource", "endpoint_is_loopback"]
@@ -95,6 +96,16 @@ class AdminService(StreamServerEndpointService):
     def set_runtime(self, runtime) -> None:
         self.context.runtime = runtime
 
+    def startService(self) -> None:
+        super().startService()
+        if getattr(self.context, "rates", None) is not None:
+            self.context.rates.start()
+
+    def stopService(self):
+        if getattr(self.context, "rates", None) is not None:
+            self.context.rates.stop()
+        return super().stopService()
+
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         self._waitingForPort.addCallback(self._listening)
@@ -115,5 +126,6 @@ def make_admin_service(runtime, endpoint: str, token: str | None, reactor) -> Ad
     ep = serverFromString(reactor, endpoint)
     auth = Auth(token or None, everything=not endpoint_is_loopback(ep))
     context = AdminContext(runtime, auth)
+    context.rates = RateSampler(lambda: context.runtime, reactor)
     site = AdminSite(make_resource(context), timeout=IDLE_TIMEOUT, reactor=reactor)
     return AdminService(ep, site, context)

@@ -182,7 +182,8 @@ class MemberResource(Endpoint):
         if changes:
             log.info("admin API from {client}: member {pool}/{member}: {changes}",
                      client=client, pool=self.pool, member=self.member,
-                     changes=", ".join(changes), admin=admin, weight=weight)
+                     changes=", ".join(changes), admin=admin, weight=weight,
+                     lbframe_event="admin_change")
         return send_json(request, member_status(member))
 
 
@@ -300,7 +301,7 @@ class ProfileResource(Endpoint):
 
         def cleared(_):
             log.info("admin API from {client}: persistence profile {profile}: every entry "
-                     "forgotten", client=client, profile=self.name)
+                     "forgotten", client=client, profile=self.name, lbframe_event="admin_change")
             return {"profile": self.name, "cleared": True}
 
         d = defer.maybeDeferred(store.clear)

@@ -29,6 +29,8 @@ class AdminContext:
     def __init__(self, runtime, auth: Auth):
         self.runtime = runtime
         self.auth = auth
+        #: a :class:`lbframe.admin.rates.RateSampler`, for the page's sparklines
+        self.rates = None
 
 
 class AdminRequest(server.Request):
