@@ -1,4 +1,5 @@
-"""A built wheel, installed into a fresh venv, gives twistd its ``lbframe`` subcommand."""
+"""A built wheel, installed into a fresh venv, gives twistd its ``lbframe`` subcommand;
+the example third-party plugin installed beside it works through its entry point."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import zipfile
 from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "plugins", "lbframe-example-scheduler")
 
 
 class WheelTests(SynchronousTestCase):
@@ -43,3 +45,33 @@ class WheelTests(SynchronousTestCase):
                                    env=env, capture_output=True, text=True, timeout=60).stdout
         self.assertRegex(help_text, r"\n\s+lbframe\s+lbframe load balancer")
         self.assertTrue(os.path.exists(os.path.join(venv, "bin", "lbframe")))
+
+        # The same venv (one is slow enough) gets the example third-party
+        # plugin, built and installed as its users would.
+        self.check_example_plugin(work, venv, env)
+
+    def check_example_plugin(self, work: str, venv: str, env: dict) -> None:
+        """plugins/lbframe-example-scheduler, installed from its own wheel, is
+        loaded through its entry point and passes its own tests there,
+        including a real site on 127.0.0.1 using it."""
+        py = os.path.join(venv, "bin", "python")
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-q", "-w", work, EXAMPLE], check=True, cwd=work, timeout=300)
+        wheel, = glob.glob(os.path.join(work, "lbframe_example_scheduler-*.whl"))
+        subprocess.run([py, "-m", "pip", "install", "-q", "--no-index", wheel], check=True,
+                       timeout=300, cwd=work)
+        listing = subprocess.run([os.path.join(venv, "bin", "lbframe"), "plugins"], cwd=work,
+                                 env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(listing.returncode, 0, listing.stderr)
+        self.assertIn("two_choices (entry point, 1.0.0, plugin API 1.0)\n"
+                      "    scheduler: two-choices\n", listing.stdout)
+        where = subprocess.run([py, "-c", "import lbframe_two_choices as m; print(m.__file__)"],
+                               cwd=work, env=env, capture_output=True, text=True, check=True,
+                               timeout=60).stdout.strip()
+        self.assertTrue(where.startswith(venv), f"{where} is not the installed plugin")
+        tests = subprocess.run([py, "-m", "twisted.trial", "lbframe_two_choices"], cwd=work,
+                               env=env, capture_output=True, text=True, timeout=300)
+        self.assertEqual(tests.returncode, 0, tests.stdout[-3000:] + tests.stderr[-2000:])
+        # Every test ran (none skipped), the real site among them.
+        self.assertRegex(tests.stdout, r"test_serves_through_a_real_site \.\.\. +\[OK\]")
+        self.assertRegex(tests.stdout, r"\nPASSED \(successes=\d+\)\n")

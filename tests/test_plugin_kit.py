@@ -5,7 +5,9 @@ its fakes, clock-driven monitor runner and tiny real site work."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 
 from twisted.internet import defer, reactor
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -391,3 +393,22 @@ scheduler = first-then-rr
         self.addCleanup(listening.stopListening)
         with self.assertRaises(defer.TimeoutError):
             yield fetch(listening.getHost().port, timeout=0.2)
+
+
+# -- the example plugin's own tests, from the checkout -------------------------
+# (tests/test_packaging.py installs it into a fresh venv and runs them there,
+# through its entry point.)
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "plugins", "lbframe-example-scheduler", "src")
+if EXAMPLE not in sys.path and importlib.util.find_spec("lbframe_two_choices") is None:
+    sys.path.append(EXAMPLE)
+
+from lbframe_two_choices.test.test_two_choices import (  # noqa: E402
+    CheckTests as ExampleCheckTests, OneChoiceContract as ExampleOneChoiceContract,
+    SiteTests as ExampleSiteTests, TwoChoicesContract as ExampleTwoChoicesContract,
+    TwoChoicesTests as ExampleTwoChoicesTests,
+)
+
+__all__ = ["ExampleCheckTests", "ExampleOneChoiceContract", "ExampleSiteTests",
+           "ExampleTwoChoicesContract", "ExampleTwoChoicesTests"]
