@@ -488,3 +488,141 @@ for _name, _answer, _where in BAD_RESPONSES:
     if _name in _RESPONSE_TODO:
         _test.todo = _RESPONSE_TODO[_name]
     setattr(MalformedResponseTests, _test.__name__, _test)
+
+
+# -- valid requests round-trip byte for byte (hypothesis) -----------------------
+
+_TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_PCHAR = "-._~!$&'()*+,;=:@0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: hop-by-hop and framing names lbframe handles itself, and Host (added by us)
+_NOT_GENERATED = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade",
+                            b"transfer-encoding", b"content-length", b"host", b"expect",
+                            b"trailer"))
+
+_names = st.text(alphabet=_TCHAR, min_size=1, max_size=16).map(str.encode).filter(
+    lambda name: name.lower() not in _NOT_GENERATED)
+_values = st.text(alphabet=[chr(c) for c in range(0x20, 0x7f)], max_size=40).map(
+    lambda v: v.strip(" ").encode())
+_headers = st.lists(st.tuples(_names, _values), max_size=8)
+
+
+@st.composite
+def _request_heads(draw):
+    """(request line, header lines) with Host somewhere among the headers."""
+    method = draw(st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"]))
+    path = b"/" + draw(st.text(alphabet=_PCHAR + "/", max_size=40)).encode()
+    query = draw(st.none() | st.text(alphabet=_PCHAR + "/?", max_size=40))
+    target = path if query is None else path + b"?" + query.encode()
+    headers = draw(_headers)
+    headers.insert(draw(st.integers(0, len(headers))), (b"Host", b"example.test"))
+    return b"%s %s HTTP/1.1\r\n" % (method, target), headers
+
+
+def _lines(headers) -> bytes:
+    return b"".join(b"%s: %s\r\n" % pair for pair in headers)
+
+
+@st.composite
+def _length_requests(draw):
+    line, headers = draw(_request_heads())
+    body = draw(st.binary(max_size=4096))
+    if body or draw(st.booleans()):
+        headers.append((b"Content-Length", b"%d" % len(body)))
+    return line + _lines(headers) + b"\r\n" + body
+
+
+@st.composite
+def _chunked_requests(draw):
+    """(raw request, its head, the body, the trailers)."""
+    line, headers = draw(_request_heads())
+    headers.insert(draw(st.integers(0, len(headers))), (b"Transfer-Encoding", b"chunked"))
+    chunks = draw(st.lists(st.binary(min_size=1, max_size=1024), max_size=6))
+    trailers = draw(st.lists(st.tuples(_names, _values), max_size=2))
+    head = line + _lines(headers) + b"\r\n"
+    raw = head + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+    raw += b"0\r\n" + _lines(trailers) + b"\r\n"
+    return raw, head, b"".join(chunks), trailers
+
+
+class _Message:
+    """httptools callbacks: one message, its headers, body and trailers."""
+
+    def __init__(self):
+        self.headers, self.trailers = [], []
+        self.body = b""
+        self.head_done = self.complete = False
+
+    def on_header(self, name, value):
+        (self.trailers if self.head_done else self.headers).append((name, value))
+
+    def on_headers_complete(self):
+        self.head_done = True
+
+    def on_body(self, body):
+        self.body += body
+
+    def on_message_complete(self):
+        self.complete = True
+
+
+def _blocking_exchange(port: int, data: bytes) -> _Message:
+    """One request on a new connection with a plain blocking socket (run in
+    a thread while the reactor serves lbframe); every socket has a timeout."""
+    response = _Message()
+    parser = httptools.HttpResponseParser(response)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.settimeout(5)
+        sock.sendall(data)
+        while not response.complete:
+            got = sock.recv(65536)
+            if not got:
+                break
+            parser.feed_data(got)
+    response.status = parser.get_status_code() if response.head_done else None
+    return response
+
+
+_ROUND_TRIP = settings(max_examples=40, deadline=None, database=None,
+                       suppress_health_check=[HealthCheck.too_slow,
+                                              HealthCheck.data_too_large])
+
+
+class RoundTripTests(_StrictBase, TestCase):
+    """Valid requests reach the member exactly as sent (``forwarded_for =
+    no``); the member echoes what it got, so the client sees it too."""
+
+    def test_length_delimited_requests_arrive_byte_for_byte(self):
+        port, member = self.site()
+
+        @_ROUND_TRIP
+        @given(_length_requests())
+        def check(raw):
+            response = _blocking_exchange(port, raw)
+            assert response.status == 200, (raw, response.status)
+            assert response.complete
+            assert member.requests[-1] == raw, (raw, member.requests[-1])
+            assert response.body == raw, (raw, response.body)
+
+        return threads.deferToThread(check)
+
+    def test_chunked_requests_arrive_with_the_same_head_and_body(self):
+        port, member = self.site()
+
+        @_ROUND_TRIP
+        @given(_chunked_requests())
+        def check(request):
+            raw, head, body, trailers = request
+            response = _blocking_exchange(port, raw)
+            assert response.status == 200, (raw, response.status)
+            assert response.complete
+            received = member.requests[-1]
+            assert response.body == received
+            # Chunk boundaries may change; the head, body and trailers may not.
+            assert received[:len(head)] == head, (head, received)
+            message = _Message()
+            httptools.HttpRequestParser(message).feed_data(received)
+            assert message.complete, received
+            assert message.body == body
+            assert message.trailers == trailers, (trailers, received)
+
+        return threads.deferToThread(check)
