@@ -27,6 +27,8 @@ from lbframe.persistence.memory import MemoryStore
 from lbframe.plugins import load_plugins
 from lbframe.service import build_runtime
 from tests.helpers import free_port
+from tests.test_reload import BULK_SIZE, ReloadCase, SlowReader, ask, bulk_digest, connect
+from tests.test_reload import site as reload_site
 
 TOKEN = "s3cret-token"
 
@@ -461,6 +463,22 @@ class MetricsTests(AdminServerTestCase):
         return r.text.splitlines()
 
     @defer.inlineCallbacks
+    def test_http_counters_and_queue(self):
+        web = self.runtime.virtuals["web"]
+        web.requests = 12
+        web.responses["2xx"] = 10
+        web.responses["5xx"] = 2
+        self.runtime.pools["web"].queue.extend([object(), object()])
+        lines = yield self.metrics()
+        self.assertIn('lbframe_virtual_requests_total{virtual="web"} 12.0', lines)
+        self.assertIn('lbframe_virtual_responses_total{code="2xx",virtual="web"} 10.0', lines)
+        self.assertIn('lbframe_virtual_responses_total{code="5xx",virtual="web"} 2.0', lines)
+        self.assertIn('lbframe_virtual_requests_total{virtual="api"} 0.0', lines)
+        self.assertIn('lbframe_pool_queue_length{pool="web"} 2.0', lines)
+        self.assertIn('lbframe_pool_queue_length{pool="api"} 0.0', lines)
+        self.runtime.pools["web"].queue.clear()
+
+    @defer.inlineCallbacks
     def test_metrics(self):
         lines = yield self.metrics()
         for line in [
@@ -752,3 +770,35 @@ class AdminChangeEventTests(AdminServerTestCase):
         # an unchanged request changes nothing and logs nothing
         yield self.post_member("web", "a", {"state": "disable"})
         self.assertEqual(len([e for e in events if e.get("lbframe_event") == "admin_change"]), 1)
+
+
+class DrainEndToEndTests(ReloadCase):
+    """Drain through the admin API on a running site: a held connection to
+    the drained member keeps working, new connections avoid it."""
+
+    @defer.inlineCallbacks
+    def test_held_connection_survives_drain(self):
+        pa, _ = self.backend("a")
+        pb, _ = self.backend("b")
+        vport, aport = free_port(), free_port()
+        text = reload_site(vport, {"a": pa, "b": pb}).replace(
+            "[lbframe]\n", f"[lbframe]\nadmin = tcp:{aport}:interface=127.0.0.1\n"
+                           f"admin_token = {TOKEN}\n")
+        svc = self.start(text)
+        reader = SlowReader()
+        yield connect(vport, reader)  # round robin: the first goes to a
+        yield reader.read_until(1024 * 1024)
+        member_a = svc.runtime.pools["web"].members["a"]
+        self.assertEqual(member_a.active, 1)
+
+        answer = yield deferToThread(change_member, f"http://127.0.0.1:{aport}", TOKEN,
+                                     "web", "a", "drain")
+        self.assertEqual(answer["state"], "draining")
+        names = []
+        for _ in range(4):
+            names.append((yield ask(vport)))
+        self.assertEqual(names, ["b"] * 4)
+        total = yield reader.read_all()
+        self.assertEqual(total, BULK_SIZE)
+        self.assertEqual(reader.hash.hexdigest(), bulk_digest())
+        self.assertEqual(member_a.total, 1)

@@ -125,11 +125,30 @@ class RuntimeCollector:
         refused = CounterMetricFamily("lbframe_virtual_refused_total",
                                       "client connections refused for want of a member",
                                       labels=["virtual"])
+        requests = CounterMetricFamily("lbframe_virtual_requests_total",
+                                       "http requests received by the virtual server",
+                                       labels=["virtual"])
+        responses = CounterMetricFamily("lbframe_virtual_responses_total",
+                                        "http responses sent by the virtual server, by status "
+                                        "class (lbframe's own error and sorry pages included)",
+                                        labels=["virtual", "code"])
         for name, v in runtime.virtuals.items():
             active.add_metric([name], v.active)
             total.add_metric([name], v.total)
             refused.add_metric([name], v.refused)
-        yield from (active, total, refused)
+            # Counted by request-aware protocols (http); stay 0 for tcp.
+            n = getattr(v, "requests", None)
+            if n is not None:
+                requests.add_metric([name], n)
+            for code, count in sorted((getattr(v, "responses", None) or {}).items()):
+                responses.add_metric([name, str(code)], count)
+        yield from (active, total, refused, requests, responses)
+        queue = GaugeMetricFamily("lbframe_pool_queue_length",
+                                  "connections waiting for a member of the pool "
+                                  "(queue_timeout)", labels=["pool"])
+        for name, pool in runtime.pools.items():
+            queue.add_metric([name], len(pool.queue))
+        yield queue
 
     def _site(self, runtime) -> Iterator[Metric]:
         state = getattr(runtime.redundancy, "state", "standalone")
