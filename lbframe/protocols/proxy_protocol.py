@@ -41,6 +41,8 @@ V2_FIXED = 16
 #: the largest address+TLV block accepted; real headers are far smaller, and a
 #: bound keeps a peer from making us buffer 64 KiB before we can judge it
 V2_MAX_BLOCK = 4096
+#: the longest header there can be (v2 with the largest address block)
+MAX_HEADER = V2_FIXED + V2_MAX_BLOCK
 
 _V2_LOCAL, _V2_PROXY = 0x0, 0x1
 _AF_UNSPEC, _AF_INET, _AF_INET6, _AF_UNIX = 0x0, 0x1, 0x2, 0x3

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from _socket import socket as raw_socket
-from errno import ECONNREFUSED, EINPROGRESS
+from errno import EAGAIN, ECONNREFUSED, EINPROGRESS
 
 from twisted.application import service
 from twisted.internet.interfaces import IReadDescriptor
@@ -23,6 +23,7 @@ from lbframe import hookimpl
 from lbframe.balancer import Balancer, Decision, RequestContext
 from lbframe.errors import reject_unknown_options
 from lbframe.interfaces import IProtocol
+from lbframe.protocols import proxy_protocol
 from lbframe.protocols.engine import RelayEngine
 from lbframe.protocols.endpoints import TCPBind, listening_socket, sockaddr_of, tcp_bind
 from lbframe.protocols.relay import Relay
@@ -50,7 +51,7 @@ class Connection(Relay):
     """A client connection: choose a member, connect, relay, account."""
 
     __slots__ = ("server", "context", "decision", "tries", "excluded", "tick",
-                 "connect_started", "idle_seen", "idle_strikes", "waiting")
+                 "connect_started", "idle_seen", "idle_strikes", "waiting", "early")
 
     def __init__(self, server: "TCPVirtualServer", sock: socket.socket, addr):
         super().__init__(server.io, sock, server.connection_closed, clock=server.clock)
@@ -64,6 +65,8 @@ class Connection(Relay):
         self.idle_seen = -1
         self.idle_strikes = 0
         self.waiting = None  # the pool whose queue we are in
+        #: bytes the client sent after its PROXY header (accept_proxy), for the member
+        self.early = b""
 
     def connect(self) -> None:
         if self.tries == 0:
@@ -181,9 +184,30 @@ class Connection(Relay):
                                                self.clock.seconds() - self.connect_started)
 
     def connected(self) -> None:
+        first = self._first_bytes()
+        if first:
+            # A fresh socket takes a few KiB at once; anything else is broken.
+            try:
+                sent = self.member.sock.send(first)
+            except OSError as e:
+                sent = -1 if e.errno not in (EAGAIN,) else 0
+            if sent != len(first):
+                self.close("member did not take the connection's first bytes")
+                return
         self.start()
         if self.tick is None:
             self.tick = self.server.timeouts.schedule(self, self.server.idle_step)
+
+    def _first_bytes(self) -> bytes:
+        """What goes to the member before relaying: our PROXY header
+        (``send_proxy``) and what followed the client's (``accept_proxy``)."""
+        version = self.decision.pool.spec.send_proxy
+        if version == "no":
+            return self.early
+        context = self.context
+        local = self.client.sock.getsockname()
+        build = proxy_protocol.build_v2 if version == "v2" else proxy_protocol.build_v1
+        return build((context.client_host, context.client_port), (local[0], local[1])) + self.early
 
     def expired(self) -> None:
         """Our timeout came: the queue wait or the connect took too long, or
@@ -377,9 +401,18 @@ class TCPVirtualServer(service.Service):
     def accepted(self, sock: socket.socket, addr) -> None:
         sock.setblocking(False)
         sock.setsockopt(_TCP, _NODELAY, 1)
+        self.virtual.total += 1
+        if self.virtual.spec.accept_proxy:
+            _ProxyHeaderReader(self, sock, addr)
+            return
+        self.admit(sock, addr)
+
+    def admit(self, sock: socket.socket, addr, early: bytes = b"") -> None:
+        """Balance and connect an accepted client (after its PROXY header,
+        with ``accept_proxy``)."""
         virtual = self.virtual
-        virtual.total += 1
         conn = Connection(self, sock, addr)
+        conn.early = early
         conn.connect()
         # Counted as active only once admitted, so that the balancer's
         # max_connections check compares against the others.
@@ -405,6 +438,72 @@ class TCPVirtualServer(service.Service):
         if conn in self.connections:
             self.connections.discard(conn)
             self.virtual.active -= 1
+
+
+@implementer(IReadDescriptor)
+class _ProxyHeaderReader:
+    """``accept_proxy``: reads the PROXY header a balancer in front sends
+    first (bounded in size and by ``timeout_client``), then admits the
+    connection under the client address it names."""
+
+    def __init__(self, server: TCPVirtualServer, sock: socket.socket, addr):
+        self.server = server
+        self.sock = sock
+        self.addr = addr
+        self.buffer = b""
+        self.fd = sock.fileno()
+        server.io.addReader(self)
+        self.tick = server.timeouts.schedule(self, server.virtual.spec.timeout_client)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return f"lbframe.tcp.{self.server.virtual.name}.proxy"
+
+    def doRead(self):
+        try:
+            data = self.sock.recv(proxy_protocol.MAX_HEADER - len(self.buffer))
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            return self._give_up(f"read error: {e.strerror}")
+        if not data:
+            return self._give_up("closed before its PROXY header")
+        self.buffer += data
+        try:
+            parsed = proxy_protocol.parse(self.buffer)
+        except proxy_protocol.ProxyHeaderError as e:
+            return self._give_up(str(e))
+        if parsed is None:
+            if len(self.buffer) >= proxy_protocol.MAX_HEADER:
+                return self._give_up("PROXY header too long")
+            return None
+        info, used = parsed
+        self._stop()
+        addr = info.source if info.source is not None else self.addr
+        self.server.admit(self.sock, addr, self.buffer[used:])
+        return None
+
+    def expired(self) -> None:
+        self.tick = None
+        self._give_up("no PROXY header within timeout_client")
+
+    def _stop(self) -> None:
+        self.server.io.removeReader(self)
+        if self.tick is not None:
+            self.server.timeouts.cancel(self, self.tick)
+            self.tick = None
+
+    def _give_up(self, why: str) -> None:
+        self._stop()
+        self.server.virtual.refused += 1
+        log.warn("virtual {virtual}: refused {peer}: {why}", virtual=self.server.virtual.name,
+                 peer=self.addr[0], why=why)
+        self.sock.close()
+
+    def connectionLost(self, reason):
+        self._give_up("connection lost")
 
 
 @implementer(IProtocol)

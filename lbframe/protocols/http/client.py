@@ -29,8 +29,6 @@ log = Logger(namespace="lbframe.http")
 MAX_BUFFERED = 256 * 1024
 #: requests one client may have outstanding
 MAX_PIPELINE = 32
-#: the longest PROXY protocol header we wait for (v2 with TLVs)
-MAX_PROXY_HEADER = 4096 + 16
 
 
 class ClientConnection(Protocol):
@@ -130,7 +128,7 @@ class ClientConnection(Protocol):
             self.transport.abortConnection()
             return b""
         if parsed is None:
-            if len(buffer) > MAX_PROXY_HEADER:
+            if len(buffer) > proxy_protocol.MAX_HEADER:
                 self.transport.abortConnection()
                 return b""
             self.proxy_buffer = buffer
