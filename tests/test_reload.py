@@ -488,3 +488,33 @@ class ListenerReloadTests(ReloadCase):
 def deferLater(seconds: float) -> defer.Deferred:
     from twisted.internet import task
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+class AdminReloadTests(ReloadCase):
+    @defer.inlineCallbacks
+    def test_admin_follows_the_reload(self):
+        from twisted.internet.threads import deferToThread
+
+        from lbframe.admin.client import AdminClientError, change_member, fetch_status
+
+        aport, vport = free_port(), free_port()
+
+        def text(token, members):
+            return site(vport, members).replace(
+                "[lbframe]\n", f"[lbframe]\nadmin = tcp:{aport}:interface=127.0.0.1\n"
+                               f"admin_token = {token}\n")
+
+        svc = self.start(text("one", {"a": 1001}))
+        admin = svc.admin
+        url = f"http://127.0.0.1:{aport}"
+        self.assertTrue(self.reload(svc, text("two", {"a": 1001, "b": 1002})))
+        self.assertIs(svc.admin, admin, "same endpoint: same admin server")
+        status = yield deferToThread(fetch_status, url)
+        self.assertEqual(sorted(status["pools"]["web"]["members"]), ["a", "b"])
+        # The new token counts, the old one no longer.
+        d = deferToThread(change_member, url, "one", "web", "b", "drain")
+        error = yield self.assertFailure(d, AdminClientError)
+        self.assertIn("refused the token", str(error))
+        answer = yield deferToThread(change_member, url, "two", "web", "b", "drain")
+        self.assertEqual(answer["state"], "draining")
+        self.assertEqual(svc.runtime.pools["web"].members["b"].state, "draining")
