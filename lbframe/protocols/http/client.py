@@ -43,6 +43,7 @@ class ClientConnection(Protocol):
         self.tunnel: Exchange | None = None
         self.held = b""  # bytes after an Upgrade request, until the answer
         self.proxy_buffer: bytes | None = None
+        self.refused_input = False
         self.client_host = ""
         self.client_port = 0
         self.last_read = 0.0
@@ -141,7 +142,8 @@ class ClientConnection(Protocol):
 
     def update_reading(self) -> None:
         """Pause reading while too much waits; resume when it moved."""
-        want_pause = (self.buffered > MAX_BUFFERED or len(self.exchanges) > MAX_PIPELINE)
+        want_pause = (self.buffered > MAX_BUFFERED or len(self.exchanges) > MAX_PIPELINE
+                      or self.refused_input)
         if want_pause and not self.paused:
             self.paused = True
             self.transport.pauseProducing()
@@ -182,12 +184,16 @@ class ClientConnection(Protocol):
                  virtual=self.server.virtual.name, client=self.client_host,
                  reason=error.reason)
         incoming, self.incoming = self.incoming, None
-        if incoming is not None and not incoming.done:
-            # Its head went out already; its body broke: cut it off.
-            if incoming is self.exchanges[0] and not incoming.response_started:
+        if incoming is not None and not incoming.done and not incoming.request_complete:
+            # Its head was accepted, its body broke.
+            if incoming is not self.exchanges[0]:
+                # Still waiting for its turn: it answers the error then.
+                incoming.refused(error)
+            elif not incoming.response_started:
                 incoming.abort_with(error)
-                return
-            incoming.abort(error.reason)
+            else:
+                incoming.abort(error.reason)
+            self._stop_reading()
             return
         exchange = Exchange(self, None, False, False, False)
         exchange.local_error = error
@@ -195,7 +201,13 @@ class ClientConnection(Protocol):
         self.exchanges.append(exchange)
         if len(self.exchanges) == 1:
             exchange.start()
-        if not self.paused:
+        self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        """After a refusal nothing more is read: the connection closes
+        once the answers before it are out."""
+        self.refused_input = True
+        if not self.paused and not self.closing:
             self.paused = True
             self.transport.pauseProducing()
 

@@ -480,6 +480,14 @@ class Exchange:
         self.server.log_exchange(self)
         self.client.exchange_done(self)
 
+    def refused(self, error: HTTPError) -> None:
+        """Not started yet and its body turned out malformed: drop what was
+        held of it; in its turn it answers ``error`` and the connection closes."""
+        self.local_error = error
+        self.client.buffered -= self.pending_bytes
+        self.pending, self.pending_bytes = [], 0
+        self.request_complete = True
+
     def abort_with(self, error: HTTPError) -> None:
         """The request turned out malformed after its head went to the
         member (a bad chunk): cut the member off, answer the error, close."""

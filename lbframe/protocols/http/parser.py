@@ -115,7 +115,9 @@ class _Base:
         self.head_bytes = 0
         te = [v for n, v in self.headers if n.lower() == b"transfer-encoding"]
         if te:
-            if len(te) != 1 or te[0].strip().lower() != b"chunked":
+            # Exactly "chunked": llhttp keeps trailing whitespace in the value
+            # and then does not see "chunked" itself (a desync if we did).
+            if len(te) != 1 or te[0].lower() != b"chunked":
                 raise HTTPError(400, "Transfer-Encoding other than chunked")
             self.chunked = True
         self.content_length = any(n.lower() == b"content-length" for n, _ in self.headers)
