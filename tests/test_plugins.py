@@ -290,3 +290,54 @@ class MessageTests(SynchronousTestCase):
         self.assertEqual(Registry("persistence_methods").unknown_message("source-ip"),
                          "persistence method 'source-ip' is not available in this version of "
                          "lbframe (no loaded plugin provides it); available: none")
+
+
+class PluginsCommandTests(SynchronousTestCase):
+    write = PluginTests.write
+
+    def run_cli(self, *argv):
+        import io
+        from contextlib import redirect_stderr, redirect_stdout
+
+        from lbframe.cli import main
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            rc = main(list(argv))
+        return rc, out.getvalue(), err.getvalue()
+
+    def site(self, *plugins: str) -> str:
+        path = os.path.join(os.path.dirname(plugins[0]), "site.ini")
+        with open(path, "w") as f:
+            f.write("[lbframe]\nplugins = " + " ".join(os.path.basename(p) for p in plugins) +
+                    "\n[virtual web]\nlisten = tcp:0:interface=127.0.0.1\npool = web\n"
+                    "[pool web]\nmember a = 127.0.0.1:1\n")
+        return path
+
+    def test_lists_origin_version_api_and_registrations(self):
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        mine = os.path.join(d, "mine.py")
+        with open(mine, "w") as f:
+            f.write("__version__ = '2.3'\nLBFRAME_PLUGIN_API = (1, 0)\n" +
+                    SCHEDULER_PLUGIN.format(name="mine"))
+        rc, out, err = self.run_cli("plugins", self.site(mine))
+        self.assertEqual((rc, err), (0, ""))
+        self.assertTrue(out.startswith(f"lbframe {lbframe.__version__}, plugin API 1.0\n"), out)
+        self.assertIn("lbframe.monitors.http (built-in, 0.1.0)\n    monitor type: http, https\n", out)
+        self.assertIn(f"{mine} (file, 2.3, plugin API 1.0)\n    scheduler: mine\n", out)
+
+    def test_disabled_and_refused_plugins(self):
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        broken = os.path.join(d, "broken.py")
+        with open(broken, "w") as f:
+            f.write("LBFRAME_PLUGIN_API = (3, 0)\n")
+        path = self.site(broken)
+        rc, out, err = self.run_cli("plugins", path)
+        self.assertEqual(rc, 1)
+        self.assertIn(f"error: plugin '{broken}' needs lbframe plugin API 3.0", err)
+        os.environ["LBFRAME_DISABLE_PLUGINS"] = "broken"
+        self.addCleanup(os.environ.pop, "LBFRAME_DISABLE_PLUGINS", None)
+        rc, out, err = self.run_cli("plugins", path)
+        self.assertEqual((rc, err), (0, ""))
+        self.assertIn(f"{broken} (file, disabled by LBFRAME_DISABLE_PLUGINS)\n", out)
