@@ -6,7 +6,8 @@ again — two ``epoll_ctl`` calls and a loop iteration per response, which in
 the http path's profile cost more than parsing the response did. When the
 transport's buffer is empty, sending right away keeps the order and skips
 all of that; what the kernel does not take is queued the usual way, so
-backpressure (``registerProducer``) works unchanged. TLS and other
+backpressure (``registerProducer``) works unchanged. TLS (a TCP transport
+with ``TLS`` set: its socket carries records, not our bytes) and other
 transports always take the usual way.
 """
 
@@ -16,7 +17,7 @@ from twisted.internet.tcp import Connection
 
 
 def send(transport, data: bytes) -> None:
-    if (isinstance(transport, Connection) and transport.connected
+    if (isinstance(transport, Connection) and not transport.TLS and transport.connected
             and not transport.disconnecting and not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer)):
         try:
