@@ -2,7 +2,15 @@
 
 A plugin registers a *factory* for one of these kinds (see
 :mod:`lbframe.hookspecs`); the factory builds objects providing the matching
-interface. Tests call ``zope.interface.verify.verifyObject`` on every built-in.
+interface. Tests call ``zope.interface.verify.verifyObject`` on every built-in,
+and :mod:`lbframe.testing`'s contract tests (``SchedulerContract``,
+``MonitorContract``, ...) check what the docstrings below promise, for the
+built-ins and for third-party plugins alike.
+
+These interfaces are part of the plugin API (:data:`lbframe.PLUGIN_API`):
+adding a method is a minor version, changing or removing one a major one.
+Every name here needs its entry in ``docs/plugins/interfaces.md`` (a test
+fails otherwise).
 """
 
 from zope.interface import Attribute, Interface
