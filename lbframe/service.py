@@ -329,7 +329,7 @@ class SiteService(service.MultiService):
     def _reload_listeners(self, old: SiteRuntime, new: SiteRuntime) -> None:
         for name in list(self.listeners):
             if name not in new.site.virtuals:
-                self._retire(name)
+                self._retire(name, new.site.lbframe.stop_grace)
         for name, proto in new.protocols.items():
             svc = self.listeners.get(name)
             before, after = old.site.virtuals.get(name), new.site.virtuals[name]
@@ -338,7 +338,7 @@ class SiteService(service.MultiService):
                 svc.set_balancer(new.balancers[name])
                 continue
             if svc is not None:
-                self._retire(name)
+                self._retire(name, new.site.lbframe.stop_grace)
             svc = proto.make_service(new.balancers[name], self.reactor)
             try:
                 svc.setServiceParent(self)
@@ -352,7 +352,7 @@ class SiteService(service.MultiService):
                 continue
             self.listeners[name] = svc
 
-    def _retire(self, name: str) -> None:
+    def _retire(self, name: str, grace: float) -> None:
         """Stop a listener accepting; remove it once its connections are done
         (or ``stop_grace`` passed)."""
         svc = self.listeners.pop(name)
@@ -360,8 +360,7 @@ class SiteService(service.MultiService):
         # Its name is free at once for a listener that replaces it.
         if svc.name and self.namedServices.get(svc.name) is svc:
             del self.namedServices[svc.name]
-        d = self._drain([svc], self.runtime.site.lbframe.stop_grace,
-                        f"virtual {name} retired by a reload")
+        d = self._drain([svc], grace, f"virtual {name} retired by a reload")
 
         def remove(_):
             self.retiring.discard(svc)
