@@ -266,9 +266,19 @@ class SiteService(service.MultiService):
     def _drain(self, services, grace: float, reason: str) -> defer.Deferred:
         """Stop ``services`` listening, then fire once none of them has a
         connection open or ``grace`` seconds passed (closing what is left)."""
+        closed = self._stop_listening(services)
+        return self._wait_connections(closed, services, grace, reason)
+
+    @staticmethod
+    def _stop_listening(services) -> defer.Deferred:
+        """Fires when every one of ``services`` has closed its listening sockets."""
+        waits = [defer.maybeDeferred(_listener_call, s, "stop_listening") for s in services]
+        return defer.gatherResults(waits, consumeErrors=True)
+
+    def _wait_connections(self, closed: defer.Deferred, services, grace: float,
+                          reason: str) -> defer.Deferred:
         clock = self.reactor
         deadline = clock.seconds() + grace
-        waits = [defer.maybeDeferred(_listener_call, s, "stop_listening") for s in services]
         done: defer.Deferred = defer.Deferred()
 
         def poll():
@@ -285,7 +295,7 @@ class SiteService(service.MultiService):
                         _listener_call(s, "close_all", reason)
             done.callback(total)
 
-        defer.gatherResults(waits, consumeErrors=True).addBoth(lambda _: poll())
+        closed.addBoth(lambda _: poll())
         return done
 
     # -- reload ------------------------------------------------------------
@@ -337,30 +347,41 @@ class SiteService(service.MultiService):
                     and before.protocol == after.protocol and hasattr(svc, "set_balancer")):
                 svc.set_balancer(new.balancers[name])
                 continue
-            if svc is not None:
-                self._retire(name, new.site.lbframe.stop_grace)
-            svc = proto.make_service(new.balancers[name], self.reactor)
-            try:
-                svc.setServiceParent(self)
-            except BaseException as e:  # noqa: B036 - a bind failure is SystemExit
-                if isinstance(e, KeyboardInterrupt):
-                    raise
-                log.error("virtual {virtual}: cannot start its listener after the reload, "
-                          "it is not serving: {error}", virtual=name, error=str(e),
-                          lbframe_event="listener_failed")
-                self._detach(svc)
-                continue
-            self.listeners[name] = svc
+            closed = (self._retire(name, new.site.lbframe.stop_grace) if svc is not None
+                      else defer.succeed(None))
+            # The new listener may bind an address the old one had: once it is closed.
+            closed.addCallback(lambda _, name=name, proto=proto, balancer=new.balancers[name]:
+                               self._start_listener(name, proto, balancer))
 
-    def _retire(self, name: str, grace: float) -> None:
+    def _start_listener(self, name: str, proto, balancer) -> None:
+        svc = proto.make_service(balancer, self.reactor)
+        try:
+            svc.setServiceParent(self)
+        except BaseException as e:  # noqa: B036 - a bind failure is SystemExit
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            log.error("virtual {virtual}: cannot start its listener after the reload, "
+                      "it is not serving: {error}", virtual=name, error=str(e),
+                      lbframe_event="listener_failed")
+            self._detach(svc)
+            return
+        self.listeners[name] = svc
+
+    def _retire(self, name: str, grace: float) -> defer.Deferred:
         """Stop a listener accepting; remove it once its connections are done
-        (or ``stop_grace`` passed)."""
+        (or ``grace`` passed). Fires when its listening sockets are closed.
+
+        A listener service without ``stop_listening`` (a third-party
+        protocol) is simply stopped."""
         svc = self.listeners.pop(name)
-        self.retiring.add(svc)
         # Its name is free at once for a listener that replaces it.
         if svc.name and self.namedServices.get(svc.name) is svc:
             del self.namedServices[svc.name]
-        d = self._drain([svc], grace, f"virtual {name} retired by a reload")
+        if not hasattr(svc, "stop_listening"):
+            return defer.maybeDeferred(self._detach, svc)
+        self.retiring.add(svc)
+        closed = self._stop_listening([svc])
+        d = self._wait_connections(closed, [svc], grace, f"virtual {name} retired by a reload")
 
         def remove(_):
             self.retiring.discard(svc)
@@ -368,6 +389,10 @@ class SiteService(service.MultiService):
 
         d.addCallback(remove)
         d.addErrback(lambda f: log.failure("retiring virtual {virtual}", f, virtual=name))
+        # A caller's callbacks must not change what the drain sees.
+        result: defer.Deferred = defer.Deferred()
+        closed.addBoth(lambda r: result.callback(None))
+        return result
 
     def _detach(self, svc):
         """Take ``svc`` out of the tree and stop it (a Deferred or None)."""
