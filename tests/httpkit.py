@@ -148,13 +148,14 @@ class HTTPSiteMixin:
     (the real reactor unless a Clock is asked for)."""
 
     def serve_http(self, pool_lines: str, virtual_lines: str = "", more: str = "",
-                   lbframe_lines: str = "", clock=None):
+                   lbframe_lines: str = "", clock=None,
+                   listen: str = "tcp:0:interface=127.0.0.1"):
         text = f"""
 [lbframe]
 {lbframe_lines}
 
 [virtual v]
-listen = tcp:0:interface=127.0.0.1
+listen = {listen}
 protocol = http
 pool = p
 {virtual_lines}

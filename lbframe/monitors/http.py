@@ -11,7 +11,7 @@ checks out of their access logs (F7g).
 This module turns the monitor's keys into a request and the answer into a
 :class:`CheckResult`. The HTTP plumbing (Agent, bounded reads, aborting the
 connection on cancel) is in :mod:`lbframe.monitors._http_client`, the TLS
-plumbing in :mod:`lbframe.monitors._http_tls`.
+plumbing in :mod:`lbframe.tls.client`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from lbframe.errors import OptionError, did_you_mean
 from lbframe.interfaces import IMonitor
 from lbframe.monitors import CheckResult, check_port
 from lbframe.monitors._http_client import HEAD_LIMIT, BodyReader, BytesProducer, Exchange
-from lbframe.monitors._http_tls import NoVerify, describe_tls_error, load_ca, verify_error
+from lbframe.tls.client import NoVerify, describe_tls_error, load_ca, verify_error
 from lbframe.monitors.tcp import client_endpoint, describe_connect_error
 
 #: sent with every check unless ``headers`` sets its own (F7g)

@@ -17,12 +17,15 @@ from __future__ import annotations
 from zope.interface import implementer
 
 from lbframe import hookimpl
-from lbframe.config.values import parse_duration, parse_int
+from lbframe.config.values import ENDPOINT_OPTIONS, parse_duration, parse_int, split_endpoint
 from lbframe.errors import OptionError, reject_unknown_options
 from lbframe.interfaces import IProtocol
 from lbframe.protocols.http.pages import SorryPage
 from lbframe.protocols.http.parser import MAX_HEAD_SIZE, MAX_REQUEST_LINE
-from lbframe.protocols.http.server import HTTPSettings, HTTPVirtualServer
+from lbframe.protocols.http.server import HTTPSettings, HTTPVirtualServer, Listener
+from lbframe.tls.client import PoolTLS
+from lbframe.tls.server import (CertificateError, CertificateFolder, load_certificate,
+                                server_options)
 
 #: the http keys of a [virtual] section beyond the contract's, with defaults
 OPTIONS = {
@@ -66,7 +69,8 @@ class HTTPProtocol:
                 raise OptionError("sorry", f"cannot use the sorry page: {e}") from None
         glob = site.lbframe if site is not None else None
         self.settings = HTTPSettings(
-            listen=tuple(virtual.listen),
+            listen=_listeners(virtual),
+            member_tls=_member_tls(virtual, site),
             max_head=_option(options, "max_head_size", lambda t: parse_int(t, 1024, 1 << 20)),
             max_request_line=_option(options, "max_request_line",
                                      lambda t: parse_int(t, 256, 1 << 20)),
@@ -81,6 +85,64 @@ class HTTPProtocol:
 
     def make_service(self, balancer, reactor):
         return HTTPVirtualServer(balancer, self.settings, reactor)
+
+
+def _listeners(virtual) -> tuple:
+    """Each ``listen`` endpoint, with TLS options where we terminate TLS:
+    ``ssl:`` endpoints (their certificate), and every endpoint of a virtual
+    server with ``certificates`` (SNI from the folder)."""
+    plain, tls = [], []
+    for description in virtual.listen:
+        kind, args, kw = split_endpoint(description)
+        named = dict(zip(ENDPOINT_OPTIONS.get(kind, ()), args), **kw)
+        if kind == "ssl":
+            try:
+                served = load_certificate(named.get("certKey") or named["privateKey"],
+                                          key_path=named["privateKey"],
+                                          chain_path=named.get("extraCertChain"))
+            except CertificateError as e:
+                raise OptionError("listen", str(e)) from None
+            tls.append((description, named, served))
+        else:
+            plain.append((description, named))
+    folder = None
+    if virtual.certificates is not None:
+        try:
+            folder = CertificateFolder(virtual.certificates,
+                                       fallback=tls[0][2] if tls else None)
+        except CertificateError as e:
+            raise OptionError("certificates", str(e)) from None
+    listeners = []
+    for description in virtual.listen:
+        for entry in tls:
+            if entry[0] == description:
+                _, named, served = entry
+                options = folder.options() if folder is not None else server_options(served)
+                listeners.append(Listener(description, named, options))
+                break
+        else:
+            named = dict(next(n for d, n in plain if d == description))
+            options = folder.options() if folder is not None else None
+            listeners.append(Listener(description, named, options))
+    return tuple(listeners)
+
+
+def _member_tls(virtual, site) -> dict:
+    """``tls = yes`` pools this virtual server may send to → their client TLS."""
+    if site is None:
+        return {}
+    names = {virtual.pool, virtual.sorry_pool} | {site.rules[r].pool for r in virtual.rules
+                                                 if r in site.rules}
+    found = {}
+    for name in names:
+        pool = site.pools.get(name)
+        if pool is not None and pool.tls:
+            try:
+                found[name] = PoolTLS.from_pool(pool)
+            except OptionError as e:
+                raise (pool.source.error(e.key, e.message) if pool.source is not None
+                       else e) from None
+    return found
 
 
 @hookimpl

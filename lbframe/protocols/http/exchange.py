@@ -13,6 +13,7 @@ whatever the body sizes.
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
 from lbframe.balancer import Decision, RequestContext
@@ -20,6 +21,7 @@ from lbframe.protocols.http import heads, pages
 from lbframe.protocols.http.members import Connect
 from lbframe.protocols.http.parser import HTTPError
 from lbframe.protocols.http.send import send
+from lbframe.tls.client import describe_tls_error, verify_error
 
 log = Logger(namespace="lbframe.http")
 
@@ -27,6 +29,17 @@ log = Logger(namespace="lbframe.http")
 MAX_TRIES = 2
 
 _STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+def _lost_before_answer(conn, reason) -> str:
+    """Why a member connection ended before any response byte; for TLS
+    members the handshake's own words (expired, untrusted, wrong name)."""
+    if ISSLTransport.providedBy(conn.transport):
+        detail = verify_error(conn.transport.getHandle())
+        words = describe_tls_error(reason, detail)
+        if words is not None:
+            return words
+    return "closed the connection before answering"
 
 
 def _chunk(data: bytes) -> tuple:
@@ -192,8 +205,15 @@ class Exchange:
         factory = Connect(self, member, server.max_head)
         self.connecting = factory
         address = member.spec.address
-        factory.connector = server.reactor.connectTCP(
-            address.host, address.port, factory, timeout=server.virtual.spec.timeout_connect)
+        timeout = server.virtual.spec.timeout_connect
+        tls = server.settings.member_tls.get(self.decision.pool.name)
+        if tls is None:
+            factory.connector = server.reactor.connectTCP(
+                address.host, address.port, factory, timeout=timeout)
+        else:
+            factory.connector = server.reactor.connectSSL(
+                address.host, address.port, factory, tls.creator(address.host),
+                timeout=timeout)
 
     def member_connected(self, conn, fresh: bool) -> None:
         self.connecting = None
@@ -396,7 +416,7 @@ class Exchange:
             self.connect_started = self.server.clock.seconds()
             self.open()
             return
-        self._member_failed("closed the connection before answering")
+        self._member_failed(_lost_before_answer(conn, reason))
 
     def timed_out(self) -> None:
         """``timeout_server`` passed without a byte from the member."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import attrs
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,10 +27,28 @@ log = Logger(namespace="lbframe.http")
 
 
 @attrs.frozen
+class Listener:
+    """One ``listen`` endpoint; ``tls`` is the CertificateOptions when we
+    terminate TLS on it."""
+
+    description: str
+    named: dict = attrs.field(eq=False)
+    tls: object = None
+
+    def endpoint(self, reactor):
+        if self.tls is None:
+            return serverFromString(reactor, self.description)
+        named = self.named
+        return SSL4ServerEndpoint(reactor, int(named.get("port", 0)), self.tls,
+                                  backlog=int(named.get("backlog", 50)),
+                                  interface=named.get("interface", ""))
+
+
+@attrs.frozen
 class HTTPSettings:
     """The http virtual server keys, parsed (see docs/http.md)."""
 
-    listen: tuple
+    listen: tuple  # of Listener
     max_head: int
     max_request_line: int
     timeout_keepalive: float
@@ -40,6 +58,8 @@ class HTTPSettings:
     sorry_page: object = None
     access_log: str | None = None
     access_log_json: bool = False
+    #: pool name → PoolTLS, for ``tls = yes`` pools
+    member_tls: dict = attrs.field(factory=dict)
 
 
 class _ClientFactory(Factory):
@@ -85,10 +105,11 @@ class HTTPVirtualServer(service.Service):
         if self.ports:
             return
         ports = []
-        for description in self.settings.listen:
-            scheme = b"https" if description.startswith("ssl:") else b"http"
+        for listener in self.settings.listen:
+            description = listener.description
+            scheme = b"http" if listener.tls is None else b"https"
             outcome = []
-            serverFromString(self.reactor, description).listen(
+            listener.endpoint(self.reactor).listen(
                 _ClientFactory(self, scheme)).addBoth(outcome.append)
             result = outcome[0] if outcome else None
             if isinstance(result, Failure) or result is None:

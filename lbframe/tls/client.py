@@ -1,4 +1,4 @@
-"""TLS for the https monitor: connection creators, the CA bundle, and words
+"""TLS toward members (https monitors, ``tls = yes`` pools): connection creators, the CA bundle, and words
 for handshake failures.
 
 Verification is Twisted's ``optionsForClientTLS`` (service-identity checks
@@ -105,3 +105,36 @@ def verify_error(connection) -> str | None:
         return ffi.string(lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
     except Exception:
         return None
+
+
+class PoolTLS:
+    """``tls = yes`` on a pool: how the data path connects to its members
+    (re-encryption). Verification is the same as the https monitor's:
+    ``optionsForClientTLS`` against ``tls_ca`` (else the system's CAs),
+    service-identity checking ``tls_server_name`` (else the member's host);
+    ``tls_verify = no`` checks nothing but still sends SNI."""
+
+    def __init__(self, trust_root, verify: bool, server_name: str | None):
+        self.trust_root = trust_root
+        self.verify = verify
+        self.server_name = server_name
+        self._creators: dict[str, object] = {}
+
+    @classmethod
+    def from_pool(cls, pool) -> "PoolTLS":
+        """From a :class:`lbframe.config.model.Pool`; OptionError on a bad ``tls_ca``."""
+        trust = load_ca(pool.tls_ca, None) if pool.tls_ca else None
+        return cls(trust, pool.tls_verify, pool.tls_server_name)
+
+    def creator(self, host: str):
+        """The connection creator for a member at ``host``."""
+        creator = self._creators.get(host)
+        if creator is None:
+            name = self.server_name or host
+            if self.verify:
+                creator = ssl.optionsForClientTLS(
+                    name, trustRoot=self.trust_root or ssl.platformTrust())
+            else:
+                creator = NoVerify(name)
+            self._creators[host] = creator
+        return creator
