@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -34,8 +35,12 @@ class WheelTests(SynchronousTestCase):
         py = os.path.join(venv, "bin", "python")
         # The example third-party plugin goes into the same venv (one is slow
         # enough), from its own wheel, in the same pip run.
+        # (Built from a copy: a build leaves an .egg-info with the entry point
+        # beside the sources, which would make the checkout's tests load it.)
+        example = shutil.copytree(EXAMPLE, os.path.join(work, "example"),
+                                  ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                        "-q", "-w", work, EXAMPLE], check=True, cwd=work, timeout=300)
+                        "-q", "-w", work, example], check=True, cwd=work, timeout=300)
         plugin_wheel, = glob.glob(os.path.join(work, "lbframe_example_scheduler-*.whl"))
         subprocess.run([py, "-m", "pip", "install", "-q", wheel, plugin_wheel], check=True,
                        timeout=600, cwd=work)

@@ -5,6 +5,7 @@ its fakes, clock-driven monitor runner and tiny real site work."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import sys
@@ -401,8 +402,15 @@ scheduler = first-then-rr
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "plugins", "lbframe-example-scheduler", "src")
-if EXAMPLE not in sys.path and importlib.util.find_spec("lbframe_two_choices") is None:
+if importlib.util.find_spec("lbframe_two_choices") is None:
+    # Imported from the checkout, then off sys.path again, so that nothing
+    # there (a build's .egg-info) looks like an installed entry point to
+    # the other tests of this process.
     sys.path.append(EXAMPLE)
+    try:
+        importlib.import_module("lbframe_two_choices.test.test_two_choices")
+    finally:
+        sys.path.remove(EXAMPLE)
 
 from lbframe_two_choices.test.test_two_choices import (  # noqa: E402
     CheckTests as ExampleCheckTests, OneChoiceContract as ExampleOneChoiceContract,
