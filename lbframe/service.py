@@ -346,6 +346,8 @@ class SiteService(service.MultiService):
             if (svc is not None and before is not None and before.listen == after.listen
                     and before.protocol == after.protocol and hasattr(svc, "set_balancer")):
                 svc.set_balancer(new.balancers[name])
+                # The protocol's own settings (certificates, limits) may have changed.
+                _listener_call(svc, "set_protocol", proto)
                 continue
             closed = (self._retire(name, new.site.lbframe.stop_grace) if svc is not None
                       else defer.succeed(None))

@@ -30,6 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 _PEM_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----.+?-----END (?:[A-Z]+ )?PRIVATE KEY-----",
@@ -124,6 +126,22 @@ def _name_of(filename: str) -> str:
     → ``*.example.com``."""
     name = filename[:-len(".pem")].lower()
     return "*" + name[1:] if name.startswith("_.") else name
+
+
+@implementer(IOpenSSLContextFactory)
+class ReloadableOptions:
+    """The TLS options a listening port keeps: a reload swaps what is
+    inside, so certificates change without closing the socket (Twisted asks
+    for the context at every new connection)."""
+
+    def __init__(self, options: ssl.CertificateOptions):
+        self.options = options
+
+    def getContext(self):
+        return self.options.getContext()
+
+    def swap(self, options: ssl.CertificateOptions) -> None:
+        self.options = options
 
 
 class CertificateFolder:

@@ -24,8 +24,8 @@ from lbframe.protocols.http.pages import SorryPage
 from lbframe.protocols.http.parser import MAX_HEAD_SIZE, MAX_REQUEST_LINE
 from lbframe.protocols.http.server import HTTPSettings, HTTPVirtualServer, Listener
 from lbframe.tls.client import PoolTLS
-from lbframe.tls.server import (CertificateError, CertificateFolder, load_certificate,
-                                server_options)
+from lbframe.tls.server import (CertificateError, CertificateFolder, ReloadableOptions,
+                                load_certificate, server_options)
 
 #: the http keys of a [virtual] section beyond the contract's, with defaults
 OPTIONS = {
@@ -118,11 +118,11 @@ def _listeners(virtual) -> tuple:
             if entry[0] == description:
                 _, named, served = entry
                 options = folder.options() if folder is not None else server_options(served)
-                listeners.append(Listener(description, named, options))
+                listeners.append(Listener(description, named, ReloadableOptions(options)))
                 break
         else:
             named = dict(next(n for d, n in plain if d == description))
-            options = folder.options() if folder is not None else None
+            options = ReloadableOptions(folder.options()) if folder is not None else None
             listeners.append(Listener(description, named, options))
     return tuple(listeners)
 

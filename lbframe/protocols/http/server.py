@@ -153,6 +153,24 @@ class HTTPVirtualServer(service.Service):
         self.balancer = balancer
         self.virtual = balancer.virtual
 
+    def set_protocol(self, protocol) -> None:
+        """A reload kept our endpoints: take the new protocol's settings
+        (limits, timeouts, sorry page, member TLS) and certificates, keeping
+        the listening sockets (their TLS options are swapped in place)."""
+        new = protocol.settings
+        for old_listener, new_listener in zip(self.settings.listen, new.listen):
+            if old_listener.tls is not None and new_listener.tls is not None:
+                old_listener.tls.swap(new_listener.tls.options)
+        self.settings = attrs.evolve(new, listen=self.settings.listen)
+        self.max_head = new.max_head
+        self.max_request_line = new.max_request_line
+        self.timeout_keepalive = new.timeout_keepalive
+        self.timeout_tunnel = new.timeout_tunnel
+        self.sorry_page = new.sorry_page
+        self.idle.per_member = new.member_keepalive
+        self.idle.idle_timeout = new.member_idle_timeout
+        self.access_log = access_log_for(new.access_log, new.access_log_json)
+
     def stop_listening(self):
         """Stop accepting; established connections finish their current
         request and close (``Connection: close`` on their next response)."""
