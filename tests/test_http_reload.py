@@ -116,3 +116,27 @@ pool = p
         self.assertFalse(svc.reload())
         got = yield threads.deferToThread(https_get, self.vport, None, ca_file)
         self.assertEqual(got["subject"], "new.test")
+
+    @defer.inlineCallbacks
+    def test_graceful_stop_lets_the_request_in_flight_finish(self):
+        aport, a = self.member("a", answer=lambda raw: b"")
+        self.write_site({"a": aport})
+        svc = SiteService(load(self.path, reactor), reactor, config_path=self.path)
+        svc.startService()
+        idle = yield self.connect(self.vport)
+        idle.transport.write(b"GET /done HTTP/1.1\r\nHost: h\r\n\r\n")
+        yield self.wait_until(lambda: len(a.requests) == 1)
+        a.live[0].transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        yield idle.wait_responses(1)
+        busy = yield self.connect(self.vport)
+        busy.transport.write(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+        yield self.wait_until(lambda: len(a.requests) == 2)
+        stopped = svc.stopService()
+        yield idle.lost  # an idle keep-alive client is closed at once
+        self.assertFalse(busy.lost.called)
+        a.live[0].transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+        responses = yield busy.wait_responses(1)
+        self.assertEqual(responses[0].body, b"slow")
+        self.assertEqual(responses[0].header("connection"), "close")
+        yield busy.lost
+        yield stopped
