@@ -34,6 +34,12 @@ class RequestContext:
     rule: str | None = None
     #: what the persistence profile found for this request (its own record)
     persistence: object = None
+    #: ``protocol = ssl``: the ClientHello's SNI host name (lower case) or None,
+    #: its legacy session id (b"" when none), and the parsed
+    #: :class:`lbframe.tls.hello.ClientHello`
+    tls_sni: str | None = None
+    tls_session_id: bytes | None = None
+    tls_hello: object = None
 
 
 @attrs.define(slots=True, frozen=True)

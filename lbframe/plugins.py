@@ -56,11 +56,13 @@ BUILTIN_PLUGINS = (
     "lbframe.monitors.icmp",
     "lbframe.protocols.tcp",
     "lbframe.protocols.http",
+    "lbframe.protocols.ssl",
     "lbframe.persistence.memory",
     "lbframe.persistence.source_ip",
     "lbframe.persistence.cookie_insert",
     "lbframe.persistence.cookie_learn",
     "lbframe.persistence.url_session",
+    "lbframe.persistence.ssl_session_id",
     "lbframe.redundancy.none",
 )
 

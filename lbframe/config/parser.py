@@ -819,3 +819,11 @@ def _check_references(site: Site) -> None:
     references.sort(key=lambda ref: ref[0].line_of(ref[1]))
     for reference in references:
         _refer(*reference)
+    for virtual in site.virtuals.values():
+        profile = site.persistence.get(virtual.persistence)
+        if profile is not None and profile.method == "ssl-session-id" \
+                and virtual.protocol != "ssl":
+            raise virtual.source.error(
+                "persistence", f"persistence {profile.name!r} uses method ssl-session-id, "
+                               f"which needs protocol = ssl (this virtual server is "
+                               f"{virtual.protocol})")

@@ -410,9 +410,13 @@ class TCPVirtualServer(service.Service):
     def admit(self, sock: socket.socket, addr, early: bytes = b"") -> None:
         """Balance and connect an accepted client (after its PROXY header,
         with ``accept_proxy``)."""
-        virtual = self.virtual
         conn = Connection(self, sock, addr)
         conn.early = early
+        self.start_connection(conn)
+
+    def start_connection(self, conn: Connection) -> None:
+        """Balance, connect and count ``conn`` (a subclass's connection, too)."""
+        virtual = self.virtual
         conn.connect()
         # Counted as active only once admitted, so that the balancer's
         # max_connections check compares against the others.

@@ -1,0 +1,270 @@
+"""``protocol = ssl``: TLS passed through to members, balanced on its ClientHello.
+
+lbframe does not terminate TLS here: members hold the certificates and the
+keys. An accepted connection is read (at most
+:data:`lbframe.tls.hello.MAX_INPUT` bytes, within ``timeout_client``) until
+its ClientHello is complete; the SNI host name and the session id it offers
+go into the request context (``tls_sni``, ``tls_session_id``, ``tls_hello``),
+the balancer decides, and the bytes read are replayed to the member before
+the connection becomes a plain :mod:`lbframe.protocols.tcp` relay. First
+bytes that are not a well-formed TLS ClientHello (plain HTTP, SSLv2-style
+hellos, garbage) close the connection, logged and counted as refused.
+
+With a learning persistence method (``ssl-session-id``) the member's first
+bytes are peeked as they are relayed, until its ServerHello is complete;
+the balancer learns from it (the session id the member chose). Later bytes
+take the plain relay path: the peeking side turns itself into a plain
+:class:`lbframe.protocols.relay.Side` (as ``FirstResponseSide`` does).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from lbframe import hookimpl
+from lbframe.errors import OptionError, reject_unknown_options
+from lbframe.interfaces import IProtocol
+from lbframe.protocols import relay as _relay
+from lbframe.protocols.endpoints import tcp_bind
+from lbframe.protocols.relay import Side
+from lbframe.protocols.tcp import Connection, TCPVirtualServer
+from lbframe.tls.hello import MAX_INPUT, HelloError, parse_client_hello, parse_server_hello
+
+log = Logger(namespace="lbframe.ssl")
+
+
+class _FirstServerHelloSide(Side):
+    """The member's side before its first bytes: times the first response
+    (as ``FirstResponseSide``), then peeks like :class:`_ServerHelloSide`."""
+
+    __slots__ = ()
+
+    def doRead(self):
+        self.__class__ = _ServerHelloSide
+        self.relay.first_response()
+        return _ServerHelloSide.doRead(self)
+
+
+class _ServerHelloSide(Side):
+    """The member's side until its ServerHello has passed: relays as a
+    :class:`Side` does, and shows the connection what went by."""
+
+    __slots__ = ()
+
+    def doRead(self):
+        before = self.nbytes
+        Side.doRead(self)
+        relay = self.relay
+        n = self.nbytes - before
+        # Side.doRead leaves the chunk in the relay's shared buffer, unless
+        # it closed the connection (the close drains through that buffer).
+        if relay.closed:
+            return None
+        if n:
+            relay.member_spoke(bytes(_relay._view[:n]))
+        elif self.eof:
+            relay.stop_peeking()
+        return None
+
+
+class SSLConnection(Connection):
+    """A passed-through TLS connection: a tcp :class:`Connection` that may
+    peek at its member's ServerHello."""
+
+    __slots__ = ("server_bytes",)
+
+    def __init__(self, server, sock, addr):
+        super().__init__(server, sock, addr)
+        #: the member's first bytes while peeking for its ServerHello, else None
+        self.server_bytes = None
+
+    def set_member(self, sock) -> None:
+        super().set_member(sock)
+        profile = self.server.balancer.persistence
+        if profile is not None and profile.method.learns:
+            self.member.__class__ = _FirstServerHelloSide
+            self.server_bytes = b""
+        else:
+            self.server_bytes = None
+
+    def member_spoke(self, chunk: bytes) -> None:
+        """The member sent ``chunk`` (already relayed to the client)."""
+        data = self.server_bytes + chunk
+        try:
+            hello = parse_server_hello(data)
+        except HelloError as e:
+            self.stop_peeking()
+            decision = self.decision
+            log.warn("virtual {virtual}: member {pool}/{member} did not answer with a "
+                     "ServerHello ({why}); nothing learned (client {client})",
+                     virtual=self.server.virtual.name, why=e,
+                     pool=decision.pool.name if decision else "?",
+                     member=decision.member.name if decision else "?",
+                     client=self.context.client_host)
+            return
+        if hello is None:
+            if len(data) >= MAX_INPUT:
+                self.stop_peeking()
+            else:
+                self.server_bytes = data
+            return
+        self.stop_peeking()
+        self.server.balancer.responded(self.context, self.decision, hello)
+
+    def stop_peeking(self) -> None:
+        self.server_bytes = None
+        if self.member is not None and type(self.member) is not Side:
+            self.member.__class__ = Side
+
+
+@implementer(IReadDescriptor)
+class _ClientHelloReader:
+    """Reads a client's first bytes until its ClientHello is complete
+    (bounded in size, and in time by ``timeout_client``), then admits the
+    connection with them."""
+
+    def __init__(self, server: "SSLVirtualServer", sock: socket.socket, addr, early: bytes):
+        self.server = server
+        self.sock = sock
+        self.addr = addr
+        self.buffer = early
+        self.fd = sock.fileno()
+        self.tick = None
+        self.done = False
+        server.readers.add(self)
+        if early and self._parse():
+            return
+        server.io.addReader(self)
+        self.tick = server.timeouts.schedule(self, server.virtual.spec.timeout_client)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return f"lbframe.ssl.{self.server.virtual.name}.hello"
+
+    def doRead(self):
+        try:
+            data = self.sock.recv(MAX_INPUT - len(self.buffer))
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            return self._give_up(f"read error: {e.strerror}")
+        if not data:
+            return self._give_up("closed before its ClientHello was complete")
+        self.buffer += data
+        self._parse()
+        return None
+
+    def _parse(self) -> bool:
+        """True when finished (admitted or refused)."""
+        try:
+            hello = parse_client_hello(self.buffer)
+        except HelloError as e:
+            self._give_up(str(e))
+            return True
+        if hello is None:
+            if len(self.buffer) >= MAX_INPUT:  # cannot happen: the parser bounds itself
+                self._give_up(f"no complete ClientHello in {MAX_INPUT} bytes")
+                return True
+            return False
+        self._stop()
+        self.server.admit_hello(self.sock, self.addr, self.buffer, hello)
+        return True
+
+    def expired(self) -> None:
+        self.tick = None
+        self._give_up("no complete ClientHello within timeout_client")
+
+    def _stop(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        server = self.server
+        server.readers.discard(self)
+        server.io.removeReader(self)
+        if self.tick is not None:
+            server.timeouts.cancel(self, self.tick)
+            self.tick = None
+
+    def _give_up(self, why: str) -> None:
+        if self.done:
+            return
+        self._stop()
+        self.server.virtual.refused += 1
+        log.warn("virtual {virtual}: refused {peer}: {why}", virtual=self.server.virtual.name,
+                 peer=self.addr[0], why=why)
+        self.sock.close()
+
+    def close(self, reason: str) -> None:
+        """Stop waiting (the server stops): closed, not counted as refused."""
+        if self.done:
+            return
+        self._stop()
+        self.sock.close()
+
+    def connectionLost(self, reason):
+        self._give_up("connection lost")
+
+
+class SSLVirtualServer(TCPVirtualServer):
+    """A tcp virtual server whose connections start with a ClientHello."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        #: connections whose ClientHello is still being read
+        self.readers: set[_ClientHelloReader] = set()
+
+    def admit(self, sock: socket.socket, addr, early: bytes = b"") -> None:
+        """Read the ClientHello first (``early``: what followed a PROXY header)."""
+        _ClientHelloReader(self, sock, addr, early)
+
+    def admit_hello(self, sock: socket.socket, addr, data: bytes, hello) -> None:
+        """The ClientHello is in ``data``: balance on it, then replay ``data``."""
+        conn = SSLConnection(self, sock, addr)
+        conn.early = data
+        context = conn.context
+        context.tls_sni = hello.server_name
+        context.tls_session_id = hello.session_id
+        context.tls_hello = hello
+        self.start_connection(conn)
+
+    def connection_count(self) -> int:
+        return super().connection_count() + len(self.readers)
+
+    def close_all(self, reason: str) -> None:
+        for reader in list(self.readers):
+            reader.close(reason)
+        super().close_all(reason)
+
+
+@implementer(IProtocol)
+class SSLProtocol:
+    """Validates a ``protocol = ssl`` virtual server and makes its service."""
+
+    def __init__(self, virtual, options, site=None):
+        reject_unknown_options(options, "protocol ssl")
+        if getattr(virtual, "certificates", None) is not None:
+            raise OptionError("certificates", "protocol ssl passes TLS through to the members, "
+                                              "which hold the certificates; to terminate TLS "
+                                              "here use protocol http with certificates")
+        binds = []
+        for description in virtual.listen:
+            if description.split(":", 1)[0].lower() in ("ssl", "tls"):
+                raise OptionError("listen", f"endpoint {description!r}: protocol ssl passes TLS "
+                                            "through; listen on tcp: (or use protocol http "
+                                            "to terminate TLS)")
+            binds.append(tcp_bind(description))
+        self.binds = binds
+
+    def make_service(self, balancer, reactor):
+        return SSLVirtualServer(balancer, self.binds, reactor)
+
+
+@hookimpl
+def lbframe_register_protocols(registry):
+    registry.add("ssl", SSLProtocol)
