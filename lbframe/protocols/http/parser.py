@@ -80,6 +80,13 @@ class _Base:
         self.trailers: list | None = None
         self.chunked = False
         self.content_length = False
+        self._framing_seen()
+
+    def _framing_seen(self) -> None:
+        #: what the framing checks need, noted as headers go by
+        self.hosts = 0
+        self.length = None
+        self.te: list = []
 
     # -- llhttp callbacks shared by both ---------------------------------
 
@@ -90,6 +97,7 @@ class _Base:
         self.trailers = None
         self.chunked = False
         self.content_length = False
+        self._framing_seen()
 
     def on_header(self, name: bytes, value: bytes):
         if self.trailers is not None:
@@ -99,6 +107,16 @@ class _Base:
         if self.head_size > self.max_head:
             raise self._too_big()
         self.headers.append((name, value))
+        # Only three names matter to framing; their lengths rule out the rest cheaply.
+        size = len(name)
+        if size == 4 or size == 14 or size == 17:
+            lower = name.lower()
+            if lower == b"host":
+                self.hosts += 1
+            elif lower == b"content-length":
+                self.length = int(value)  # llhttp has checked it is digits
+            elif lower == b"transfer-encoding":
+                self.te.append(value)
 
     def on_body(self, body: bytes):
         self.sink.body(body)
@@ -113,14 +131,14 @@ class _Base:
         """Checks common to requests and responses, after the head."""
         self.in_head = False
         self.head_bytes = 0
-        te = [v for n, v in self.headers if n.lower() == b"transfer-encoding"]
+        te = self.te
         if te:
             # Exactly "chunked": llhttp keeps trailing whitespace in the value
             # and then does not see "chunked" itself (a desync if we did).
             if len(te) != 1 or te[0].lower() != b"chunked":
                 raise HTTPError(400, "Transfer-Encoding other than chunked")
             self.chunked = True
-        self.content_length = any(n.lower() == b"content-length" for n, _ in self.headers)
+        self.content_length = self.length is not None
         # Trailers arrive through on_header after the last chunk.
         self.trailers = []
 
@@ -190,18 +208,12 @@ class RequestParser(_Base):
         self._headers_done()
         if self.chunked and version == "1.0":
             raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
-        hosts = sum(1 for n, _ in self.headers if n.lower() == b"host")
+        hosts = self.hosts
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise HTTPError(400, "an HTTP/1.1 request needs exactly one Host header")
         head = RequestHead(method, self.url.decode("latin-1"), version, self.headers)
-        has_body = self.chunked or (self.content_length and self._declared_length() > 0)
+        has_body = self.chunked or (self.length is not None and self.length > 0)
         self.sink.request(head, parser.should_keep_alive(), has_body)
-
-    def _declared_length(self) -> int:
-        for name, value in self.headers:
-            if name.lower() == b"content-length":
-                return int(value)
-        return 0
 
     def on_message_complete(self):
         self.sink.end(self.trailers or [])
