@@ -209,6 +209,49 @@ class BodyTests(HTTPSiteMixin, TestCase):
         self.assertLess(_rss() - before, 48 * MiB)
 
 
+class StalledUploadMember(protocol.Protocol):
+    """Reads the head, then stops reading (a member slow to take an upload)."""
+
+    def connectionMade(self):
+        self.factory.member = self
+        self.got = 0
+
+    def dataReceived(self, data):
+        self.got += len(data)
+        self.transport.pauseProducing()
+
+
+class SlowUploadTests(HTTPSiteMixin, TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_member_not_reading_an_upload_pauses_the_client(self):
+        factory = protocol.Factory.forProtocol(StalledUploadMember)
+        port = self.serve_http(f"member a = 127.0.0.1:{self.listen_member(factory)}")
+        client = yield self.connect(port)
+        size = 256 * MiB
+        before = _rss()
+        client.transport.write(b"PUT /up HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % size)
+        producer = PatternProducer(client.transport, size)
+        yield self.wait_until(lambda: producer.paused, timeout=10)
+        for _ in range(20):
+            d = defer.Deferred()
+            reactor.callLater(0.01, d.callback, None)
+            yield d
+        # The client was stopped after the kernel buffers and lbframe's
+        # bounded ones filled: far from the 256 MiB it wanted to send.
+        self.assertLess(producer.sent, 32 * MiB)
+        self.assertTrue(producer.paused)
+        self.assertLess(_rss() - before, 24 * MiB)
+        server_side = next(iter(self.service.connections))
+        self.assertLess(len(server_side.transport.dataBuffer) +
+                        server_side.transport._tempDataLen, 1 * MiB)
+        exchange = server_side.exchanges[0]
+        self.assertLess(len(exchange.conn.transport.dataBuffer) +
+                        exchange.conn.transport._tempDataLen, 2 * MiB)
+        producer.stopProducing()
+
+
 def _ws_frame(payload: bytes, mask: bool) -> bytes:
     head = bytes([0x81])
     length = len(payload)
