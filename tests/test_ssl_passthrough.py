@@ -271,6 +271,25 @@ timeout = 5m
         return threads.deferToThread(run).addCallback(
             lambda reused: self.assertEqual(sorted(reused), [False, False, True]))
 
+    def test_a_tls13_capable_client_resuming_a_tls12_session(self):
+        """Offering TLS 1.3 (with a random session id) to TLS 1.2 members:
+        the member's id is learned, the random one is not kept."""
+        port, runtime, svc = self.serve()
+        ctx = client_context(ssl.TLSVersion.TLSv1_3)
+
+        def run():
+            cert, session, _, _ = tls_get(ctx, port)
+            return self.who(cert), session, [tls_get(ctx, port, session=session)
+                                             for _ in range(4)]
+
+        def check(result):
+            member, session, resumed = result
+            self.assertEqual([(self.who(c), r) for c, _, r, _ in resumed], [(member, True)] * 4)
+            profile = runtime.balancers["v"].persistence
+            self.assertEqual([key for key, _, _ in profile.items()], [session.id.hex()])
+
+        return threads.deferToThread(run).addCallback(check)
+
     def test_not_tls_is_closed_and_counted(self):
         port, runtime, svc = self.serve()
         attempts = [
@@ -409,3 +428,58 @@ method = ssl-session-id
             self.build(extra=f"certificates = {os.path.dirname(__file__)}")
         self.assertIn("[virtual v] certificates: protocol ssl passes TLS through",
                       str(caught.exception))
+
+
+class MethodTests(SynchronousTestCase):
+    """The ssl-session-id method on hand-made hellos."""
+
+    def setUp(self):
+        from lbframe.persistence.ssl_session_id import SSLSessionID
+        from tests.test_tls_hello import client_hello, server_hello
+
+        class Spec:
+            name = "sess"
+
+        self.method = SSLSessionID(Spec, {})
+        self.client_hello, self.server_hello = client_hello, server_hello
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def context(self, **kw):
+        from lbframe.balancer import RequestContext
+        from lbframe.tls.hello import parse_client_hello
+
+        hello = parse_client_hello(self.client_hello(**kw))
+        return RequestContext("192.0.2.1", 5000, "v", tls_sni=hello.server_name,
+                              tls_session_id=hello.session_id, tls_hello=hello)
+
+    def warnings(self, words):
+        return [e for e in self.events if words in str(e.get("why", ""))]
+
+    def test_keys(self):
+        self.assertEqual(self.method.key_for(self.context(session_id=b"\xab" * 32)), "ab" * 32)
+        self.assertIsNone(self.method.key_for(self.context(session_id=b"")))
+        self.assertEqual(self.warnings("ticket"), [])
+
+    def test_a_presented_ticket_or_psk_gives_no_key_and_says_so_once(self):
+        for _ in range(3):
+            ctx = self.context(session_id=b"\x01" * 32, extensions=((35, b"opaque ticket"),))
+            self.assertIsNone(self.method.key_for(ctx))
+        ctx = self.context(session_id=b"\x01" * 32, extensions=((41, b"\x00\x01x"),))
+        self.assertIsNone(self.method.key_for(ctx))
+        self.assertEqual(len(self.warnings("session ticket")), 1)
+
+    def test_learning(self):
+        from lbframe.tls.hello import parse_server_hello
+
+        ctx = self.context(session_id=b"")
+        hello = parse_server_hello(self.server_hello(session_id=b"\x02" * 32))
+        self.assertEqual(self.method.learn(ctx, hello), ("02" * 32,))
+        empty = parse_server_hello(self.server_hello(session_id=b""))
+        for _ in range(2):
+            self.assertEqual(self.method.learn(ctx, empty), ())
+        self.assertEqual(len(self.warnings("empty session id")), 1)
+        tls13 = parse_server_hello(self.server_hello(extensions=((43, b"\x03\x04"),)))
+        self.assertEqual(self.method.learn(ctx, tls13), ())
+        self.assertEqual(len(self.warnings("TLS 1.3")), 1)
