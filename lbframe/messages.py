@@ -22,8 +22,23 @@ def _find(headers: Headers, name: str) -> list[str]:
     return [v.decode("latin-1") for n, v in headers if n.lower() == wanted]
 
 
+class _HeaderLookup:
+    """``header``/``header_values`` over a ``headers`` list (both heads)."""
+
+    __slots__ = ()
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        values = _find(self.headers, name)
+        return values[0] if values else None
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header ``name``, in order."""
+        return _find(self.headers, name)
+
+
 @attrs.define(slots=True, eq=False)
-class RequestHead:
+class RequestHead(_HeaderLookup):
     """A parsed, validated request head."""
 
     method: str
@@ -34,15 +49,6 @@ class RequestHead:
     headers: Headers = attrs.field(factory=list)
     _cookies: dict | None = attrs.field(default=None, init=False)
     _query: dict | None = attrs.field(default=None, init=False)
-
-    def header(self, name: str) -> str | None:
-        """The first value of header ``name`` (case-insensitive), or None."""
-        values = _find(self.headers, name)
-        return values[0] if values else None
-
-    def header_values(self, name: str) -> list[str]:
-        """Every value of header ``name``, in order."""
-        return _find(self.headers, name)
 
     @property
     def path(self) -> str:
@@ -93,20 +99,13 @@ class RequestHead:
 
 
 @attrs.define(slots=True, eq=False)
-class ResponseHead:
+class ResponseHead(_HeaderLookup):
     """A parsed, validated response head from a member."""
 
     status: int
     reason: str
     version: str
     headers: Headers = attrs.field(factory=list)
-
-    def header(self, name: str) -> str | None:
-        values = _find(self.headers, name)
-        return values[0] if values else None
-
-    def header_values(self, name: str) -> list[str]:
-        return _find(self.headers, name)
 
     def set_cookies(self) -> list[tuple[str, str]]:
         """``(name, value)`` of every ``Set-Cookie``, attributes dropped."""

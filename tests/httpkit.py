@@ -7,13 +7,14 @@ from __future__ import annotations
 import os
 
 import httptools
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from lbframe.config import parse_site
 from lbframe.plugins import load_plugins
 from lbframe.protocols.http.server import HTTPVirtualServer
 from lbframe.service import build_runtime
+from tests.helpers import WaitMixin
 
 
 class Response:
@@ -143,7 +144,7 @@ class RecordingFactory(protocol.Factory):
         self.live: list = []
 
 
-class HTTPSiteMixin:
+class HTTPSiteMixin(WaitMixin):
     """An http virtual server ``v`` on a free port, timers on ``self.clock``
     (the real reactor unless a Clock is asked for)."""
 
@@ -206,11 +207,3 @@ pool = p
         client.transport.write(data)
         yield client.wait_responses(count)
         return client
-
-    @defer.inlineCallbacks
-    def wait_until(self, predicate, timeout: float = 5.0):
-        deadline = reactor.seconds() + timeout
-        while not predicate():
-            if reactor.seconds() > deadline:
-                self.fail(f"condition not reached in {timeout}s")
-            yield task.deferLater(reactor, 0.002, lambda: None)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import os
-import re
-import shutil
 import ssl
 import subprocess
 import sys
@@ -20,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests import test_quickstart
 from tests.helpers import free_port
-from tests.test_quickstart import ROOT, wait_for_port
+from tests.test_quickstart import ROOT, copy_example, wait_for_port
 
 WEB = os.path.join(ROOT, "examples", "web")
 PORTS = (8080, 8443, 8405, 8091, 8092, 8093, 8094)
@@ -33,15 +31,8 @@ class WebExampleTests(SynchronousTestCase):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.ports = {p: free_port() for p in PORTS}
-        with open(os.path.join(WEB, "site.ini")) as f:
-            text = f.read()
-        for old, new in self.ports.items():
-            text = re.sub(rf"(?<=[:]){old}\b", str(new), text)
-        self.config = os.path.join(self.dir, "site.ini")
-        with open(self.config, "w") as f:
-            f.write(text)
-        for name in ("shop_backends.py", "sorry.html", "make_certificate.py"):
-            shutil.copy(os.path.join(WEB, name), self.dir)
+        self.config = copy_example(WEB, self.dir, self.ports,
+                                   ["shop_backends.py", "sorry.html", "make_certificate.py"])
         subprocess.run([sys.executable, os.path.join(self.dir, "make_certificate.py")],
                        check=True, capture_output=True, timeout=60)
         self.env = dict(os.environ, PYTHONPATH=ROOT)

@@ -72,6 +72,18 @@ class DownloadMember(protocol.Protocol):
             self.factory.producer = PatternProducer(self.transport, size)
 
 
+def split_head(buffer: bytes):
+    """``(content_length, body_bytes)`` once ``buffer`` holds a whole head,
+    else None (simple Content-Length messages only)."""
+    if b"\r\n\r\n" not in buffer:
+        return None
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1]), rest
+    return 0, rest
+
+
 class UploadMember(protocol.Protocol):
     """Reads a Content-Length body, answers with its length and sha256."""
 
@@ -83,12 +95,11 @@ class UploadMember(protocol.Protocol):
     def dataReceived(self, data):
         if self.left is None:
             self.head += data
-            if b"\r\n\r\n" not in self.head:
+            found = split_head(self.head)
+            if found is None:
                 return
-            head, _, data = self.head.partition(b"\r\n\r\n")
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    self.left = self.total = int(line.split(b":")[1])
+            self.left, data = found
+            self.total = self.left
         self.sha.update(data)
         self.left -= len(data)
         if self.left == 0:
@@ -112,12 +123,10 @@ class CountingClient(protocol.Protocol):
     def dataReceived(self, data):
         if self.expect is None:
             self.head += data
-            if b"\r\n\r\n" not in self.head:
+            found = split_head(self.head)
+            if found is None:
                 return
-            head, _, data = self.head.partition(b"\r\n\r\n")
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    self.expect = int(line.split(b":")[1])
+            self.expect, data = found
         offset = self.count % len(BLOCK)
         if data and data[:16] != (BLOCK + BLOCK)[offset:offset + min(16, len(data))]:
             self.pattern_ok = False

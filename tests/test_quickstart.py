@@ -39,6 +39,21 @@ def wait_for_port(port: int, proc: subprocess.Popen, deadline: float = 20.0) -> 
     raise AssertionError(f"nothing listens on {port} after {deadline}s")
 
 
+def copy_example(source: str, dest: str, ports: dict, files=()) -> str:
+    """Copy an example's ``site.ini`` into ``dest`` with every port in
+    ``ports`` (old → new) replaced, and ``files`` beside it; the new path."""
+    with open(os.path.join(source, "site.ini")) as f:
+        text = f.read()
+    for old, new in ports.items():
+        text = re.sub(rf"(?<=[:]){old}\b", str(new), text)
+    config = os.path.join(dest, "site.ini")
+    with open(config, "w") as f:
+        f.write(text)
+    for name in files:
+        shutil.copy(os.path.join(source, name), dest)
+    return config
+
+
 def get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=5) as r:
         return r.read()
@@ -49,14 +64,7 @@ class QuickstartTests(SynchronousTestCase):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.ports = {p: free_port() for p in (8080, 8081, 8082, 8083, 8404)}
-        with open(os.path.join(QUICKSTART, "site.ini")) as f:
-            text = f.read()
-        for old, new in self.ports.items():
-            text = re.sub(rf"(?<=[:]){old}\b", str(new), text)
-        self.config = os.path.join(self.dir, "site.ini")
-        with open(self.config, "w") as f:
-            f.write(text)
-        shutil.copy(os.path.join(QUICKSTART, "demo_backends.py"), self.dir)
+        self.config = copy_example(QUICKSTART, self.dir, self.ports, ["demo_backends.py"])
         self.env = dict(os.environ, PYTHONPATH=ROOT)
 
     def run_lbframe(self) -> subprocess.Popen:

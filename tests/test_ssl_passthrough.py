@@ -8,7 +8,6 @@ with a page saying whether the session was reused). Clients are Python's
 
 from __future__ import annotations
 
-import datetime
 import os
 import shutil
 import socket
@@ -17,6 +16,7 @@ import subprocess
 import tempfile
 import time
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import reactor, threads
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -29,6 +29,7 @@ from lbframe.protocols import proxy_protocol
 from lbframe.service import build_runtime
 from lbframe.tls.hello import parse_server_hello
 from tests.helpers import free_port
+from tests.tlskit import cert_pem, key_pem, make_ca, write
 
 OPENSSL = shutil.which("openssl")
 #: how long a blocking client waits for anything
@@ -36,27 +37,11 @@ IO_TIMEOUT = 5.0
 
 
 def _make_cert(directory: str, name: str) -> tuple[str, str, bytes]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    certfile = os.path.join(directory, f"{name}.crt")
-    keyfile = os.path.join(directory, f"{name}.key")
-    with open(certfile, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(keyfile, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    return certfile, keyfile, cert.public_bytes(serialization.Encoding.DER)
+    """A self-signed certificate for ``name``: (cert file, key file, DER)."""
+    key, cert = make_ca(name)
+    certfile = write(os.path.join(directory, f"{name}.crt"), cert_pem(cert))
+    keyfile = write(os.path.join(directory, f"{name}.key"), key_pem(key))
+    return certfile, keyfile, cert.public_bytes(Encoding.DER)
 
 
 class Members:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -11,7 +11,7 @@ from lbframe.config import parse_site
 from lbframe.plugins import load_plugins
 from lbframe.protocols.tcp import TCPVirtualServer
 from lbframe.service import build_runtime
-from tests.helpers import free_port
+from tests.helpers import WaitMixin, free_port
 
 
 class Echo(protocol.Protocol):
@@ -34,7 +34,7 @@ class Client(protocol.Protocol):
         self.lost.callback(None)
 
 
-class TCPSiteMixin:
+class TCPSiteMixin(WaitMixin):
     """Helpers: a tcp virtual server on real sockets with timers on ``self.clock``."""
 
     def serve(self, site_text: str, real_clock: bool = False):
@@ -74,15 +74,6 @@ pool = {pool}
         client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Client())
         self.addCleanup(lambda: client.transport.loseConnection() or client.lost)
         return client
-
-    @defer.inlineCallbacks
-    def wait_until(self, predicate, timeout: float = 5.0):
-        """Let the real reactor run until ``predicate()`` holds (bounded)."""
-        deadline = reactor.seconds() + timeout
-        while not predicate():
-            if reactor.seconds() > deadline:
-                self.fail(f"condition not reached in {timeout}s")
-            yield task.deferLater(reactor, 0.002, lambda: None)
 
 
 class TCPServerTests(TCPSiteMixin, TestCase):

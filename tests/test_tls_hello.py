@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbframe.tls import hello as H
 from lbframe.tls.hello import HelloError, parse_client_hello, parse_server_hello
+from tests.tlskit import cert_pem, key_pem, make_ca, write
 
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -132,29 +133,9 @@ def outcome(parse, data: bytes):
 # -- real hellos ----------------------------------------------------------------
 
 def _cert_files(directory: str) -> tuple[str, str]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shop.example")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    certfile, keyfile = os.path.join(directory, "c.pem"), os.path.join(directory, "k.pem")
-    with open(certfile, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(keyfile, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    return certfile, keyfile
+    key, cert = make_ca("shop.example")
+    return (write(os.path.join(directory, "c.pem"), cert_pem(cert)),
+            write(os.path.join(directory, "k.pem"), key_pem(key)))
 
 
 def real_hellos(max_version, server_name="Shop.Example.", tickets=True):
