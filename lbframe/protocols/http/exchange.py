@@ -54,7 +54,7 @@ class Exchange:
         "member_keep_alive", "framing", "to_client_chunked", "close_after",
         "request_complete", "response_started", "response_complete", "done", "tunnel",
         "bytes_in", "bytes_out", "status", "waiting", "queue_call", "last_member",
-        "outcome", "local_error", "producers",
+        "outcome", "local_error", "producers", "batch", "sent",
     )
 
     def __init__(self, client, head, keep_alive: bool, has_body: bool, chunked: bool):
@@ -93,6 +93,10 @@ class Exchange:
         self.outcome = None
         self.local_error: HTTPError | None = None
         self.producers = False
+        #: writes to the client collected during one member read (see member_data)
+        self.batch: list | None = None
+        #: whether any byte of our response has reached the client's transport
+        self.sent = False
 
     # -- the decision ------------------------------------------------------
 
@@ -312,15 +316,38 @@ class Exchange:
             self.bytes_out += len(data)
             send(self.client.transport, data)
             return
+        # What one read of the member makes us write (head, body, end) goes
+        # to the client in one send: on loopback every send wakes the peer.
+        self.batch = []
         try:
             self.conn.parser.feed(data)
         except HTTPError as e:
+            self.batch = None  # nothing of a malformed response is relayed
+            if not self.sent and self.response_started:
+                # Its head was only collected: the client can still get a 502.
+                self.response_started = False
+                self.server.virtual.responses[_STATUS_CLASS.get(self.status // 100, "5xx")] -= 1
             self._bad_response(e)
+        self._flush()
+
+    def _to_client(self, data: bytes) -> None:
+        batch = self.batch
+        if batch is not None:
+            batch.append(data)
+        else:
+            self.sent = True
+            send(self.client.transport, data)
+
+    def _flush(self) -> None:
+        batch, self.batch = self.batch, None
+        if batch:
+            self.sent = True
+            send(self.client.transport, batch[0] if len(batch) == 1 else b"".join(batch))
 
     def informational(self, head) -> None:
         """A 1xx (100 Continue, 103 Early Hints): passed on to 1.1 clients."""
         if self.head.version == "1.1":
-            send(self.client.transport, heads.response_bytes(head, False, False, False))
+            self._to_client(heads.response_bytes(head, False, False, False))
 
     def response(self, head, member_keep_alive: bool, framing: str) -> None:
         server = self.server
@@ -337,7 +364,7 @@ class Exchange:
         client_11 = self.head.version == "1.1"
         if head.status == 101:
             self.response_started = True
-            send(self.client.transport, heads.response_bytes(head, False, False, False, extra))
+            self._to_client(heads.response_bytes(head, False, False, False, extra))
             return
         chunked = framing == "chunked" and client_11
         close = (not self.keep_alive or framing == "close" or
@@ -345,19 +372,19 @@ class Exchange:
         self.to_client_chunked = chunked
         self.close_after = close
         self.response_started = True
-        send(self.client.transport, heads.response_bytes(
+        self._to_client(heads.response_bytes(
             head, chunked, close, not close and not client_11, extra))
 
     def body(self, data: bytes) -> None:
         self.bytes_out += len(data)
         if self.to_client_chunked:
-            send(self.client.transport, b"".join(_chunk(data)))
+            self._to_client(b"".join(_chunk(data)))
         else:
-            send(self.client.transport, data)
+            self._to_client(data)
 
     def end(self, trailers) -> None:
         if self.to_client_chunked:
-            send(self.client.transport, heads.trailer_bytes(trailers))
+            self._to_client(heads.trailer_bytes(trailers))
         self.response_complete = True
         if not self.request_complete:
             # The member answered before the request ended (e.g. a 413):
@@ -373,7 +400,7 @@ class Exchange:
         self.tunnel = True
         if rest:
             self.bytes_out += len(rest)
-            send(self.client.transport, rest)
+            self._to_client(rest)
         self.client.start_tunnel(self)
 
     def _bad_response(self, error: HTTPError) -> None:
@@ -432,6 +459,7 @@ class Exchange:
     def _fail(self, status: int, reason: str, released: bool = False) -> None:
         """Give up on the member: an error page when nothing was sent yet,
         else close the client connection (the response is cut)."""
+        self.member_keep_alive = False  # its connection is in an unknown state
         if self.response_started:
             self.outcome = reason
             self.close_after = True
@@ -470,6 +498,7 @@ class Exchange:
         if self.done:
             return
         self.done = True
+        self._flush()  # our response goes out before anything that follows it
         conn = self.conn
         self.conn = None
         self._unregister(conn)
