@@ -1,6 +1,7 @@
 """The access log (``[lbframe] access_log = PATH`` or ``-`` for stdout).
 
-One line per request (http) with who asked, where it went and how long each
+One line per request (http), or per connection when it closes (tcp, ssl),
+with who asked, where it went and how long each
 step took, as ``key=value`` pairs that both people and ``awk``/Loki/Vector
 read (or one JSON object per line when ``log_format = json``). Virtual
 servers naming the same file share one writer.
@@ -68,6 +69,14 @@ class AccessLog:
 def _timestamp() -> str:
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def access_log_setting(site) -> tuple | None:
+    """``(path, json_lines)`` from a site's ``[lbframe]``, or None."""
+    glob = getattr(site, "lbframe", None)
+    if glob is None or glob.access_log is None:
+        return None
+    return (glob.access_log, glob.log_format == "json")
 
 
 def access_log_for(path: str | None, json_lines: bool = False) -> AccessLog | None:

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lbframe import hookimpl
+from lbframe.accesslog import access_log_setting
 from lbframe.errors import OptionError, reject_unknown_options
 from lbframe.interfaces import IProtocol
 from lbframe.protocols import relay as _relay
@@ -260,9 +261,10 @@ class SSLProtocol:
                                             "to terminate TLS)")
             binds.append(tcp_bind(description))
         self.binds = binds
+        self.access_log = access_log_setting(site)
 
     def make_service(self, balancer, reactor):
-        return SSLVirtualServer(balancer, self.binds, reactor)
+        return SSLVirtualServer(balancer, self.binds, reactor, access_log=self.access_log)
 
 
 @hookimpl

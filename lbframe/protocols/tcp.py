@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lbframe import hookimpl
+from lbframe.accesslog import access_log_for, access_log_setting
 from lbframe.balancer import Balancer, Decision, RequestContext
 from lbframe.errors import reject_unknown_options
 from lbframe.interfaces import IProtocol
@@ -51,7 +52,7 @@ class Connection(Relay):
     """A client connection: choose a member, connect, relay, account."""
 
     __slots__ = ("server", "context", "decision", "tries", "excluded", "tick",
-                 "connect_started", "idle_seen", "idle_strikes", "waiting", "early")
+                 "connect_started", "idle_seen", "idle_strikes", "waiting", "early", "started")
 
     def __init__(self, server: "TCPVirtualServer", sock: socket.socket, addr):
         super().__init__(server.io, sock, server.connection_closed, clock=server.clock)
@@ -67,6 +68,7 @@ class Connection(Relay):
         self.waiting = None  # the pool whose queue we are in
         #: bytes the client sent after its PROXY header (accept_proxy), for the member
         self.early = b""
+        self.started = server.clock.seconds()
 
     def connect(self) -> None:
         if self.tries == 0:
@@ -310,7 +312,11 @@ class _Acceptor:
 class TCPVirtualServer(service.Service):
     """Listens on a virtual server's endpoints; one :class:`Connection` each."""
 
-    def __init__(self, balancer: Balancer, binds: list[TCPBind], reactor, clock=None, io=None):
+    def __init__(self, balancer: Balancer, binds: list[TCPBind], reactor, clock=None, io=None,
+                 access_log: tuple | None = None):
+        #: (path, json lines) of ``[lbframe] access_log``; opened at start
+        self.access_log_setting = access_log
+        self.access_log = None
         self.balancer = balancer
         self.virtual = balancer.virtual
         self.binds = binds
@@ -350,6 +356,8 @@ class TCPVirtualServer(service.Service):
     def startService(self) -> None:
         self._bind()
         super().startService()
+        if self.access_log_setting is not None:
+            self.access_log = access_log_for(*self.access_log_setting)
         if hasattr(self.io, "acquire"):
             self.io.acquire()
         self.acceptors = [_Acceptor(self, s) for s in self.sockets]
@@ -424,6 +432,26 @@ class TCPVirtualServer(service.Service):
             self.connections.add(conn)
             virtual.active += 1
 
+    def _log_connection(self, conn: Connection, reason: str) -> None:
+        """One access log line per connection, written when it closes."""
+        decision, context = conn.decision, conn.context
+        self.access_log.write({
+            "client": f"{context.client_host}:{context.client_port}",
+            "virtual": self.virtual.name,
+            "pool": decision.pool.name if decision is not None else None,
+            "member": decision.member.name if decision is not None else None,
+            "bytes_in": conn.client.nbytes,
+            "bytes_out": conn.member.nbytes if conn.member is not None else 0,
+            "total_ms": (self.clock.seconds() - conn.started) * 1000.0,
+            "outcome": reason,
+        })
+
+    def set_protocol(self, protocol) -> None:
+        """A reload kept our endpoints: take the new ``access_log`` setting."""
+        setting = getattr(protocol, "access_log", None)
+        self.access_log_setting = setting
+        self.access_log = access_log_for(*setting) if setting is not None else None
+
     def connection_closed(self, conn: Connection, reason: str) -> None:
         if conn.tick is not None:
             self.timeouts.cancel(conn, conn.tick)
@@ -432,6 +460,8 @@ class TCPVirtualServer(service.Service):
             conn.waiting.dequeue(conn)
             conn.waiting = None
         decision = conn.decision
+        if self.access_log is not None:
+            self._log_connection(conn, reason)
         if decision is not None:
             member = decision.member
             decision.pool.release(member)
@@ -517,9 +547,10 @@ class TCPProtocol:
     def __init__(self, virtual, options, site=None):
         reject_unknown_options(options, "protocol tcp")
         self.binds = [tcp_bind(d) for d in virtual.listen]
+        self.access_log = access_log_setting(site)
 
     def make_service(self, balancer, reactor):
-        return TCPVirtualServer(balancer, self.binds, reactor)
+        return TCPVirtualServer(balancer, self.binds, reactor, access_log=self.access_log)
 
 
 @hookimpl
