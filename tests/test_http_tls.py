@@ -248,3 +248,95 @@ class ReencryptionTests(HTTPSiteMixin, TestCase):
         port = self.serve_http(f"member a = 127.0.0.1:{self.port}\ntls = yes\ntls_verify = no")
         client = yield self.exchange(port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         self.assertEqual(client.responses[0].status, 200)
+
+
+def https_get_with_cert(port: int, ca_file: str, cert_file: str | None, key_file: str | None,
+                        extra: bytes = b"") -> bytes:
+    """A TLS client presenting ``cert_file`` (or none); the raw response."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.check_hostname = False
+    if cert_file is not None:
+        context.load_cert_chain(cert_file, key_file)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw) as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n" + extra + b"\r\n")
+            data = b""
+            while True:
+                piece = tls.recv(65536)
+                if not piece:
+                    return data
+                data += piece
+
+
+class ClientCertificateTests(HTTPSiteMixin, TestCase):
+    """``client_ca``: client certificates asked for, checked, and their
+    subject passed on (never one the client wrote itself)."""
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.ca = make_ca()
+        self.ca_file = write(os.path.join(self.dir, "ca.pem"), cert_pem(self.ca[1]))
+        key, cert = make_cert(self.ca, "www.test")
+        self.folder = os.path.dirname(
+            write_bundle(os.path.join(self.dir, "certs", "default.pem"), key, cert, self.ca))
+        clients = make_ca("client CA")
+        self.client_ca_file = write(os.path.join(self.dir, "clients.pem"), cert_pem(clients[1]))
+        key, cert = make_cert(clients, "alice")
+        self.alice = (write(os.path.join(self.dir, "alice.crt"), cert_pem(cert)),
+                      write(os.path.join(self.dir, "alice.key"), key_pem(key)))
+        key, cert = make_cert(make_ca("stranger CA"), "mallory")
+        self.mallory = (write(os.path.join(self.dir, "mallory.crt"), cert_pem(cert)),
+                        write(os.path.join(self.dir, "mallory.key"), key_pem(key)))
+
+    def serve(self, mode: str):
+        self.mport, self.recorder = self.member()
+        self.serve_http(f"member a = 127.0.0.1:{self.mport}",
+                        f"certificates = {self.folder}\nclient_ca = {self.client_ca_file}\n"
+                        f"client_cert = {mode}")
+        return self.service.addresses()[0].port
+
+    @defer.inlineCallbacks
+    def test_required_certificate_subject_is_passed_on(self):
+        port = self.serve("required")
+        data = yield threads.deferToThread(
+            https_get_with_cert, port, self.ca_file, *self.alice,
+            extra=b"X-Client-Cert-Subject: CN=admin\r\n")
+        self.assertTrue(data.startswith(b"HTTP/1.1 200"))
+        request = self.recorder.requests[0]
+        self.assertIn(b"X-Client-Cert-Subject: CN=alice\r\n", request)
+        self.assertNotIn(b"CN=admin", request)
+
+    @defer.inlineCallbacks
+    def test_required_refuses_no_certificate_and_a_strangers(self):
+        port = self.serve("required")
+        for cert in ((None, None), self.mallory):
+            with self.assertRaises((ssl.SSLError, ConnectionError)):
+                data = yield threads.deferToThread(https_get_with_cert, port, self.ca_file, *cert)
+                # TLS 1.3: the server's refusal can arrive after the client's handshake.
+                if not data:
+                    raise ConnectionError("closed")
+        self.assertEqual(self.recorder.received, b"")
+
+    @defer.inlineCallbacks
+    def test_optional_lets_clients_without_certificate_in_unlabelled(self):
+        port = self.serve("optional")
+        data = yield threads.deferToThread(
+            https_get_with_cert, port, self.ca_file, None, None,
+            extra=b"X-Client-Cert-Subject: CN=admin\r\n")
+        self.assertTrue(data.startswith(b"HTTP/1.1 200"))
+        self.assertNotIn(b"X-Client-Cert-Subject", self.recorder.requests[0])
+
+    def test_client_cert_without_client_ca_is_a_config_error(self):
+        with self.assertRaises(ConfigError) as caught:
+            build_runtime(parse_site(f"""
+[virtual v]
+listen = tcp:{free_port()}:interface=127.0.0.1
+protocol = http
+pool = p
+client_cert = optional
+
+[pool p]
+member a = 127.0.0.1:1
+""", os.path.join(self.dir, "site.ini")), load_plugins(entry_points=False), reactor)
+        self.assertIn("[virtual v] client_cert: client_cert needs client_ca", str(caught.exception))

@@ -106,9 +106,40 @@ def load_certificate(path: str, key_path: str | None = None,
     )
 
 
-def server_options(served: ServedCertificate, context_for_server_name=None
-                   ) -> ssl.CertificateOptions:
+@attrs.frozen
+class ClientAuth:
+    """``client_ca``: ask clients for a certificate signed by one of these
+    CAs; ``required`` refuses the handshake without one."""
+
+    path: str
+    ca_certs: tuple = attrs.field(repr=False)
+    required: bool = True
+
+    @classmethod
+    def load(cls, path: str, required: bool = True) -> "ClientAuth":
+        try:
+            with open(path, "rb") as f:
+                pem = f.read()
+        except OSError as e:
+            raise CertificateError(f"{path}: cannot read: {e.strerror}") from None
+        blocks = _PEM_CERT.findall(pem)
+        if not blocks:
+            raise CertificateError(f"{path}: no PEM certificate in it")
+        try:
+            certs = [crypto.X509.from_cryptography(x509.load_pem_x509_certificate(b))
+                     for b in blocks]
+        except ValueError as e:
+            raise CertificateError(f"{path}: unreadable: {e}") from None
+        return cls(path, tuple(certs), required)
+
+
+def server_options(served: ServedCertificate, context_for_server_name=None,
+                   client_auth: ClientAuth | None = None) -> ssl.CertificateOptions:
     """Our TLS defaults around one certificate."""
+    verify = {}
+    if client_auth is not None:
+        verify = dict(verify=True, caCerts=list(client_auth.ca_certs),
+                      requireCertificate=client_auth.required)
     return ssl.CertificateOptions(
         privateKey=served.key,
         certificate=served.leaf,
@@ -118,7 +149,18 @@ def server_options(served: ServedCertificate, context_for_server_name=None
         enableSessions=True,
         enableSessionTickets=True,
         contextForServerName=context_for_server_name,
+        **verify,
     )
+
+
+def peer_subject(transport) -> str | None:
+    """The subject of the certificate a TLS client presented (RFC 4514,
+    e.g. ``CN=alice,O=Example``), or None."""
+    get = getattr(transport, "getPeerCertificate", None)
+    cert = get() if get is not None else None
+    if cert is None:
+        return None
+    return cert.to_cryptography().subject.rfc4514_string()
 
 
 def _name_of(filename: str) -> str:
@@ -147,8 +189,10 @@ class ReloadableOptions:
 class CertificateFolder:
     """``certificates = FOLDER``: the certificate for each SNI name."""
 
-    def __init__(self, folder: str, fallback: ServedCertificate | None = None):
+    def __init__(self, folder: str, fallback: ServedCertificate | None = None,
+                 client_auth: ClientAuth | None = None):
         self.folder = folder
+        self.client_auth = client_auth
         self.by_name: dict[str, ServedCertificate] = {}
         self.default = None
         try:
@@ -186,8 +230,9 @@ class CertificateFolder:
         served = self.certificate_for(name)
         context = self._contexts.get(served.path)
         if context is None:
-            context = self._contexts[served.path] = server_options(served).getContext()
+            context = self._contexts[served.path] = server_options(
+                served, client_auth=self.client_auth).getContext()
         return context
 
     def options(self) -> ssl.CertificateOptions:
-        return server_options(self.default, self._context_for)
+        return server_options(self.default, self._context_for, self.client_auth)

@@ -14,6 +14,8 @@ written out again), :mod:`.members` (member connections, idle reuse),
 
 from __future__ import annotations
 
+import os
+
 from zope.interface import implementer
 
 from lbframe import hookimpl
@@ -24,8 +26,8 @@ from lbframe.protocols.http.pages import SorryPage
 from lbframe.protocols.http.parser import MAX_HEAD_SIZE, MAX_REQUEST_LINE
 from lbframe.protocols.http.server import HTTPSettings, HTTPVirtualServer, Listener
 from lbframe.tls.client import PoolTLS
-from lbframe.tls.server import (CertificateError, CertificateFolder, ReloadableOptions,
-                                load_certificate, server_options)
+from lbframe.tls.server import (CertificateError, CertificateFolder, ClientAuth,
+                                ReloadableOptions, load_certificate, server_options)
 
 #: the http keys of a [virtual] section beyond the contract's, with defaults
 OPTIONS = {
@@ -36,6 +38,8 @@ OPTIONS = {
     "member_keepalive": "32",
     "member_idle_timeout": "30s",
     "retry_after": "60",
+    "client_ca": "",
+    "client_cert": "required",
 }
 
 
@@ -68,8 +72,10 @@ class HTTPProtocol:
             except (OSError, ValueError) as e:
                 raise OptionError("sorry", f"cannot use the sorry page: {e}") from None
         glob = site.lbframe if site is not None else None
+        client_auth = _client_auth(options, site)
         self.settings = HTTPSettings(
-            listen=_listeners(virtual),
+            listen=_listeners(virtual, client_auth),
+            client_auth=client_auth is not None,
             member_tls=_member_tls(virtual, site),
             max_head=_option(options, "max_head_size", lambda t: parse_int(t, 1024, 1 << 20)),
             max_request_line=_option(options, "max_request_line",
@@ -87,7 +93,25 @@ class HTTPProtocol:
         return HTTPVirtualServer(balancer, self.settings, reactor)
 
 
-def _listeners(virtual) -> tuple:
+def _client_auth(options: dict, site) -> ClientAuth | None:
+    """``client_ca = FILE`` (and ``client_cert = required|optional``)."""
+    path = options.get("client_ca", "").strip()
+    mode = options.get("client_cert", "required").strip().lower()
+    if mode not in ("required", "optional"):
+        raise OptionError("client_cert", f"{mode!r}: use required or optional")
+    if not path:
+        if "client_cert" in options:
+            raise OptionError("client_cert", "client_cert needs client_ca")
+        return None
+    if site is not None and not os.path.isabs(path):
+        path = os.path.join(os.path.dirname(os.path.abspath(site.path)), path)
+    try:
+        return ClientAuth.load(path, required=mode == "required")
+    except CertificateError as e:
+        raise OptionError("client_ca", str(e)) from None
+
+
+def _listeners(virtual, client_auth: ClientAuth | None = None) -> tuple:
     """Each ``listen`` endpoint, with TLS options where we terminate TLS:
     ``ssl:`` endpoints (their certificate), and every endpoint of a virtual
     server with ``certificates`` (SNI from the folder)."""
@@ -109,7 +133,8 @@ def _listeners(virtual) -> tuple:
     if virtual.certificates is not None:
         try:
             folder = CertificateFolder(virtual.certificates,
-                                       fallback=tls[0][2] if tls else None)
+                                       fallback=tls[0][2] if tls else None,
+                                       client_auth=client_auth)
         except CertificateError as e:
             raise OptionError("certificates", str(e)) from None
     listeners = []
@@ -117,7 +142,8 @@ def _listeners(virtual) -> tuple:
         for entry in tls:
             if entry[0] == description:
                 _, named, served = entry
-                options = folder.options() if folder is not None else server_options(served)
+                options = (folder.options() if folder is not None
+                           else server_options(served, client_auth=client_auth))
                 listeners.append(Listener(description, named, ReloadableOptions(options)))
                 break
         else:

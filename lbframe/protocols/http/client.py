@@ -22,8 +22,11 @@ from twisted.logger import Logger
 from lbframe.protocols.http import pages
 from lbframe.protocols.http.exchange import Exchange
 from lbframe.protocols.http.parser import HTTPError, RequestParser
+from lbframe.tls.server import peer_subject
 
 log = Logger(namespace="lbframe.http")
+
+_UNKNOWN = object()
 
 #: request bytes we hold for requests waiting for their turn or their member
 MAX_BUFFERED = 256 * 1024
@@ -50,6 +53,7 @@ class ClientConnection(Protocol):
         self.tick = None
         #: b"https" behind an ssl: listener (X-Forwarded-Proto)
         self.scheme = b"http"
+        self.cert_subject = _UNKNOWN
 
     # -- connection life ---------------------------------------------------
 
@@ -249,6 +253,13 @@ class ClientConnection(Protocol):
             exchange.bytes_in += len(held)
             exchange.conn.transport.write(held)
         self.update_reading()
+
+    def certificate_subject(self) -> str | None:
+        """The subject of the client's TLS certificate (``client_ca``), once
+        per connection; None when it showed none."""
+        if self.cert_subject is _UNKNOWN:
+            self.cert_subject = peer_subject(self.transport)
+        return self.cert_subject
 
     def proxy_header(self, version: str) -> bytes:
         """The PROXY header naming this client, for ``send_proxy``."""

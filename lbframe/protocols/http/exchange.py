@@ -239,7 +239,9 @@ class Exchange:
             conn.owner = client
             data.append(client.proxy_header(send_proxy))
         forwarded = client.client_host if server.virtual.spec.forwarded_for else None
-        data.append(heads.request_bytes(self.head, forwarded, client.scheme, self.wants_upgrade))
+        client_cert = client.certificate_subject() if server.settings.client_auth else False
+        data.append(heads.request_bytes(self.head, forwarded, client.scheme, self.wants_upgrade,
+                                        client_cert))
         if self.pending:
             data.extend(self.pending)
             client.buffered -= self.pending_bytes

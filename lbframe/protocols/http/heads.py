@@ -30,15 +30,24 @@ def _dropped(headers, extra: frozenset) -> frozenset:
     return _ALWAYS_HOP | extra | listed
 
 
+_CLIENT_CERT = b"x-client-cert-subject"
+
+
 def request_bytes(head: RequestHead, forwarded_for: str | None, proto: bytes,
-                  upgrade: bool) -> bytes:
+                  upgrade: bool, client_cert: str | None | bool = False) -> bytes:
     """The request head to send to a member.
 
     ``forwarded_for`` is the client's address to append as
     ``X-Forwarded-For`` (None: add nothing); the client's own
     ``X-Forwarded-Proto`` is replaced then, since only we know the scheme.
+    ``client_cert`` (with ``client_ca``): the subject of the client's
+    certificate, or None when it showed none; any
+    ``X-Client-Cert-Subject`` the client sent is dropped either way. False:
+    no client certificates here, the header is not ours to touch.
     """
     extra = frozenset((b"x-forwarded-proto",)) if forwarded_for is not None else frozenset()
+    if client_cert is not False:
+        extra = extra | {_CLIENT_CERT}
     dropped = _dropped(head.headers, extra)
     out = [b"%s %s HTTP/%s\r\n" % (head.method.encode("ascii"), head.target.encode("latin-1"),
                                     head.version.encode("ascii"))]
@@ -53,6 +62,8 @@ def request_bytes(head: RequestHead, forwarded_for: str | None, proto: bytes,
     if forwarded_for is not None:
         out.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"
                    % (forwarded_for.encode("ascii"), proto))
+    if client_cert:
+        out.append(b"X-Client-Cert-Subject: %s\r\n" % client_cert.encode("utf-8"))
     out.append(b"\r\n")
     return b"".join(out)
 

@@ -60,6 +60,8 @@ class HTTPSettings:
     access_log_json: bool = False
     #: pool name → PoolTLS, for ``tls = yes`` pools
     member_tls: dict = attrs.field(factory=dict)
+    #: ``client_ca`` set: pass the client certificate's subject on
+    client_auth: bool = False
 
 
 class _ClientFactory(Factory):
