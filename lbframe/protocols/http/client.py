@@ -54,6 +54,8 @@ class ClientConnection(Protocol):
         #: b"https" behind an ssl: listener (X-Forwarded-Proto)
         self.scheme = b"http"
         self.cert_subject = _UNKNOWN
+        #: member connections kept for this client only (send_proxy)
+        self.owns_idle = False
 
     # -- connection life ---------------------------------------------------
 
@@ -81,7 +83,8 @@ class ClientConnection(Protocol):
             self.tick = None
         while self.exchanges:
             self.exchanges[0].abort("client closed")
-        server.idle.drop_client(self)
+        if self.owns_idle:
+            server.idle.drop_client(self)
         server.connection_lost(self)
 
     def close(self) -> None:

@@ -199,6 +199,7 @@ class Exchange:
 
     def _idle_key(self):
         if self.decision.pool.spec.send_proxy != "no":
+            self.client.owns_idle = True
             return (self.decision.member, self.client)
         return self.decision.member
 
