@@ -20,7 +20,7 @@ from lbframe.balancer import Decision, RequestContext
 from lbframe.protocols.http import heads, pages
 from lbframe.protocols.http.members import Connect
 from lbframe.protocols.http.parser import HTTPError
-from lbframe.protocols.http.send import send
+from lbframe.protocols.http.send import has_unsent, send
 from lbframe.tls.client import describe_tls_error, verify_error
 
 log = Logger(namespace="lbframe.http")
@@ -493,7 +493,12 @@ class Exchange:
             self.producers = False
             if conn is not None:
                 conn.transport.unregisterProducer()
-            self.client.transport.unregisterProducer()
+            client = self.client
+            client.transport.unregisterProducer()
+            # The member's full buffer may have paused the client's reading
+            # (it was the producer): only our own reasons may keep it paused.
+            if not client.paused and not client.closing:
+                client.transport.resumeProducing()
 
     def finish(self, released: bool = False) -> None:
         """The exchange is over: give the member connection back (or close
@@ -524,7 +529,7 @@ class Exchange:
             conn.parser.sink = None
             if (self.member_keep_alive and self.response_complete and self.request_complete
                     and not self.tunnel and conn.parser.extra == 0 and not self.server.stopping
-                    and decision is not None):
+                    and decision is not None and not has_unsent(conn.transport)):
                 conn.transport.resumeProducing()
                 self.server.idle.release(self._idle_key(), conn)
             else:

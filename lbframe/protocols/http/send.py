@@ -16,6 +16,15 @@ from __future__ import annotations
 from twisted.internet.tcp import Connection
 
 
+def has_unsent(transport) -> bool:
+    """True when a TCP transport still holds bytes it could not send (a
+    member that answered without reading the whole request): such a
+    connection must not be reused."""
+    if isinstance(transport, Connection):
+        return bool(transport._tempDataLen or transport.offset < len(transport.dataBuffer))
+    return False
+
+
 def send(transport, data: bytes) -> None:
     if (isinstance(transport, Connection) and not transport.TLS and transport.connected
             and not transport.disconnecting and not transport._tempDataLen
