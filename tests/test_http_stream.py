@@ -436,3 +436,34 @@ class ProxyProtocolTests(HTTPSiteMixin, TestCase):
         client.transport.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
         yield client.lost
         self.assertEqual(member.received, b"")
+
+
+class PipelineBoundTests(HTTPSiteMixin, TestCase):
+    @defer.inlineCallbacks
+    def test_a_client_pipelining_without_end_is_held_to_the_bound(self):
+        """Requests queue behind one the member never answers; lbframe holds
+        at most MAX_PIPELINE of them and stops reading the rest."""
+        from lbframe.protocols.http.client import MAX_PIPELINE
+
+        mport, member = self.member(answer=lambda raw: b"")  # never answers
+        port = self.serve_http(f"member a = 127.0.0.1:{mport}")
+        client = yield self.connect(port)
+        request = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n"
+        client.transport.write(request * 5000)  # 145 KB, well past the bound
+        yield self.wait_until(lambda: self.service.connections and
+                              next(iter(self.service.connections)).paused)
+        conn = next(iter(self.service.connections))
+        for _ in range(10):
+            d = defer.Deferred()
+            reactor.callLater(0.01, d.callback, None)
+            yield d
+        # What one 64 KiB read held was parsed; then reading stopped.
+        held = len(conn.exchanges)
+        self.assertLessEqual(held, MAX_PIPELINE + 65536 // len(request) + 1)
+        client.transport.write(request * 1000)
+        for _ in range(10):
+            d = defer.Deferred()
+            reactor.callLater(0.01, d.callback, None)
+            yield d
+        self.assertEqual(len(conn.exchanges), held)
+        self.assertEqual(len(member.requests), 1)

@@ -30,7 +30,9 @@ _UNKNOWN = object()
 
 #: request bytes we hold for requests waiting for their turn or their member
 MAX_BUFFERED = 256 * 1024
-#: requests one client may have outstanding
+#: requests one client may have outstanding before we stop reading from it
+#: (one read can bring more: llhttp parses all of it; a 64 KiB read holds
+#: at most about 3,600 of the smallest requests — bounded, if not tight)
 MAX_PIPELINE = 32
 
 
@@ -151,7 +153,9 @@ class ClientConnection(Protocol):
         """Pause reading while too much waits; resume when it moved."""
         want_pause = (self.buffered > MAX_BUFFERED or len(self.exchanges) > MAX_PIPELINE
                       or self.refused_input)
-        if want_pause and not self.paused:
+        if want_pause:
+            # Every time: the member transport's backpressure (we are its
+            # producer) may have resumed us since we last paused.
             self.paused = True
             self.transport.pauseProducing()
         elif not want_pause and self.paused and not self.closing:
@@ -224,14 +228,14 @@ class ClientConnection(Protocol):
         exchanges = self.exchanges
         if exchanges and exchanges[0] is exchange:
             exchanges.popleft()
-        elif exchange in exchanges:
+        elif not self.closing and exchange in exchanges:
             exchanges.remove(exchange)
         if self.closing:
             return
         if exchange.close_after or self.server.stopping:
+            self.close()  # first: the aborts below end here, not recursively
             while exchanges:
                 exchanges.popleft().abort("connection closing")
-            self.close()
             return
         if exchanges:
             exchanges[0].start()
