@@ -368,3 +368,68 @@ pool = beta
         self.assertIn("pool=p member=a method=GET target=/logged", lines[0])
         self.assertIn("status=200", lines[0])
         self.assertIn("total_ms=", lines[0])
+
+
+class AdmissionTests(HTTPSiteMixin, TestCase):
+    @defer.inlineCallbacks
+    def test_request_waits_for_a_member_under_maxconn_then_is_served(self):
+        mport, member = self.member(answer=lambda raw: b"")  # answered by hand
+        port = self.serve_http(f"member a = 127.0.0.1:{mport} maxconn=1\nqueue_timeout = 10s")
+        first = yield self.connect(port)
+        first.transport.write(GET % b"1")
+        yield self.wait_until(lambda: len(member.requests) == 1)
+        second = yield self.connect(port)
+        second.transport.write(GET % b"2")
+        yield self.wait_until(lambda: len(self.runtime.pools["p"].queue) == 1)
+        self.assertEqual(len(member.requests), 1)
+        member.live[0].transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+        yield first.wait_responses(1)
+        yield self.wait_until(lambda: len(member.requests) == 2)
+        self.assertIn(b"GET /2", member.requests[1])
+        self.assertEqual(len(self.runtime.pools["p"].queue), 0)
+
+    @defer.inlineCallbacks
+    def test_queue_timeout_is_503(self):
+        from twisted.internet.task import Clock
+        clock = Clock()
+        mport, member = self.member(answer=lambda raw: b"")
+        port = self.serve_http(f"member a = 127.0.0.1:{mport} maxconn=1\nqueue_timeout = 3s",
+                               clock=clock)
+        first = yield self.connect(port)
+        first.transport.write(GET % b"1")
+        yield self.wait_until(lambda: len(member.requests) == 1)
+        second = yield self.connect(port)
+        second.transport.write(GET % b"2")
+        yield self.wait_until(lambda: len(self.runtime.pools["p"].queue) == 1)
+        clock.advance(3)
+        responses = yield second.wait_responses(1)
+        self.assertEqual(responses[0].status, 503)
+        self.assertEqual(len(member.requests), 1)
+
+    @defer.inlineCallbacks
+    def test_client_leaving_the_queue_is_forgotten(self):
+        mport, member = self.member(answer=lambda raw: b"")
+        port = self.serve_http(f"member a = 127.0.0.1:{mport} maxconn=1\nqueue_timeout = 10s")
+        first = yield self.connect(port)
+        first.transport.write(GET % b"1")
+        yield self.wait_until(lambda: len(member.requests) == 1)
+        second = yield self.connect(port)
+        second.transport.write(GET % b"2")
+        yield self.wait_until(lambda: len(self.runtime.pools["p"].queue) == 1)
+        second.transport.loseConnection()
+        yield self.wait_until(lambda: len(self.runtime.pools["p"].queue) == 0)
+        self.assertEqual(self.runtime.pools["p"].members["a"].active, 1)
+
+    @defer.inlineCallbacks
+    def test_client_leaving_mid_upload_frees_the_member(self):
+        mport, member = self.member(answer=lambda raw: b"")
+        port = self.serve_http(f"member a = 127.0.0.1:{mport}")
+        client = yield self.connect(port)
+        client.transport.write(b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nhalf")
+        yield self.wait_until(lambda: member.received.endswith(b"half"))
+        client.transport.abortConnection()
+        yield self.wait_until(lambda: not member.live)  # the member connection is closed
+        pool = self.runtime.pools["p"]
+        self.assertEqual(pool.members["a"].active, 0)
+        self.assertEqual(self.runtime.virtuals["v"].active, 0)
+        self.assertEqual(self.service.idle.count, 0)
