@@ -16,21 +16,35 @@ _ALWAYS_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te
                          b"upgrade"))
 
 
-def _dropped(headers, extra: frozenset) -> frozenset:
-    """Names not to forward: the hop-by-hop ones and those ``Connection`` lists."""
+def _dropped(headers, extra: frozenset) -> tuple[frozenset, frozenset]:
+    """Names not to forward — the hop-by-hop ones, ``extra``, and those
+    ``Connection`` lists — and the set of their lengths: a header whose name
+    length is not in it is forwarded without lower-casing its name (most
+    are; this runs twice per request)."""
     listed = set()
     for name, value in headers:
-        if name.lower() == b"connection":
+        if len(name) == 10 and name.lower() == b"connection":
             for token in value.split(b","):
                 token = token.strip().lower()
                 if token:
                     listed.add(token)
-    if not listed and not extra:
-        return _ALWAYS_HOP
-    return _ALWAYS_HOP | extra | listed
+    if not listed:
+        cached = _CACHE.get(extra)
+        if cached is None:
+            names = _ALWAYS_HOP | extra
+            cached = _CACHE[extra] = (names, frozenset(map(len, names)))
+        return cached
+    names = _ALWAYS_HOP | extra | listed
+    return names, frozenset(map(len, names))
+
+
+#: ``_dropped`` results for the usual case (nothing listed in ``Connection``)
+_CACHE: dict = {}
 
 
 _CLIENT_CERT = b"x-client-cert-subject"
+_NO_EXTRA = frozenset()
+_FORWARDED = frozenset((b"x-forwarded-proto",))
 
 
 def request_bytes(head: RequestHead, forwarded_for: str | None, proto: bytes,
@@ -45,14 +59,14 @@ def request_bytes(head: RequestHead, forwarded_for: str | None, proto: bytes,
     ``X-Client-Cert-Subject`` the client sent is dropped either way. False:
     no client certificates here, the header is not ours to touch.
     """
-    extra = frozenset((b"x-forwarded-proto",)) if forwarded_for is not None else frozenset()
+    extra = _NO_EXTRA if forwarded_for is None else _FORWARDED
     if client_cert is not False:
         extra = extra | {_CLIENT_CERT}
-    dropped = _dropped(head.headers, extra)
+    dropped, lengths = _dropped(head.headers, extra)
     out = [b"%s %s HTTP/%s\r\n" % (head.method.encode("ascii"), head.target.encode("latin-1"),
                                     head.version.encode("ascii"))]
     for name, value in head.headers:
-        if name.lower() in dropped:
+        if len(name) in lengths and name.lower() in dropped:
             if upgrade and name.lower() == b"upgrade":
                 out.append(b"%s: %s\r\n" % (name, value))
             continue
@@ -81,12 +95,13 @@ def response_bytes(head: ResponseHead, chunked: bool, close: bool, keep_alive: b
     asked for it); ``extra``: headers to add, e.g. a persistence cookie.
     """
     upgrade = head.status == 101
-    dropped = _dropped(head.headers, _NOT_FRAMING)
+    dropped, lengths = _dropped(head.headers, _NOT_FRAMING)
     out = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason.encode("latin-1"))]
     for name, value in head.headers:
-        lower = name.lower()
-        if lower in dropped and not (upgrade and lower == b"upgrade"):
-            continue
+        if len(name) in lengths:
+            lower = name.lower()
+            if lower in dropped and not (upgrade and lower == b"upgrade"):
+                continue
         out.append(b"%s: %s\r\n" % (name, value))
     for name, value in extra:
         out.append(b"%s: %s\r\n" % (name, value))
