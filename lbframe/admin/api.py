@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
-from lbframe.admin.status import member_status, pool_status, site_status
+from lbframe.admin.status import member_status, pool_status, site_status, store_shown
 from lbframe.admin.web import MAX_BODY, AdminContext, Endpoint, ErrorResource, client_host, \
     not_found, send_error, send_json
 from lbframe.errors import did_you_mean
@@ -242,7 +242,7 @@ class PersistenceResource(Endpoint):
                 entries = len(store) if store is not None else None
             except TypeError:
                 entries = None
-            out[name] = {"method": spec.method, "store": spec.store, "entries": entries}
+            out[name] = {"method": spec.method, "store": store_shown(spec.store), "entries": entries}
         return send_json(request, out)
 
     def getChild(self, path: bytes, request):
@@ -282,7 +282,7 @@ class ProfileResource(Endpoint):
         def page(items):
             items = list(items)
             return {
-                "profile": self.name, "method": spec.method, "store": spec.store,
+                "profile": self.name, "method": spec.method, "store": store_shown(spec.store),
                 "total": len(items), "offset": offset, "limit": limit,
                 "entries": [{"key": _json_key(k), "member": m, "age": round(age, 3)}
                             for k, m, age in items[offset:offset + limit]],

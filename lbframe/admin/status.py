@@ -91,6 +91,11 @@ def redundancy_status(runtime) -> dict[str, Any]:
     }
 
 
+def store_shown(url: str) -> str:
+    """A store URL as the admin API shows it: a password it carries is never shown."""
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
 def persistence_status(runtime) -> dict[str, Any]:
     """Each ``[persistence X]`` profile: its table's size (``None`` for a
     store that cannot count at once, e.g. Redis), who uses it, and how its
@@ -112,8 +117,7 @@ def persistence_status(runtime) -> dict[str, Any]:
         profile = profiles.get(name)
         out[name] = {
             "method": spec.method,
-            # a store URL may carry a password: never shown
-            "store": re.sub(r"//[^/@]*@", "//***@", spec.store),
+            "store": store_shown(spec.store),
             "entries": entries,
             "virtuals": users.get(name, []),
             "lookups": getattr(profile, "lookups", 0),
