@@ -131,7 +131,8 @@ class RedisStore:
 
     def _call(self, what, *args):
         """Run one command, bounded by ``redis_timeout``; a Deferred that
-        fails only with :class:`StoreUnavailable` (after logging)."""
+        fails with :class:`StoreUnavailable` (after logging), or with Redis's
+        own error answer (``txredisapi.ResponseError``)."""
         try:
             d = self.client().execute_command(*args)
         except Exception as e:  # txredisapi raises at once when it knows it is down
@@ -150,6 +151,11 @@ class RedisStore:
 
     def _failed(self, failure, what):
         self.failures += 1
+        import txredisapi
+        if failure.check(txredisapi.ResponseError):
+            # Redis answered, with an error (e.g. GETEX before Redis 6.2): it is
+            # not down, and the caller sees the answer.
+            return failure
         if not self.down:
             log.warn("persistence {profile}: Redis at {host}:{port} failed ({error}) on "
                      "{what}; the scheduler decides without the table until Redis answers "
