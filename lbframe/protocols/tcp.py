@@ -331,6 +331,8 @@ class TCPVirtualServer(service.Service):
         self.sockets: list[socket.socket] = []
         self.acceptors: list[_Acceptor] = []
         self.connections: set[Connection] = set()
+        #: ``accept_proxy``: clients whose PROXY header is still being read
+        self.proxy_readers: set = set()
         self.setName(f"virtual:{self.virtual.name}")
 
     def _bind(self) -> None:
@@ -395,10 +397,12 @@ class TCPVirtualServer(service.Service):
 
     def connection_count(self) -> int:
         """Client connections still open."""
-        return len(self.connections)
+        return len(self.connections) + len(self.proxy_readers)
 
     def close_all(self, reason: str) -> None:
         """Close every connection still open."""
+        for reader in list(self.proxy_readers):
+            reader.close(reason)
         for conn in list(self.connections):
             conn.close(reason)
 
@@ -486,6 +490,8 @@ class _ProxyHeaderReader:
         self.addr = addr
         self.buffer = b""
         self.fd = sock.fileno()
+        self.done = False
+        server.proxy_readers.add(self)
         server.io.addReader(self)
         self.tick = server.timeouts.schedule(self, server.virtual.spec.timeout_client)
 
@@ -524,16 +530,29 @@ class _ProxyHeaderReader:
         self._give_up("no PROXY header within timeout_client")
 
     def _stop(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.server.proxy_readers.discard(self)
         self.server.io.removeReader(self)
         if self.tick is not None:
             self.server.timeouts.cancel(self, self.tick)
             self.tick = None
 
     def _give_up(self, why: str) -> None:
+        if self.done:
+            return
         self._stop()
         self.server.virtual.refused += 1
         log.warn("virtual {virtual}: refused {peer}: {why}", virtual=self.server.virtual.name,
                  peer=self.addr[0], why=why)
+        self.sock.close()
+
+    def close(self, reason: str) -> None:
+        """Stop waiting (the server stops): closed, not counted as refused."""
+        if self.done:
+            return
+        self._stop()
         self.sock.close()
 
     def connectionLost(self, reason):
