@@ -328,6 +328,7 @@ class SiteService(service.MultiService):
             self._replace_child(self.redundancy_service, new.redundancy.service)
             self.redundancy_service = new.redundancy.service
         self._reload_admin(old, new)
+        self._close_dropped_stores(old, new)
         self.runtime = new
         new.plugins.hook.lbframe_site_reloaded(old=old.site, new=new.site)
         took = time.monotonic() - started
@@ -335,6 +336,19 @@ class SiteService(service.MultiService):
                  summary=changes.summary(), changes=changes.as_dict(), checks_kept=kept,
                  checks_started=started_checks, lbframe_event="reload")
         return True
+
+    @staticmethod
+    def _close_dropped_stores(old: SiteRuntime, new: SiteRuntime) -> None:
+        """Close the persistence stores the reload did not carry (their
+        section changed or went away), when they can be closed (a remote
+        store's connection)."""
+        for name, store in old.persistence_stores.items():
+            close = getattr(store, "close", None)
+            if new.persistence_stores.get(name) is store or not callable(close):
+                continue
+            d = defer.maybeDeferred(close)
+            d.addErrback(lambda f, name=name: log.failure(
+                "closing the persistence store of {profile}", f, profile=name))
 
     def _reload_listeners(self, old: SiteRuntime, new: SiteRuntime) -> None:
         for name in list(self.listeners):
