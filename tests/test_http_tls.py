@@ -340,3 +340,29 @@ client_cert = optional
 member a = 127.0.0.1:1
 """, os.path.join(self.dir, "site.ini")), load_plugins(entry_points=False), reactor)
         self.assertIn("[virtual v] client_cert: client_cert needs client_ca", str(caught.exception))
+
+
+class PeerSubjectTests(TestCase):
+    def test_control_characters_in_a_subject_are_escaped(self):
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import NameOID
+        from OpenSSL import crypto
+
+        from lbframe.tls.server import peer_subject
+        from tests.tlskit import make_key
+
+        key = make_key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "evil\r\nX-Admin: yes")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+
+        class Transport:
+            def getPeerCertificate(self):
+                return crypto.X509.from_cryptography(cert)
+
+        self.assertEqual(peer_subject(Transport()), "CN=evil\\0d\\0aX-Admin: yes")

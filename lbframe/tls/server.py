@@ -160,7 +160,9 @@ def peer_subject(transport) -> str | None:
     cert = get() if get is not None else None
     if cert is None:
         return None
-    return cert.to_cryptography().subject.rfc4514_string()
+    subject = cert.to_cryptography().subject.rfc4514_string()
+    # It goes into a header: no control character may reach the member raw.
+    return "".join(c if c.isprintable() else f"\\{ord(c):02x}" for c in subject)
 
 
 def _name_of(filename: str) -> str:
