@@ -134,3 +134,17 @@ class TCPServerTests(TCPSiteMixin, TestCase):
         self.assertEqual((members["a"].failures, members["b"].failures), (1, 1))
         self.assertEqual(runtime.virtuals["v"].refused, 1)
         self.assertEqual((members["a"].active, members["b"].active), (0, 0))
+
+
+class SharedEngineTests(TCPSiteMixin, TestCase):
+    @defer.inlineCallbacks
+    def test_stopping_one_listener_twice_leaves_the_others_relaying(self):
+        echo = self.echo_member()
+        _, _, first = self.serve_virtual(f"member a = 127.0.0.1:{echo}", real_clock=True)
+        vport, _, second = self.serve_virtual(f"member a = 127.0.0.1:{echo}", real_clock=True)
+        self.assertIs(first.io, second.io)
+        yield first.stopService()
+        yield first.stopService()
+        client = yield self.connect(vport)
+        client.transport.write(b"still here")
+        yield self.wait_until(lambda: client.received == b"still here")

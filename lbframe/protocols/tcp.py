@@ -371,7 +371,8 @@ class TCPVirtualServer(service.Service):
     def stopService(self):
         self.stop_listening()
         self.close_all("stopping")
-        if hasattr(self.io, "release"):
+        if self.running and hasattr(self.io, "release"):
+            # Once: the relay engine is shared by every listener of the process.
             self.io.release()
         self.timeouts.stop()
         return super().stopService()
