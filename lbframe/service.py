@@ -78,6 +78,17 @@ def _carried(previous: SiteRuntime | None, section: str, name: str, spec, object
     return getattr(previous, objects).get(name)
 
 
+def _carry_profile_counters(previous: "SiteRuntime", profiles: dict) -> None:
+    """A profile whose store a reload carried keeps its counters too, so
+    /metrics does not see a reset where nothing changed."""
+    for balancer in previous.balancers.values():
+        old = balancer.persistence
+        new = profiles.get(old.name) if old is not None else None
+        if new is not None and new.store is old.store:
+            new.lookups, new.hits = old.lookups, old.hits
+            new.replaced, new.written = old.replaced, old.written
+
+
 def build_runtime(site: Site, plugins: Plugins, reactor,
                   previous: SiteRuntime | None = None) -> SiteRuntime:
     """Build every run-time object of ``site``; raises ConfigError.
@@ -117,6 +128,8 @@ def build_runtime(site: Site, plugins: Plugins, reactor,
     # One profile per section, shared by every virtual server naming it (F6f).
     profiles = {name: build_profile(spec, plugins, reactor, store=stores[name])
                 for name, spec in site.persistence.items()}
+    if previous is not None:
+        _carry_profile_counters(previous, profiles)
 
     rules = {name: CompiledRule.compile(spec) for name, spec in site.rules.items()}
     virtuals, balancers, protocols = {}, {}, {}

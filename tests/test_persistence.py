@@ -496,3 +496,45 @@ class AsynchronousStoreTests(SynchronousTestCase):
         ctx = RequestContext("192.0.2.1", 1, "v")
         self.assertIsNotNone(self.balancer.choose(ctx).member)
         self.assertEqual(self.store.reads, [])
+
+
+class ReloadCarriesProfileTests(SynchronousTestCase):
+    """A reload that keeps a profile's store keeps its counters."""
+
+    SITE = """
+[virtual v]
+listen = tcp:{port}:interface=127.0.0.1
+pool = p
+persistence = sticky
+
+[pool p]
+member a = 127.0.0.1:1
+
+[persistence sticky]
+method = source-ip
+timeout = {timeout}
+"""
+
+    def build(self, timeout: str, previous=None):
+        from lbframe.plugins import load_plugins
+        from lbframe.service import build_runtime
+        from tests.helpers import free_port
+
+        text = self.SITE.format(port=free_port(), timeout=timeout)
+        return build_runtime(parse_site(text, "/tmp/site.ini"), load_plugins(entry_points=False),
+                             Clock(), previous=previous)
+
+    def test_counters_survive_an_unchanged_profile_and_reset_with_a_changed_one(self):
+        old = self.build("30m")
+        balancer = old.balancers["v"]
+        for _ in range(3):
+            balancer.choose(RequestContext("192.0.2.1", 1000, "v"))
+        profile = balancer.persistence
+        self.assertEqual((profile.lookups, profile.hits), (3, 2))
+        same = self.build("30m", previous=old)
+        kept = same.balancers["v"].persistence
+        self.assertIs(kept.store, profile.store)
+        self.assertEqual((kept.lookups, kept.hits, kept.written),
+                         (profile.lookups, profile.hits, profile.written))
+        changed = self.build("10m", previous=old)
+        self.assertEqual(changed.balancers["v"].persistence.lookups, 0)
