@@ -372,15 +372,23 @@ pool = beta
 
 class AdmissionTests(HTTPSiteMixin, TestCase):
     @defer.inlineCallbacks
-    def test_request_waits_for_a_member_under_maxconn_then_is_served(self):
-        mport, member = self.member(answer=lambda raw: b"")  # answered by hand
-        port = self.serve_http(f"member a = 127.0.0.1:{mport} maxconn=1\nqueue_timeout = 10s")
+    def one_waiting(self, queue_timeout: str = "10s", clock=None):
+        """Member ``a`` (maxconn=1, never answering by itself) busy with a
+        first client's request, a second client's request in the queue."""
+        mport, member = self.member(answer=lambda raw: b"")
+        port = self.serve_http(f"member a = 127.0.0.1:{mport} maxconn=1\n"
+                               f"queue_timeout = {queue_timeout}", clock=clock)
         first = yield self.connect(port)
         first.transport.write(GET % b"1")
         yield self.wait_until(lambda: len(member.requests) == 1)
         second = yield self.connect(port)
         second.transport.write(GET % b"2")
         yield self.wait_until(lambda: len(self.runtime.pools["p"].queue) == 1)
+        return member, first, second
+
+    @defer.inlineCallbacks
+    def test_request_waits_for_a_member_under_maxconn_then_is_served(self):
+        member, first, second = yield self.one_waiting()
         self.assertEqual(len(member.requests), 1)
         member.live[0].transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
         yield first.wait_responses(1)
@@ -392,15 +400,7 @@ class AdmissionTests(HTTPSiteMixin, TestCase):
     def test_queue_timeout_is_503(self):
         from twisted.internet.task import Clock
         clock = Clock()
-        mport, member = self.member(answer=lambda raw: b"")
-        port = self.serve_http(f"member a = 127.0.0.1:{mport} maxconn=1\nqueue_timeout = 3s",
-                               clock=clock)
-        first = yield self.connect(port)
-        first.transport.write(GET % b"1")
-        yield self.wait_until(lambda: len(member.requests) == 1)
-        second = yield self.connect(port)
-        second.transport.write(GET % b"2")
-        yield self.wait_until(lambda: len(self.runtime.pools["p"].queue) == 1)
+        member, first, second = yield self.one_waiting("3s", clock)
         clock.advance(3)
         responses = yield second.wait_responses(1)
         self.assertEqual(responses[0].status, 503)
@@ -408,14 +408,7 @@ class AdmissionTests(HTTPSiteMixin, TestCase):
 
     @defer.inlineCallbacks
     def test_client_leaving_the_queue_is_forgotten(self):
-        mport, member = self.member(answer=lambda raw: b"")
-        port = self.serve_http(f"member a = 127.0.0.1:{mport} maxconn=1\nqueue_timeout = 10s")
-        first = yield self.connect(port)
-        first.transport.write(GET % b"1")
-        yield self.wait_until(lambda: len(member.requests) == 1)
-        second = yield self.connect(port)
-        second.transport.write(GET % b"2")
-        yield self.wait_until(lambda: len(self.runtime.pools["p"].queue) == 1)
+        member, first, second = yield self.one_waiting()
         second.transport.loseConnection()
         yield self.wait_until(lambda: len(self.runtime.pools["p"].queue) == 0)
         self.assertEqual(self.runtime.pools["p"].members["a"].active, 1)
