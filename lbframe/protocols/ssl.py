@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -32,7 +31,7 @@ from lbframe.interfaces import IProtocol
 from lbframe.protocols import relay as _relay
 from lbframe.protocols.endpoints import tcp_bind
 from lbframe.protocols.relay import Side
-from lbframe.protocols.tcp import Connection, TCPVirtualServer
+from lbframe.protocols.tcp import Connection, FirstBytesReader, TCPVirtualServer
 from lbframe.tls.hello import MAX_INPUT, HelloError, parse_client_hello, parse_server_hello
 
 log = Logger(namespace="lbframe.ssl")
@@ -122,103 +121,29 @@ class SSLConnection(Connection):
             self.member.__class__ = Side
 
 
-@implementer(IReadDescriptor)
-class _ClientHelloReader:
-    """Reads a client's first bytes until its ClientHello is complete
-    (bounded in size, and in time by ``timeout_client``), then admits the
-    connection with them."""
+class _ClientHelloReader(FirstBytesReader):
+    """Reads a client's first bytes until its ClientHello is complete, then
+    admits the connection with them (``early``: what followed a PROXY header)."""
 
-    def __init__(self, server: "SSLVirtualServer", sock: socket.socket, addr, early: bytes):
-        self.server = server
-        self.sock = sock
-        self.addr = addr
-        self.buffer = early
-        self.fd = sock.fileno()
-        self.tick = None
-        self.done = False
-        server.readers.add(self)
-        if early and self._parse():
-            return
-        server.io.addReader(self)
-        self.tick = server.timeouts.schedule(self, server.virtual.spec.timeout_client)
+    limit = MAX_INPUT
+    what = "ClientHello"
+    log_name = "hello"
 
-    def fileno(self) -> int:
-        return self.fd
-
-    def logPrefix(self) -> str:
-        return f"lbframe.ssl.{self.server.virtual.name}.hello"
-
-    def doRead(self):
-        try:
-            data = self.sock.recv(MAX_INPUT - len(self.buffer))
-        except BlockingIOError:
-            return None
-        except OSError as e:
-            return self._give_up(f"read error: {e.strerror}")
-        if not data:
-            return self._give_up("closed before its ClientHello was complete")
-        self.buffer += data
-        self._parse()
-        return None
-
-    def _parse(self) -> bool:
-        """True when finished (admitted or refused)."""
+    def parse(self) -> bool:
         try:
             hello = parse_client_hello(self.buffer)
         except HelloError as e:
             self._give_up(str(e))
             return True
         if hello is None:
-            if len(self.buffer) >= MAX_INPUT:  # cannot happen: the parser bounds itself
-                self._give_up(f"no complete ClientHello in {MAX_INPUT} bytes")
-                return True
             return False
         self._stop()
         self.server.admit_hello(self.sock, self.addr, self.buffer, hello)
         return True
 
-    def expired(self) -> None:
-        self.tick = None
-        self._give_up("no complete ClientHello within timeout_client")
-
-    def _stop(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        server = self.server
-        server.readers.discard(self)
-        server.io.removeReader(self)
-        if self.tick is not None:
-            server.timeouts.cancel(self, self.tick)
-            self.tick = None
-
-    def _give_up(self, why: str) -> None:
-        if self.done:
-            return
-        self._stop()
-        self.server.virtual.refused += 1
-        log.warn("virtual {virtual}: refused {peer}: {why}", virtual=self.server.virtual.name,
-                 peer=self.addr[0], why=why)
-        self.sock.close()
-
-    def close(self, reason: str) -> None:
-        """Stop waiting (the server stops): closed, not counted as refused."""
-        if self.done:
-            return
-        self._stop()
-        self.sock.close()
-
-    def connectionLost(self, reason):
-        self._give_up("connection lost")
-
 
 class SSLVirtualServer(TCPVirtualServer):
     """A tcp virtual server whose connections start with a ClientHello."""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        #: connections whose ClientHello is still being read
-        self.readers: set[_ClientHelloReader] = set()
 
     def admit(self, sock: socket.socket, addr, early: bytes = b"") -> None:
         """Read the ClientHello first (``early``: what followed a PROXY header)."""
@@ -233,14 +158,6 @@ class SSLVirtualServer(TCPVirtualServer):
         context.tls_session_id = hello.session_id
         context.tls_hello = hello
         self.start_connection(conn)
-
-    def connection_count(self) -> int:
-        return super().connection_count() + len(self.readers)
-
-    def close_all(self, reason: str) -> None:
-        for reader in list(self.readers):
-            reader.close(reason)
-        super().close_all(reason)
 
 
 @implementer(IProtocol)

@@ -332,7 +332,8 @@ class TCPVirtualServer(service.Service):
         self.acceptors: list[_Acceptor] = []
         self.connections: set[Connection] = set()
         #: ``accept_proxy``: clients whose PROXY header is still being read
-        self.proxy_readers: set = set()
+        #: connections whose first bytes are still being read (FirstBytesReader)
+        self.readers: set = set()
         self.setName(f"virtual:{self.virtual.name}")
 
     def _bind(self) -> None:
@@ -398,11 +399,11 @@ class TCPVirtualServer(service.Service):
 
     def connection_count(self) -> int:
         """Client connections still open."""
-        return len(self.connections) + len(self.proxy_readers)
+        return len(self.connections) + len(self.readers)
 
     def close_all(self, reason: str) -> None:
         """Close every connection still open."""
-        for reader in list(self.proxy_readers):
+        for reader in list(self.readers):
             reader.close(reason)
         for conn in list(self.connections):
             conn.close(reason)
@@ -480,64 +481,74 @@ class TCPVirtualServer(service.Service):
 
 
 @implementer(IReadDescriptor)
-class _ProxyHeaderReader:
-    """``accept_proxy``: reads the PROXY header a balancer in front sends
-    first (bounded in size and by ``timeout_client``), then admits the
-    connection under the client address it names."""
+class FirstBytesReader:
+    """Reads a connection's first bytes before it is balanced — a PROXY
+    header (``accept_proxy``), a ClientHello (``protocol = ssl``) — bounded
+    in size (``limit``) and in time (``timeout_client``). Subclasses say what
+    they wait for (``what``) and decide in :meth:`parse`.
 
-    def __init__(self, server: TCPVirtualServer, sock: socket.socket, addr):
+    Until then the connection is in the server's ``readers``: counted by
+    ``connection_count`` and closed by ``close_all``, like any connection.
+    A reader that gives up closes the socket and counts a refusal.
+    """
+
+    limit = 0
+    what = "first bytes"
+    log_name = "first-bytes"
+
+    def __init__(self, server: TCPVirtualServer, sock: socket.socket, addr,
+                 buffer: bytes = b""):
         self.server = server
         self.sock = sock
         self.addr = addr
-        self.buffer = b""
+        self.buffer = buffer
         self.fd = sock.fileno()
+        self.tick = None
         self.done = False
-        server.proxy_readers.add(self)
+        server.readers.add(self)
+        if buffer and self.parse():
+            return
         server.io.addReader(self)
         self.tick = server.timeouts.schedule(self, server.virtual.spec.timeout_client)
+
+    def parse(self) -> bool:
+        """Look at ``self.buffer``: admit (after :meth:`_stop`) or
+        :meth:`_give_up` and return True, or return False to read more."""
+        raise NotImplementedError
 
     def fileno(self) -> int:
         return self.fd
 
     def logPrefix(self) -> str:
-        return f"lbframe.tcp.{self.server.virtual.name}.proxy"
+        return f"lbframe.{self.server.virtual.name}.{self.log_name}"
 
     def doRead(self):
         try:
-            data = self.sock.recv(proxy_protocol.MAX_HEADER - len(self.buffer))
+            data = self.sock.recv(self.limit - len(self.buffer))
         except BlockingIOError:
             return None
         except OSError as e:
             return self._give_up(f"read error: {e.strerror}")
         if not data:
-            return self._give_up("closed before its PROXY header")
+            return self._give_up(f"closed before its {self.what} was complete")
         self.buffer += data
-        try:
-            parsed = proxy_protocol.parse(self.buffer)
-        except proxy_protocol.ProxyHeaderError as e:
-            return self._give_up(str(e))
-        if parsed is None:
-            if len(self.buffer) >= proxy_protocol.MAX_HEADER:
-                return self._give_up("PROXY header too long")
-            return None
-        info, used = parsed
-        self._stop()
-        addr = info.source if info.source is not None else self.addr
-        self.server.admit(self.sock, addr, self.buffer[used:])
+        if not self.parse() and len(self.buffer) >= self.limit:
+            self._give_up(f"no complete {self.what} in {self.limit} bytes")
         return None
 
     def expired(self) -> None:
         self.tick = None
-        self._give_up("no PROXY header within timeout_client")
+        self._give_up(f"no complete {self.what} within timeout_client")
 
     def _stop(self) -> None:
         if self.done:
             return
         self.done = True
-        self.server.proxy_readers.discard(self)
-        self.server.io.removeReader(self)
+        server = self.server
+        server.readers.discard(self)
+        server.io.removeReader(self)
         if self.tick is not None:
-            self.server.timeouts.cancel(self, self.tick)
+            server.timeouts.cancel(self, self.tick)
             self.tick = None
 
     def _give_up(self, why: str) -> None:
@@ -558,6 +569,29 @@ class _ProxyHeaderReader:
 
     def connectionLost(self, reason):
         self._give_up("connection lost")
+
+
+class _ProxyHeaderReader(FirstBytesReader):
+    """``accept_proxy``: the PROXY header a balancer in front sends first;
+    the connection is admitted under the client address it names."""
+
+    limit = proxy_protocol.MAX_HEADER
+    what = "PROXY header"
+    log_name = "proxy"
+
+    def parse(self) -> bool:
+        try:
+            parsed = proxy_protocol.parse(self.buffer)
+        except proxy_protocol.ProxyHeaderError as e:
+            self._give_up(str(e))
+            return True
+        if parsed is None:
+            return False
+        info, used = parsed
+        self._stop()
+        addr = info.source if info.source is not None else self.addr
+        self.server.admit(self.sock, addr, self.buffer[used:])
+        return True
 
 
 @implementer(IProtocol)
