@@ -54,6 +54,7 @@ from lbframe.config.model import Address, MemberSpec, Monitor, Persistence, Pool
 from lbframe.errors import OptionError
 from lbframe.interfaces import IMonitor, IPersistenceMethod, IPersistenceStore, IScheduler
 from lbframe.runtime import Member, PoolState
+from lbframe.schedulers import SchedulerBase
 
 __all__ = [
     "member", "FakePool", "MonitorDriver", "verify_provides", "context",
@@ -553,23 +554,8 @@ class MonitorContract(_OptionsContract):
         yield waiting
 
 
-class _NoScheduler:
-    """A scheduler that ignores everything (members for monitor tests)."""
-
-    def member_added(self, member):
-        pass
-
-    def member_removed(self, member):
-        pass
-
-    def member_changed(self, member):
-        pass
-
-    def connection_taken(self, member):
-        pass
-
-    def connection_released(self, member):
-        pass
+class _NoScheduler(SchedulerBase):
+    """A scheduler that never picks (members for monitor tests)."""
 
     def pick(self, context, exclude=()):
         return None

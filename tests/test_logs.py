@@ -6,7 +6,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -16,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbframe.logs import JSONLinesObserver, event_as_dict, json_line, twistd_log_file
 from tests.helpers import free_port
-from tests.test_quickstart import ROOT, TWISTD, wait_for_port
+from tests.test_quickstart import run_twistd, wait_for_port
 from tests.test_reload import site
 
 
@@ -96,17 +95,7 @@ class TwistdJSONTests(SynchronousTestCase):
         with open(config, "w") as f:
             f.write(good)
         out_path = os.path.join(d, "out.log")
-        out = open(out_path, "wb")
-        self.addCleanup(out.close)
-        proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "lbframe", "--config", config],
-                                cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
-                                stdout=out, stderr=subprocess.STDOUT)
-
-        def kill():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        self.addCleanup(kill)
+        proc = run_twistd(self, config, out_path)
         wait_for_port(vport, proc)
 
         def events():

@@ -54,6 +54,23 @@ def copy_example(source: str, dest: str, ports: dict, files=()) -> str:
     return config
 
 
+def run_twistd(testcase, config: str, log_path: str) -> subprocess.Popen:
+    """``twistd -n lbframe --config CONFIG`` with its output in ``log_path``,
+    killed at the end of ``testcase`` if still running."""
+    log = open(log_path, "wb")
+    testcase.addCleanup(log.close)
+    proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "lbframe", "--config", config],
+                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                            stdout=log, stderr=subprocess.STDOUT)
+
+    def kill():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    testcase.addCleanup(kill)
+    return proc
+
+
 def get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=5) as r:
         return r.read()

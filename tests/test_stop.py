@@ -7,7 +7,6 @@ import hashlib
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 
@@ -16,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbframe.config.model import Global
 from tests.helpers import free_port
-from tests.test_quickstart import ROOT, TWISTD, wait_for_port
+from tests.test_quickstart import run_twistd, wait_for_port
 from tests.test_reload import (BULK_SIZE, ReloadCase, SlowReader, bulk_digest, connect,
                                deferLater, refused, site)
 
@@ -131,17 +130,7 @@ class TwistdSigtermTests(SynchronousTestCase):
         config = os.path.join(d, "site.ini")
         with open(config, "w") as f:
             f.write(site(vport, {"a": backend.port}, stop_grace="20s"))
-        log = open(os.path.join(d, "twistd.log"), "wb")
-        self.addCleanup(log.close)
-        proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "lbframe", "--config", config],
-                                cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
-                                stdout=log, stderr=subprocess.STDOUT)
-
-        def kill():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        self.addCleanup(kill)
+        proc = run_twistd(self, config, os.path.join(d, "twistd.log"))
         wait_for_port(vport, proc)
 
         client = socket.create_connection(("127.0.0.1", vport), timeout=10)
