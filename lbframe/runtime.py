@@ -1,9 +1,10 @@
 """Run-time state built from the frozen config: members, pools, virtual servers.
 
 Member state has one owner: :class:`PoolState`. Monitors report results to
-it, the admin API asks it for changes, connections are counted through it,
-and it tells the pool's scheduler what changed. Nothing else writes a
-member's state.
+it, the data paths report failed connects to it (passive health, see
+:mod:`lbframe.passive`), the admin API asks it for changes, connections are
+counted through it, and it tells the pool's scheduler what changed. Nothing
+else writes a member's state.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from twisted.logger import Logger
 
 from lbframe.config.model import Address, MemberSpec, Pool, Virtual
 from lbframe.interfaces import IScheduler
+from lbframe.passive import (FAILURE_LOG_INTERVAL, NO_PROBE, PROBE_READY, PROBE_SENT,
+                             PassiveState, count_failure, down_reason, hold_back)
 
 log = Logger(namespace="lbframe")
 
@@ -41,6 +44,8 @@ class CheckState:
     last_duration: float | None = None
     checks_total: int = 0
     checks_failed: int = 0
+    #: why it went down (with its fall count), for the member's down_reason
+    down_why: str = ""
 
 
 @attrs.define(eq=False)
@@ -77,6 +82,8 @@ class Member:
     #: True once a reload took the member out of its pool: connections that
     #: were on it finish, but its pool's scheduler no longer knows it
     removed: bool = False
+    #: what real traffic says (lbframe.passive); ``healthy`` includes it
+    passive: PassiveState = attrs.field(factory=PassiveState)
 
     @property
     def address(self) -> Address:
@@ -110,7 +117,14 @@ class Member:
         return self.spec.maxconn is None or self.active < self.spec.maxconn
 
     def _compute_eligible(self) -> bool:
-        return self.healthy and self.admin == "enabled" and self.weight > 0
+        if self.admin != "enabled" or self.weight <= 0:
+            return False
+        if self.healthy:
+            return True
+        # Passively down, its fail_timeout over: one probe may go, unless a
+        # monitor says down too.
+        return (self.passive.probe == PROBE_READY
+                and all(c.up for c in self.checks.values()))
 
 
 StateListener = Callable[[str, str, str, str, str], None]
@@ -151,6 +165,7 @@ class PoolState:
     def remove_member(self, name: str) -> Member:
         member = self.members.pop(name)
         self._end_slow_start(member)
+        member.passive.cancel_calls()
         self.scheduler.member_removed(member)
         member.removed = True
         return member
@@ -187,13 +202,7 @@ class PoolState:
         longer counts toward the member's health."""
         if member.checks.pop(monitor, None) is None:
             return
-        healthy = all(c.up for c in member.checks.values())
-        if healthy != member.healthy:
-            old = member.state
-            member.healthy = healthy
-            if healthy:
-                member.down_reason = ""
-            self._changed(member, old, f"monitor {monitor} removed")
+        self._health_changed(member, f"monitor {monitor} removed")
 
     # -- changes -------------------------------------------------------
 
@@ -250,7 +259,8 @@ class PoolState:
             cs.failures = 0
             cs.successes += 1
             if duration is not None:
-                self.record_response_time(member, duration)
+                # A monitor's pass is not traffic: passive health ignores it.
+                self._fold_response_time(member, duration)
             if cs.up or cs.successes < rise:
                 return
             cs.up = True
@@ -262,16 +272,38 @@ class PoolState:
                 return
             cs.up = False
             why = f"{reason} ({cs.failures}/{fall})"
-        healthy = all(c.up for c in member.checks.values())
-        if healthy != member.healthy:
-            old = member.state
-            member.healthy = healthy
-            member.down_reason = "" if healthy else f"{monitor}: {why}"
-            self._changed(member, old, why)
+            cs.down_why = why
+        self._health_changed(member, why)
+
+    def _health_changed(self, member: Member, reason: str) -> None:
+        """Work ``healthy`` and ``down_reason`` out again from the monitors
+        and passive health (a member is healthy only while neither says
+        down), and tell the scheduler, the log and the listeners."""
+        passive = member.passive
+        down = [(name, c) for name, c in member.checks.items() if not c.up]
+        old = member.state
+        member.healthy = not down and not passive.down
+        if member.healthy:
+            member.down_reason = ""
+        elif passive.down:
+            member.down_reason = passive.reason
+        else:
+            name, check = down[0]
+            member.down_reason = f"{name}: {check.down_why}"
+        self._changed(member, old, reason)
 
     def record_response_time(self, member: Member, seconds: float) -> None:
-        """Fold a sample (a monitor's probe, a connect, a first response byte)
-        into the member's moving average, and tell the scheduler."""
+        """The data path measured ``seconds`` to the member's answer (its
+        first byte, a response head): a response-time sample, and for
+        passive health a success."""
+        passive = member.passive
+        if passive.fails or passive.probe:
+            self._passive_success(member)
+        self._fold_response_time(member, seconds)
+
+    def _fold_response_time(self, member: Member, seconds: float) -> None:
+        """Fold a sample (a monitor's probe, a data path's answer) into the
+        member's moving average, and tell the scheduler."""
         rt = member.response_time
         member.response_time = seconds if rt is None else rt + RESPONSE_TIME_ALPHA * (seconds - rt)
         if not member.removed:
@@ -316,9 +348,127 @@ class PoolState:
         return max(1, math.ceil(member.weight * done)) if member.weight else 0
 
     def stop(self) -> None:
-        """Cancel timers (slow start) when the pool goes away."""
+        """Cancel timers (slow start, passive health) when the pool goes away."""
         for member in self.members.values():
             self._end_slow_start(member)
+            member.passive.cancel_calls()
+
+    # -- passive health (lbframe.passive) ---------------------------------
+
+    def member_failed(self, member: Member, reason: str, client: str | None = None,
+                      counts: bool = True) -> None:
+        """The data path could not use ``member``: a connect refused or
+        timed out, or (http) no answer before the member closed or
+        ``timeout_server`` passed. Call it before releasing the connection.
+
+        Counted in ``member.failures``; with ``counts`` it also counts for
+        passive health, where ``max_fails`` in a row take the member out
+        for ``fail_timeout``. The failures themselves are logged at most
+        once per member per :data:`FAILURE_LOG_INTERVAL` (then a summary);
+        the state change gets its own line."""
+        member.failures += 1
+        passive = member.passive
+        now = self.clock.seconds() if self.clock is not None else 0.0
+        passive.last = reason
+        if passive.down:
+            if counts and passive.probe == PROBE_SENT:
+                # The probe failed: out for another fail_timeout, quietly
+                # (the state does not change; the failures metric counts it).
+                passive.probe = NO_PROBE
+                self._start_window(member)
+            return
+        spec = self.spec
+        if counts and self._passive_on() and count_failure(passive, now, spec.max_fails,
+                                                           spec.fail_timeout):
+            passive.down = True
+            passive.reason = down_reason(passive.fails, reason)
+            passive.fails = passive.unlogged = 0
+            self._start_window(member)
+            self._health_changed(member, passive.reason)
+            return
+        self._log_failure(member, reason, client, now)
+
+    def _passive_on(self) -> bool:
+        """Passive health needs time, a threshold, and somewhere else to go:
+        taking out a pool's only member would turn a blip into
+        ``fail_timeout`` of certain refusals."""
+        return self.clock is not None and self.spec.max_fails > 0 and len(self.members) > 1
+
+    def _start_window(self, member: Member) -> None:
+        passive = member.passive
+        call = passive.window_call
+        if call is not None and call.active():
+            call.cancel()
+        passive.window_call = self.clock.callLater(self.spec.fail_timeout,
+                                                   self._window_over, member)
+
+    def _window_over(self, member: Member) -> None:
+        """``fail_timeout`` after the member went (or stayed) down: let one
+        connection probe it."""
+        passive = member.passive
+        passive.window_call = None
+        if member.removed or not passive.down:
+            return
+        if not self._passive_on():
+            # A reload turned it off (or left the member alone in its pool).
+            passive.down, passive.probe, passive.reason = False, NO_PROBE, ""
+            self._health_changed(member, "passive health off")
+            return
+        passive.probe = PROBE_READY
+        self._changed(member, member.state, "")
+
+    def _probe_sent(self, member: Member) -> None:
+        """The probe connection was taken: nobody else goes to the member
+        until it ends."""
+        member.passive.probe = PROBE_SENT
+        self._changed(member, member.state, "")
+
+    def _probe_ended(self, member: Member) -> None:
+        """The probe connection ended with neither an answer nor a failure
+        (the client left first): the next connection probes."""
+        member.passive.probe = PROBE_READY
+        if not member.removed:
+            self._changed(member, member.state, "")
+
+    def _passive_success(self, member: Member) -> None:
+        passive = member.passive
+        if not passive.down:
+            passive.fails = 0
+        elif passive.probe == PROBE_SENT:
+            passive.down, passive.probe, passive.fails, passive.reason = False, NO_PROBE, 0, ""
+            self._health_changed(member, "passive: answered again")
+        # Down with no probe out: an older connection answered; the probe
+        # after fail_timeout decides.
+
+    def _log_failure(self, member: Member, reason: str, client: str | None,
+                     now: float) -> None:
+        """One line now, or (within FAILURE_LOG_INTERVAL of the last one)
+        a count for the summary line at the interval's end."""
+        passive = member.passive
+        if self.clock is not None and hold_back(passive, now):
+            if passive.flush_call is None:
+                passive.flush_call = self.clock.callLater(
+                    max(0.0, passive.quiet_until - now), self._flush_failures, member)
+            return
+        if passive.fails and self._passive_on():
+            count = f"; {passive.fails} of {self.spec.max_fails} before passive down"
+        else:
+            count = ""
+        log.warn("member {pool}/{member}: {reason} (client {client}{count})", pool=self.name,
+                 member=member.name, reason=reason, client=client or "-", count=count,
+                 lbframe_event="member_failure")
+
+    def _flush_failures(self, member: Member) -> None:
+        passive = member.passive
+        passive.flush_call = None
+        held, passive.unlogged = passive.unlogged, 0
+        if not held or member.removed:
+            return
+        passive.quiet_until = self.clock.seconds() + FAILURE_LOG_INTERVAL
+        log.warn("member {pool}/{member}: {count} more failure{s} in the last {interval:g}s "
+                 "(last: {reason})", pool=self.name, member=member.name, count=held,
+                 s="" if held == 1 else "s", interval=FAILURE_LOG_INTERVAL,
+                 reason=passive.last, lbframe_event="member_failure")
 
     # -- the queue (queue_timeout) ---------------------------------------
 
@@ -358,11 +508,15 @@ class PoolState:
         member.active += 1
         member.total += 1
         self.scheduler.connection_taken(member)
+        if member.passive.probe == PROBE_READY:
+            self._probe_sent(member)
 
     def release(self, member: Member) -> None:
         member.active -= 1
         if not member.removed:
             self.scheduler.connection_released(member)
+        if member.passive.probe == PROBE_SENT:
+            self._probe_ended(member)
         if self.queue:
             self.wake_waiters()
 

@@ -171,6 +171,8 @@ pool = p
                                 reactor, clock=self.clock)
         svc.startService()
         self.addCleanup(svc.stopService)
+        # The pools' timers (slow start, passive health) end with the test.
+        self.addCleanup(lambda: [pool.stop() for pool in runtime.pools.values()])
         self.runtime, self.service = runtime, svc
         return svc.addresses()[0].port
 

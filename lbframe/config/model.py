@@ -125,6 +125,10 @@ class Pool:
     queue_timeout: float = 0.0
     send_proxy: str = "no"  # "no", "v1", "v2"
     slow_start: float = 0.0
+    #: passive health: failures in a row (within fail_timeout) that take a
+    #: member out for fail_timeout; 0 turns it off
+    max_fails: int = 3
+    fail_timeout: float = 10.0
     tls: bool = False
     tls_ca: str | None = None
     tls_verify: bool = True

@@ -230,7 +230,7 @@ class Connection(Relay):
             self.tick = None
         self.connecting = None
         member, pool = self.decision.member, self.decision.pool
-        member.failures += 1
+        pool.member_failed(member, reason, self.context.client_host)
         pool.release(member)
         self.decision = None
         try:
@@ -239,8 +239,6 @@ class Connection(Relay):
             pass
         self.member.fd = -1
         self.member = None
-        log.warn("member {pool}/{member}: {reason} (client {client})", pool=pool.name,
-                 member=member.name, reason=reason, client=self.context.client_host)
         if self.tries < MAX_TRIES:
             self.excluded.append(member)
             self.connect()

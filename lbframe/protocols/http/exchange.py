@@ -266,10 +266,8 @@ class Exchange:
         failed connect (the request never left) try another member."""
         decision = self.decision
         member, pool = decision.member, decision.pool
-        member.failures += 1
+        pool.member_failed(member, why, self.client.client_host)
         pool.release(member)
-        log.warn("member {pool}/{member}: {why} (client {client})", pool=pool.name,
-                 member=member.name, why=why, client=self.client.client_host)
         if may_retry and self.tries < MAX_TRIES:
             self.decision = None
             self.excluded.append(member)
@@ -452,9 +450,8 @@ class Exchange:
         """``timeout_server`` passed without a byte from the member."""
         decision = self.decision
         limit = self.server.virtual.spec.timeout_server
-        log.warn("member {pool}/{member}: no answer within {limit:g}s (client {client})",
-                 pool=decision.pool.name, member=decision.member.name, limit=limit,
-                 client=self.client.client_host)
+        decision.pool.member_failed(decision.member, f"no answer within {limit:g}s",
+                                    self.client.client_host, counts=not self.response_started)
         self._fail(504, f"server timeout after {limit:g}s")
 
     # -- ending -----------------------------------------------------------
