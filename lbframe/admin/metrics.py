@@ -52,7 +52,11 @@ class RuntimeCollector:
                                "1 when the member takes new connections (state up), else 0",
                                labels=MEMBER)
         healthy = GaugeMetricFamily("lbframe_member_healthy",
-                                    "1 while every monitor of the member passes", labels=MEMBER)
+                                    "1 while every monitor of the member passes and passive "
+                                    "health has not taken it out", labels=MEMBER)
+        passive = GaugeMetricFamily("lbframe_member_passive_down",
+                                    "1 while passive health holds the member out "
+                                    "(max_fails failures in a row)", labels=MEMBER)
         state = GaugeMetricFamily("lbframe_member_state",
                                   "1 for the member's current state (up, down, draining, "
                                   "disabled)", labels=MEMBER + ["state"])
@@ -78,6 +82,7 @@ class RuntimeCollector:
                 current = m.state
                 up.add_metric(labels, 1 if current == "up" else 0)
                 healthy.add_metric(labels, 1 if m.healthy else 0)
+                passive.add_metric(labels, 1 if m.passive.down else 0)
                 for s in MEMBER_STATES:
                     state.add_metric(labels + [s], 1 if current == s else 0)
                 weight.add_metric(labels, m.weight)
@@ -88,7 +93,7 @@ class RuntimeCollector:
                 bytes_out.add_metric(labels, m.bytes_out)
                 if m.response_time is not None:
                     response.add_metric(labels, m.response_time)
-        yield from (up, healthy, state, weight, active, total, failures, bytes_in, bytes_out,
+        yield from (up, healthy, passive, state, weight, active, total, failures, bytes_in, bytes_out,
                     response)
 
     def _monitors(self, runtime) -> Iterator[Metric]:
