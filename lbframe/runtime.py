@@ -451,11 +451,11 @@ class PoolState:
                     max(0.0, passive.quiet_until - now), self._flush_failures, member)
             return
         if passive.fails and self._passive_on():
-            count = f"; {passive.fails} of {self.spec.max_fails} before passive down"
+            detail = f"; {passive.fails} of {self.spec.max_fails} before passive down"
         else:
-            count = ""
-        log.warn("member {pool}/{member}: {reason} (client {client}{count})", pool=self.name,
-                 member=member.name, reason=reason, client=client or "-", count=count,
+            detail = ""
+        log.warn("member {pool}/{member}: {reason} (client {client}{detail})", pool=self.name,
+                 member=member.name, reason=reason, client=client or "-", detail=detail,
                  lbframe_event="member_failure")
 
     def _flush_failures(self, member: Member) -> None:
