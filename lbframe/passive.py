@@ -14,9 +14,14 @@ failure to the member's :class:`lbframe.runtime.PoolState`, which keeps a
   if the member answers, it is back; if it fails, it stays out for another
   ``fail_timeout``; if the probe ends without either (the client left), the
   next connection probes;
-- ``max_fails = 0`` turns it off, and so does a pool of a single member
-  (taking out the only member turns a short hiccup into ``fail_timeout`` of
-  certain refusals; nginx ignores ``max_fails`` there for the same reason).
+- ``max_fails = 0`` turns it off;
+- the last usable member of a pool is never taken out (a pool of one
+  member above all): with nowhere else to go, taking it out turns a short
+  hiccup into ``fail_timeout`` of certain refusals (nginx ignores
+  ``max_fails`` for a single server; Envoy caps ejections with
+  ``max_ejection_percent``), and a client able to make members time out
+  could otherwise empty the pool. It is taken out once another member is
+  usable again and it fails once more.
 
 What counts as a failure is the data path's business: a connect refused or
 timed out, and for http a member that closes or times out before any byte

@@ -378,8 +378,9 @@ class PoolState:
                 self._start_window(member)
             return
         spec = self.spec
-        if counts and self._passive_on() and count_failure(passive, now, spec.max_fails,
-                                                           spec.fail_timeout):
+        if (counts and self._passive_on()
+                and count_failure(passive, now, spec.max_fails, spec.fail_timeout)
+                and self._others_usable(member)):
             passive.down = True
             passive.reason = down_reason(passive.fails, reason)
             passive.fails = passive.unlogged = 0
@@ -389,10 +390,15 @@ class PoolState:
         self._log_failure(member, reason, client, now)
 
     def _passive_on(self) -> bool:
-        """Passive health needs time, a threshold, and somewhere else to go:
-        taking out a pool's only member would turn a blip into
-        ``fail_timeout`` of certain refusals."""
-        return self.clock is not None and self.spec.max_fails > 0 and len(self.members) > 1
+        return self.clock is not None and self.spec.max_fails > 0
+
+    def _others_usable(self, member: Member) -> bool:
+        """Passive health never takes out a pool's last usable member (a
+        pool of one above all): with nowhere else to go it would turn a
+        blip into ``fail_timeout`` of certain refusals, and a client that
+        can make a member time out (slow requests) could empty the pool.
+        Scanned only when a member reaches ``max_fails``."""
+        return any(m.eligible for m in self.members.values() if m is not member)
 
     def _start_window(self, member: Member) -> None:
         passive = member.passive
@@ -410,7 +416,7 @@ class PoolState:
         if member.removed or not passive.down:
             return
         if not self._passive_on():
-            # A reload turned it off (or left the member alone in its pool).
+            # A reload turned it off.
             passive.down, passive.probe, passive.reason = False, NO_PROBE, ""
             self._health_changed(member, "passive health off")
             return
@@ -450,10 +456,12 @@ class PoolState:
                 passive.flush_call = self.clock.callLater(
                     max(0.0, passive.quiet_until - now), self._flush_failures, member)
             return
+        detail = ""
         if passive.fails and self._passive_on():
-            detail = f"; {passive.fails} of {self.spec.max_fails} before passive down"
-        else:
-            detail = ""
+            if passive.fails < self.spec.max_fails:
+                detail = f"; {passive.fails} of {self.spec.max_fails} before passive down"
+            else:
+                detail = "; kept in: the pool's last usable member"
         log.warn("member {pool}/{member}: {reason} (client {client}{detail})", pool=self.name,
                  member=member.name, reason=reason, client=client or "-", detail=detail,
                  lbframe_event="member_failure")

@@ -189,6 +189,42 @@ class PoolPassiveTests(TestCase):
             pool.member_failed(pool.members["a"], REFUSED)
         self.assertEqual(pool.members["a"].state, "up")
 
+    def test_the_last_usable_member_stays_in(self):
+        """Both members dead: one is taken out, the other stays (a client
+        that can make members time out cannot empty the pool either)."""
+        b = self.pool.members["b"]
+        self.refuse(n=3)
+        self.clock.advance(9)
+        self.refuse(b, n=5)
+        self.assertEqual((self.a.state, b.state), ("down", "up"))
+        self.assertEqual(self.picks(), ["b"] * 10)
+        # Once a is usable again (its probe is due), b's next failure counts.
+        self.clock.advance(1.1)
+        self.refuse(b)
+        self.assertEqual(b.state, "down")
+        self.assertEqual(b.down_reason, "passive: 6 failures in a row (last: connect refused)")
+
+    def test_a_member_left_alone_by_the_admin_stays_in(self):
+        lines = capture_log(self)
+        pool = make_pool("a", "b", clock=self.clock, fail_timeout=60)
+        a, b = pool.members["a"], pool.members["b"]
+        pool.set_admin(b, "disabled")
+        pool.member_failed(a, REFUSED, "192.0.2.1")
+        pool.member_failed(a, REFUSED, "192.0.2.1")
+        self.clock.advance(FAILURE_LOG_INTERVAL)  # the summary
+        self.clock.advance(FAILURE_LOG_INTERVAL)
+        pool.member_failed(a, REFUSED, "192.0.2.1")
+        self.assertEqual(a.state, "up")
+        self.assertEqual([line for line in lines if "p/a:" in line], [
+            "member p/a: connect refused (client 192.0.2.1; 1 of 3 before passive down)",
+            "member p/a: 1 more failure in the last 10s (last: connect refused)",
+            "member p/a: connect refused (client 192.0.2.1; kept in: the pool's last usable "
+            "member)"])
+        pool.set_admin(b, "enabled")
+        pool.member_failed(a, REFUSED, "192.0.2.1")
+        self.assertEqual(a.state, "down")
+        pool.stop()
+
     def test_failures_that_do_not_count(self):
         """A timeout after the response began (http) is counted as a
         failure, not for passive health."""
