@@ -247,6 +247,35 @@ class PoolPassiveTests(TestCase):
         self.assertEqual(self.events[-1][3:], ("up", "passive health off"))
 
 
+class EverySchedulerTests(TestCase):
+    """Each built-in scheduler leaves out a passive-down member, and sends
+    one connection (the probe) once its window is over."""
+
+    def test_schedulers(self):
+        from lbframe.balancer import RequestContext
+        plugins = load_plugins(entry_points=False)
+        for name in plugins.schedulers.names():
+            clock = Clock()
+            specs = tuple(member_spec(n, port=i + 1) for i, n in enumerate("abc"))
+            spec = Pool("p", specs, scheduler=name)
+            pool = PoolState.build(spec, plugins.schedulers.get(name).factory(spec, {}),
+                                   clock=clock)
+            a = pool.members["a"]
+            for _ in range(3):
+                pool.member_failed(a, REFUSED)
+            contexts = [RequestContext(f"192.0.2.{i}", 40000 + i, "v") for i in range(1, 60)]
+            picked = [pool.scheduler.pick(c) for c in contexts]
+            self.assertNotIn(a, picked, name)
+            clock.advance(10.1)
+            taken = []
+            for c in contexts:
+                m = pool.scheduler.pick(c)
+                pool.take(m)
+                taken.append(m)
+            self.assertLessEqual(taken.count(a), 1, name)
+            pool.stop()
+
+
 class MonitorTests(TestCase):
     """Monitors and passive health: eligible only while neither says down."""
 
