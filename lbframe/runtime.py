@@ -473,10 +473,10 @@ class PoolState:
         if not held or member.removed:
             return
         passive.quiet_until = self.clock.seconds() + FAILURE_LOG_INTERVAL
-        log.warn("member {pool}/{member}: {count} more failure{s} in the last {interval:g}s "
-                 "(last: {reason})", pool=self.name, member=member.name, count=held,
-                 s="" if held == 1 else "s", interval=FAILURE_LOG_INTERVAL,
-                 reason=passive.last, lbframe_event="member_failure")
+        log.warn("member {pool}/{member}: failures not logged in the last {interval:g}s: "
+                 "{count} (last: {reason})", pool=self.name, member=member.name, count=held,
+                 interval=FAILURE_LOG_INTERVAL, reason=passive.last,
+                 lbframe_event="member_failure")
 
     # -- the queue (queue_timeout) ---------------------------------------
 

@@ -217,7 +217,7 @@ class PoolPassiveTests(TestCase):
         self.assertEqual(a.state, "up")
         self.assertEqual([line for line in lines if "p/a:" in line], [
             "member p/a: connect refused (client 192.0.2.1; 1 of 3 before passive down)",
-            "member p/a: 1 more failure in the last 10s (last: connect refused)",
+            "member p/a: failures not logged in the last 10s: 1 (last: connect refused)",
             "member p/a: connect refused (client 192.0.2.1; kept in: the pool's last usable "
             "member)"])
         pool.set_admin(b, "enabled")
@@ -366,7 +366,7 @@ class LoggingTests(TestCase):
         got = [line for line in lines if "p/a" in line]
         self.assertEqual(got, [
             "member p/a: connect refused (client 192.0.2.1)",
-            "member p/a: 9999 more failures in the last 10s (last: connect refused)",
+            "member p/a: failures not logged in the last 10s: 9999 (last: connect refused)",
         ])
         self.assertEqual(pool.members["a"].failures, 10000)
 
