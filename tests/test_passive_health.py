@@ -22,7 +22,7 @@ from lbframe.runtime import PoolState
 from lbframe.schedulers.round_robin import RoundRobin
 from lbframe.service import SiteService, build_runtime
 from tests.helpers import WaitMixin, free_port, member_spec
-from tests.httpkit import HTTPSiteMixin
+from tests.httpkit import HTTPSiteMixin, RecordingFactory
 
 REFUSED = "connect refused"
 
@@ -274,6 +274,43 @@ class EverySchedulerTests(TestCase):
                 taken.append(m)
             self.assertLessEqual(taken.count(a), 1, name)
             pool.stop()
+
+
+class ReloadTests(TestCase):
+    """A reload keeps an unchanged member's passive state (as it keeps its
+    monitor state); a reload to max_fails = 0 lets it back at the window's end."""
+
+    def reload(self, old: PoolState, **keys) -> None:
+        from lbframe.reload import merge_pool
+        plugins = load_plugins(entry_points=False)
+        spec = Pool("p", old.spec.members, **keys)
+        new = PoolState.build(spec, RoundRobin(), clock=old.clock)
+        merge_pool(old, new, plugins)
+
+    def test_state_carried(self):
+        clock = Clock()
+        pool = make_pool("a", "b", clock=clock)
+        for _ in range(3):
+            pool.member_failed(pool.members["a"], REFUSED)
+        self.reload(pool)
+        self.assertEqual(pool.members["a"].state, "down")
+        self.assertFalse(pool.members["a"].eligible)
+        clock.advance(10.1)
+        self.assertTrue(pool.members["a"].eligible)  # its probe is due, as before
+        pool.stop()
+
+    def test_turned_off(self):
+        clock = Clock()
+        pool = make_pool("a", "b", clock=clock)
+        for _ in range(3):
+            pool.member_failed(pool.members["a"], REFUSED)
+        self.reload(pool, max_fails=0)
+        clock.advance(10.1)
+        self.assertEqual(pool.members["a"].state, "up")
+        for _ in range(10):
+            pool.member_failed(pool.members["a"], REFUSED)
+        self.assertEqual(pool.members["a"].state, "up")
+        pool.stop()
 
 
 class MonitorTests(TestCase):
@@ -541,6 +578,26 @@ class HTTPPathTests(HTTPSiteMixin, TestCase):
         self.assertEqual((dead.total, dead.state), (3, "down"))
         self.assertEqual(sum("p/dead down: passive: 3 failures" in line for line in lines), 1)
         self.assertEqual(sum("p/dead" in line for line in lines), 2)
+
+    @defer.inlineCallbacks
+    def test_the_probe_finds_the_member_back(self):
+        mport, live = self.member("live")
+        dead_port = free_port()
+        port = self.serve_http(f"member live = 127.0.0.1:{mport}\n"
+                               f"member dead = 127.0.0.1:{dead_port}\nfail_timeout = 300ms")
+        statuses = yield self.statuses(port, 10)
+        self.assertEqual(statuses, [200] * 10)
+        dead = self.runtime.pools["p"].members["dead"]
+        self.assertEqual(dead.state, "down")
+        back = RecordingFactory("back")
+        listening = reactor.listenTCP(dead_port, back, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        self.addCleanup(lambda: [m.transport.abortConnection() for m in list(back.live)])
+        yield self.wait_until(lambda: dead.eligible, timeout=3)
+        statuses = yield self.statuses(port, 10)
+        self.assertEqual(statuses, [200] * 10)
+        self.assertEqual(dead.state, "up")
+        self.assertGreaterEqual(len(back.requests), 4)
 
     @defer.inlineCallbacks
     def test_a_member_silent_until_timeout_server(self):
