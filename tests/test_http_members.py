@@ -5,8 +5,12 @@ kept-alive connection as the next request goes out). Real sockets on
 
 from __future__ import annotations
 
+import os
 import select
+import shutil
+import signal
 import socket
+import subprocess
 
 from twisted.internet import defer, protocol
 from twisted.logger import formatEvent, globalLogPublisher
@@ -354,3 +358,121 @@ class KeepAliveRaceTests(MemberSiteMixin, TestCase):
         self.assertEqual(select.select([sock], [], [], 2.0)[0], [sock])
         self.assertIsNone(idle.acquire(key))
         self.assertEqual(idle.count, 0)
+
+
+# -- the same race with a real nginx, reloaded under load --------------------------
+
+NGINX = shutil.which("nginx") or next(
+    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None)
+
+NGINX_CONF = """
+daemon off;
+master_process on;
+worker_processes 2;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+{user}
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_timeout 60s;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "nginx\\n"; }}
+    }}
+}}
+"""
+
+
+class Looping(protocol.Protocol):
+    """A client that sends GETs one after the other on one connection and
+    counts what comes back, until told to stop."""
+
+    def __init__(self, tally):
+        self.tally = tally
+        self.buf = b""
+        self.stopped = False
+
+    def connectionMade(self):
+        self.transport.write(GET % b"n")
+
+    def dataReceived(self, data):
+        self.buf += data
+        while b"nginx\n" in self.buf or b"\r\n\r\n" in self.buf:
+            head, sep, rest = self.buf.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(rest) < length:
+                return
+            self.buf = rest[length:]
+            self.tally.append(int(head.split(b" ", 2)[1]))
+            if self.stopped:
+                self.transport.loseConnection()
+                return
+            self.transport.write(GET % b"n")
+
+    def connectionLost(self, reason):
+        if not self.stopped:
+            self.tally.append("closed")
+
+
+class NginxReloadTests(HTTPSiteMixin, LogMixin, TestCase):
+    """nginx closes every idle kept-alive connection of its old workers on
+    a reload; requests under way at that moment must still get an answer."""
+
+    if NGINX is None:
+        skip = "nginx is not installed (apt-get install nginx-light)"
+
+    @defer.inlineCallbacks
+    def test_reloads_under_load_lose_no_request(self):
+        from twisted.internet import reactor, task
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        from tests.helpers import free_port
+
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        port = free_port()
+        user = "user root root;" if os.geteuid() == 0 else ""
+        with open(os.path.join(work, "nginx.conf"), "w") as f:
+            f.write(NGINX_CONF.format(dir=work, port=port, user=user))
+        nginx = subprocess.Popen([NGINX, "-p", work, "-c", os.path.join(work, "nginx.conf")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (nginx.terminate(), nginx.wait(10)))
+        yield self.wait_until(lambda: _listening(port), 10)
+        lb = self.serve_http(f"member n = 127.0.0.1:{port}")
+        self.watch_log()
+        tally: list = []
+        clients = []
+        for _ in range(8):
+            client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", lb),
+                                           Looping(tally))
+            clients.append(client)
+        for _ in range(4):  # bounded: four reloads, 0.4 s apart
+            yield task.deferLater(reactor, 0.4, lambda: None)
+            nginx.send_signal(signal.SIGHUP)
+        yield task.deferLater(reactor, 0.4, lambda: None)
+        for client in clients:
+            client.stopped = True
+        yield self.wait_until(lambda: all(not c.transport.connected for c in clients), 10)
+        answers = len(tally)
+        self.assertEqual(tally.count("closed"), 0, f"closed without an answer ({answers} answers)")
+        self.assertEqual(set(tally), {200})
+        self.assertGreater(answers, 100)
+        self.assertEqual(self.warnings(), [])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

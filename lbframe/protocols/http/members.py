@@ -92,14 +92,16 @@ class MemberConnection(Protocol):
             return
         exchange.member_data(data)
 
-    def unsolicited(self, size: int) -> None:
-        """Bytes nobody asked for on an idle connection: close it, one log line."""
+    def unsolicited(self, size: int | None = None) -> None:
+        """Bytes nobody asked for on an idle connection (``size`` of them,
+        when known): close it, one log line."""
         if self.idle_list is not None and self.idle_since is not None:
             self.idle_list.discard(self)
         member = self.member
         member.failures += 1
-        log.warn("member {pool}/{member}: sent {size} bytes on an idle connection; "
-                 "connection closed", pool=member.pool, member=member.name, size=size)
+        what = "bytes" if size is None else f"{size} bytes"
+        log.warn("member {pool}/{member}: sent {what} on an idle connection; "
+                 "connection closed", pool=member.pool, member=member.name, what=what)
         self.transport.abortConnection()
 
     def connectionLost(self, reason) -> None:
@@ -194,7 +196,7 @@ class IdleConnections:
             if state == "open":
                 return conn
             if state == "unsolicited":
-                conn.unsolicited(1)
+                conn.unsolicited()
             else:
                 conn.transport.abortConnection()
         return None
