@@ -255,6 +255,53 @@ class UnsolicitedTests(MemberSiteMixin, TestCase):
         self.assertEqual(len(self.warnings("member p/a", "on an idle connection")), 1)
 
 
+class ParserAfterResponseTests(SynchronousTestCase):
+    """ResponseParser: what follows a complete response is counted in
+    ``extra``, never parsed as a response, and ``end`` comes after the
+    whole read was looked at (so the data path knows before it ends)."""
+
+    def _feed(self, *pieces, method="GET", clear_sink=False):
+        from lbframe.protocols.http.parser import ResponseParser
+        from tests.test_http_parser import Recorder
+
+        sink = Recorder()
+        parser = ResponseParser(sink)
+        parser.expect(method)
+        seen_at_end = []
+        if clear_sink:
+            # As the data path does: the exchange ends in ``end`` and lets go.
+            def end(trailers, record=sink.end):
+                record(trailers)
+                seen_at_end.append(parser.extra)
+                parser.sink = None
+            sink.end = end
+        for piece in pieces:
+            parser.feed(piece)
+        return [e[0] for e in sink.events], parser.extra, seen_at_end
+
+    def test_second_response_in_the_same_read_is_not_parsed(self):
+        events, extra, seen = self._feed(ok(b"one") + ok(b"two"), clear_sink=True)
+        self.assertEqual(events, ["response", "body", "end"])
+        self.assertGreater(extra, 0)
+        self.assertEqual(seen, [extra])  # known when ``end`` came
+
+    def test_junk_in_the_same_read_or_later(self):
+        for pieces in ([ok(b"one") + b"junk"], [ok(b"one"), b"junk"],
+                       [b"HTTP/1.1 204 No Content\r\n\r\njunk"]):
+            events, extra, _ = self._feed(*pieces, clear_sink=True)
+            self.assertEqual(events[-1], "end", pieces)
+            self.assertGreater(extra, 0, pieces)
+
+    def test_empty_lines_after_a_response_are_let_pass(self):
+        self.assertEqual(self._feed(ok(b"one") + b"\r\n")[1], 0)
+        self.assertEqual(self._feed(ok(b"one"), b"\r\n")[1], 0)
+
+    def test_body_to_head_is_extra_however_the_head_is_split(self):
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+        self.assertEqual(self._feed(head[:-1], head[-1:], method="HEAD")[1], 0)
+        self.assertGreater(self._feed(head + b"abc", method="HEAD")[1], 0)
+
+
 # -- 11. the keep-alive race ---------------------------------------------------------
 
 def closes_second(how: str):

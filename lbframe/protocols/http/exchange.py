@@ -64,6 +64,9 @@ def _tokens(head, name: bytes) -> list[bytes]:
     return tokens
 
 
+_NOT_ASKED = "101 Switching Protocols to a request that asked for no upgrade"
+
+
 def switch_refused(request, response) -> str | None:
     """Why a ``101`` in ``response`` must not switch the connection, or
     None when it may (RFC 9110 §7.8, §15.2.2).
@@ -75,7 +78,7 @@ def switch_refused(request, response) -> str | None:
     past every rule and limit of ours."""
     offered = _tokens(request, b"upgrade")
     if not offered or b"upgrade" not in _tokens(request, b"connection"):
-        return "101 Switching Protocols to a request that asked for no upgrade"
+        return _NOT_ASKED
     chosen = _tokens(response, b"upgrade")
     if not chosen:
         return "101 Switching Protocols without an Upgrade header"
@@ -447,7 +450,8 @@ class Exchange:
 
     def response(self, head, member_keep_alive: bool, framing: str) -> None:
         if head.status == 101:
-            refused = switch_refused(self.head, head)
+            # (Without wants_upgrade the member was not even sent Upgrade.)
+            refused = switch_refused(self.head, head) if self.wants_upgrade else _NOT_ASKED
             if refused is not None:
                 raise HTTPError(502, f"bad response: {refused}")
         server = self.server
