@@ -406,6 +406,20 @@ class KeepAliveRaceTests(MemberSiteMixin, TestCase):
         self.assertIsNone(idle.acquire(key))
         self.assertEqual(idle.count, 0)
 
+    @defer.inlineCallbacks
+    def test_idle_connection_with_unread_bytes_is_not_used(self):
+        # Bytes nobody asked for, not read by the reactor yet: used, they
+        # would be taken for the answer to the next request.
+        port, member = self.scripted(lambda conn, number, raw: ok(b"conn %d" % conn))
+        yield self.exchange(port, GET % b"1")
+        idle = self.service.idle
+        [(key, conns)] = list(idle.idle.items())
+        member.live[0].transport.socket.send(ok(b"junk"))
+        sock = conns[0].transport.socket
+        self.assertEqual(select.select([sock], [], [], 2.0)[0], [sock])
+        self.assertIsNone(idle.acquire(key))
+        self.assertEqual(len(self.warnings("member p/a", "on an idle connection")), 1)
+
 
 # -- the same race with a real nginx, reloaded under load --------------------------
 

@@ -21,6 +21,7 @@ our request on the wire; the exchange handles that (resend or 502).
 
 from __future__ import annotations
 
+import select
 import socket
 from collections import defaultdict
 
@@ -45,6 +46,11 @@ def _raw_socket(transport):
     return None, False
 
 
+#: one poll set for ``idle_state``: register, poll(0), unregister is one
+#: system call and no exception on the usual path (nothing to read)
+_POLL = select.poll()
+
+
 def idle_state(transport) -> str:
     """What the socket of an idle connection says, without reading from it:
     ``"open"``, ``"closed"`` (the member's FIN or RST is there) or
@@ -52,6 +58,16 @@ def idle_state(transport) -> str:
     connection may be a session ticket: ``"open"`` then."""
     sock, tls = _raw_socket(transport)
     if sock is None:
+        return "open"
+    fd = sock.fileno()
+    if fd < 0:
+        return "closed"
+    _POLL.register(fd, select.POLLIN)
+    try:
+        ready = _POLL.poll(0)
+    finally:
+        _POLL.unregister(fd)
+    if not ready:
         return "open"
     try:
         peeked = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
