@@ -508,7 +508,8 @@ class NginxReloadTests(HTTPSiteMixin, LogMixin, TestCase):
         user = "user root root;" if os.geteuid() == 0 else ""
         with open(os.path.join(work, "nginx.conf"), "w") as f:
             f.write(NGINX_CONF.format(dir=work, port=port, user=user))
-        nginx = subprocess.Popen([NGINX, "-p", work, "-c", os.path.join(work, "nginx.conf")],
+        nginx = subprocess.Popen([NGINX, "-p", work, "-c", os.path.join(work, "nginx.conf"),
+                                  "-e", os.path.join(work, "error.log")],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(lambda: (nginx.terminate(), nginx.wait(10)))
         yield self.wait_until(lambda: _listening(port), 10)
