@@ -34,8 +34,9 @@ MAX_TRIES = 2
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 
 #: request body bytes kept, per exchange on a reused connection, so that
-#: an idempotent request can be resent; a longer body is not resent
-MAX_REPLAY = 64 * 1024
+#: an idempotent request can be resent; a longer body is not resent (one
+#: buffer's worth, as HAProxy's l7 retries: tune.bufsize, 16 KiB)
+MAX_REPLAY = 16 * 1024
 
 _STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
