@@ -361,6 +361,38 @@ class KeepAliveRaceTests(MemberSiteMixin, TestCase):
                       b"".join(d for n, d in member.received if n == 2))
 
     @defer.inlineCallbacks
+    def test_body_still_arriving_is_resent_in_order(self):
+        # Connection 1 dies on the first bytes of the PUT; the rest of the
+        # body arrives while (or after) connection 2 is opened.
+        class Member(protocol.Protocol):
+            def connectionMade(self):
+                factory.connections += 1
+                self.number, self.got = factory.connections, b""
+
+            def dataReceived(self, data):
+                self.got += data
+                factory.got[self.number] = self.got
+                if self.number == 1 and self.got.startswith(b"GET"):
+                    if self.got.endswith(b"\r\n\r\n"):
+                        self.got = b""
+                        self.transport.write(ok(b"first"))
+                elif self.number == 1:
+                    self.transport.abortConnection()
+                elif self.got.endswith(b"world"):
+                    self.transport.write(ok(self.got.split(b"\r\n\r\n", 1)[1]))
+        factory = protocol.Factory.forProtocol(Member)
+        factory.connections, factory.got = 0, {}
+        port = self.serve_http(f"member a = 127.0.0.1:{self.listen_member(factory)}")
+        client = yield self.connect(port)
+        client.transport.write(GET % b"1")
+        yield client.wait_responses(1)
+        client.transport.write(b"PUT /f HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello")
+        yield self.wait_until(lambda: b"hello" in factory.got.get(2, b""))
+        client.transport.write(b" world")
+        responses = yield client.wait_responses(2)
+        self.assertEqual(responses[1].body, b"hello world")
+
+    @defer.inlineCallbacks
     def test_post_that_was_sent_is_502_not_resent(self):
         post = b"POST /pay HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
         for how in ("fin", "rst"):
