@@ -12,6 +12,8 @@ import signal
 import socket
 import subprocess
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, protocol
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -295,6 +297,22 @@ class ParserAfterResponseTests(SynchronousTestCase):
     def test_empty_lines_after_a_response_are_let_pass(self):
         self.assertEqual(self._feed(ok(b"one") + b"\r\n")[1], 0)
         self.assertEqual(self._feed(ok(b"one"), b"\r\n")[1], 0)
+
+    @settings(max_examples=100, deadline=None, database=None)
+    @given(st.sampled_from([ok(b"one"), b"HTTP/1.1 204 No Content\r\n\r\n",
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"3\r\none\r\n0\r\n\r\n"]),
+           st.binary(min_size=1, max_size=40), st.integers(0, 40))
+    def test_whatever_follows_is_never_an_event(self, response, junk, cut):
+        raw = response + junk
+        cut = len(response) + min(cut, len(junk))
+        for pieces in ([raw], [raw[:cut], raw[cut:]]):
+            events, extra, seen = self._feed(*pieces, clear_sink=True)
+            self.assertEqual(events, self._feed(response)[0], pieces)
+            if junk.strip(b"\r\n"):
+                self.assertGreater(extra, 0, pieces)
+            else:
+                self.assertEqual(extra, 0, pieces)  # only empty lines
 
     def test_body_to_head_is_extra_however_the_head_is_split(self):
         head = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
