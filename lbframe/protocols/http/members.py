@@ -13,7 +13,7 @@ connections are kept per client connection instead (HAProxy does the same).
 
 A member may close an idle connection at any moment (its keep-alive
 timeout, a reload). Before an idle connection is handed out, its socket is
-looked at without reading (``MSG_PEEK``): one the member has already closed,
+looked at without reading (``poll``, ``MSG_PEEK``): one the member closed,
 or one it wrote to while nobody asked, is closed and skipped, so the request
 provably never reaches it. What is left is the race of a close that crosses
 our request on the wire; the exchange handles that (resend or 502).
