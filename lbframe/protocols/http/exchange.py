@@ -13,8 +13,9 @@ whatever the body sizes.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from lbframe.balancer import Decision, RequestContext
 from lbframe.protocols.http import heads, pages
@@ -27,6 +28,15 @@ log = Logger(namespace="lbframe.http")
 
 #: how many members one request may try
 MAX_TRIES = 2
+
+#: methods a member may see twice with the effect of once (RFC 9110
+#: §9.2.2): resent after a kept-alive connection failed before answering
+IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+
+#: request body bytes kept, per exchange on a reused connection, so that
+#: an idempotent request can be resent; a longer body is not resent (one
+#: buffer's worth, as HAProxy's l7 retries: tune.bufsize, 16 KiB)
+MAX_REPLAY = 16 * 1024
 
 _STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
@@ -46,6 +56,64 @@ def _chunk(data: bytes) -> tuple:
     return (b"%x\r\n" % len(data), data, b"\r\n")
 
 
+def _tokens(head, name: bytes) -> list[bytes]:
+    """The comma-separated tokens of every ``name`` header, lower-cased."""
+    tokens = []
+    for key, value in head.headers:
+        if len(key) == len(name) and key.lower() == name:
+            tokens.extend(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+_NOT_ASKED = "101 Switching Protocols to a request that asked for no upgrade"
+
+
+def switch_refused(request, response) -> str | None:
+    """Why a ``101`` in ``response`` must not switch the connection, or
+    None when it may (RFC 9110 §7.8, §15.2.2).
+
+    Only a request that asked (``Upgrade`` with ``Connection: upgrade``:
+    the data path then forwarded its ``Upgrade``) may be switched, and only
+    to protocols it offered; a server switching to anything else — or
+    without saying to what — would turn the connection into a raw tunnel
+    past every rule and limit of ours."""
+    offered = _tokens(request, b"upgrade")
+    if not offered or b"upgrade" not in _tokens(request, b"connection"):
+        return _NOT_ASKED
+    chosen = _tokens(response, b"upgrade")
+    if not chosen:
+        return "101 Switching Protocols without an Upgrade header"
+    if any(protocol not in offered for protocol in chosen):
+        return (f"101 Switching Protocols to {b', '.join(chosen).decode('latin-1')!r}, "
+                f"not offered by the request")
+    return None
+
+
+@implementer(IPushProducer)
+class _ClientReading:
+    """The client's transport as the producer of a member transport.
+
+    Twisted tells a consumer's producer to stop when the consumer's
+    connection is lost; for the client's transport that means closing the
+    client — before our ``member_lost`` could resend the request or answer
+    a 502. What happens to the client after a member connection ends is
+    the exchange's decision, so stopping does nothing here."""
+
+    __slots__ = ("transport",)
+
+    def __init__(self, transport):
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class Exchange:
     __slots__ = (
         "client", "server", "head", "keep_alive", "has_body", "chunked",
@@ -54,7 +122,8 @@ class Exchange:
         "member_keep_alive", "framing", "to_client_chunked", "close_after",
         "request_complete", "response_started", "response_complete", "done", "tunnel",
         "bytes_in", "bytes_out", "status", "waiting", "queue_call", "last_member",
-        "outcome", "local_error", "producers", "batch", "sent",
+        "outcome", "local_error", "producers", "batch", "sent", "answered", "resent",
+        "replay", "replay_bytes",
     )
 
     def __init__(self, client, head, keep_alive: bool, has_body: bool, chunked: bool):
@@ -97,6 +166,14 @@ class Exchange:
         self.batch: list | None = None
         #: whether any byte of our response has reached the client's transport
         self.sent = False
+        #: whether any byte came from the member for this request
+        self.answered = False
+        #: whether the request was sent again after a reused connection failed
+        self.resent = False
+        #: on a reused connection: the request body bytes sent on it (framed),
+        #: while at most MAX_REPLAY, to send them again (None: not kept)
+        self.replay: list | None = None
+        self.replay_bytes = 0
 
     # -- the decision ------------------------------------------------------
 
@@ -243,14 +320,20 @@ class Exchange:
         client_cert = client.certificate_subject() if server.settings.client_auth else False
         data.append(heads.request_bytes(self.head, forwarded, client.scheme, self.wants_upgrade,
                                         client_cert))
+        # On a kept-alive connection the member may be closing it right now:
+        # keep what we send of an idempotent request's body, to resend it.
+        self.replay = [] if conn.reused and self.head.method in IDEMPOTENT else None
+        self.replay_bytes = 0
         if self.pending:
             data.extend(self.pending)
             client.buffered -= self.pending_bytes
+            if self.replay is not None:
+                self._keep(self.pending, self.pending_bytes)
             self.pending, self.pending_bytes = [], 0
         send(conn.transport, b"".join(data))
         self.last_member = server.clock.seconds()
         # Each side's transport produces for the other: backpressure both ways.
-        conn.transport.registerProducer(client.transport, True)
+        conn.transport.registerProducer(_ClientReading(client.transport), True)
         client.transport.registerProducer(conn.transport, True)
         self.producers = True
         client.update_reading()
@@ -284,10 +367,10 @@ class Exchange:
         self.bytes_in += len(data)
         conn = self.conn
         if conn is not None:
-            if self.chunked:
-                send(conn.transport, b"".join(_chunk(data)))
-            else:
-                send(conn.transport, data)
+            framed = b"".join(_chunk(data)) if self.chunked else data
+            if self.replay is not None:
+                self._keep((framed,), len(framed))
+            send(conn.transport, framed)
             return
         framed = b"".join(_chunk(data)) if self.chunked else data
         self.pending.append(framed)
@@ -301,6 +384,8 @@ class Exchange:
         if self.chunked:
             tail = heads.trailer_bytes(trailers)
             if self.conn is not None:
+                if self.replay is not None:
+                    self._keep((tail,), len(tail))
                 send(self.conn.transport, tail)
             else:
                 self.pending.append(tail)
@@ -309,10 +394,22 @@ class Exchange:
         if self.response_complete and not self.done:
             self.finish()
 
+    def _keep(self, pieces, size: int) -> None:
+        """Keep body bytes sent on a reused connection (see ``replay``)."""
+        self.replay_bytes += size
+        if self.replay_bytes > MAX_REPLAY:
+            self.replay = None  # too long to hold: this request is not resent
+        else:
+            self.replay.extend(pieces)
+
     # -- the response, from the member -----------------------------------------
 
     def member_data(self, data: bytes) -> None:
         self.last_member = self.server.clock.seconds()
+        if not self.answered:
+            # It answers: no resend any more, nothing to keep for one.
+            self.answered = True
+            self.replay = None
         if self.tunnel:
             self.bytes_out += len(data)
             send(self.client.transport, data)
@@ -351,6 +448,11 @@ class Exchange:
             self._to_client(heads.response_bytes(head, False, False, False))
 
     def response(self, head, member_keep_alive: bool, framing: str) -> None:
+        if head.status == 101:
+            # (Without wants_upgrade the member was not even sent Upgrade.)
+            refused = switch_refused(self.head, head) if self.wants_upgrade else _NOT_ASKED
+            if refused is not None:
+                raise HTTPError(502, f"bad response: {refused}")
         server = self.server
         now = server.clock.seconds()
         decision = self.decision
@@ -437,14 +539,39 @@ class Exchange:
             self.close_after = True
             self.finish()
             return
-        if conn.reused and not self.has_body and self.tries <= MAX_TRIES:
-            # A kept-alive connection the member had closed meanwhile: the
-            # request never reached it, send it again on a new connection.
-            self.tries += 1
-            self.connect_started = self.server.clock.seconds()
-            self.open()
+        if conn.reused and not self.answered:
+            # The keep-alive race: the member closed a kept-alive connection
+            # as our request went out on it (nginx does on every reload).
+            if self._may_resend():
+                self._resend()
+                return
+            self._member_failed(f"{_lost_before_answer(conn, reason)} on a kept-alive "
+                                f"connection; a {self.head.method} request that may have "
+                                f"been read is not resent")
             return
         self._member_failed(_lost_before_answer(conn, reason))
+
+    def _may_resend(self) -> bool:
+        """Whether a request that got no byte of answer on a reused
+        connection may go out again: once, when its method is idempotent
+        and all of its body sent so far is still held. Any other request
+        may have been read and acted on (TCP cannot tell), so it gets a 502
+        — a request that provably never left is resent in ``use`` instead,
+        when the kept-alive connection is found closed before sending."""
+        return (not self.resent and self.head.method in IDEMPOTENT
+                and (not self.has_body or self.replay is not None))
+
+    def _resend(self) -> None:
+        """Send the request again, to the same member, on a new connection."""
+        self.resent = True
+        replay, self.replay = self.replay or [], None
+        if replay:
+            self.pending[:0] = replay
+            self.pending_bytes += self.replay_bytes
+            self.client.buffered += self.replay_bytes
+        self.replay_bytes = 0
+        self.connect_started = self.server.clock.seconds()
+        self.open()
 
     def timed_out(self) -> None:
         """``timeout_server`` passed without a byte from the member."""
@@ -524,6 +651,8 @@ class Exchange:
         if conn is not None and not conn.lost:
             conn.exchange = None
             conn.parser.sink = None
+            if conn.parser.extra:
+                self._unsolicited(conn)
             if (self.member_keep_alive and self.response_complete and self.request_complete
                     and not self.tunnel and conn.parser.extra == 0 and not self.server.stopping
                     and decision is not None and not has_unsent(conn.transport)):
@@ -533,6 +662,17 @@ class Exchange:
                 conn.transport.loseConnection()
         self.server.log_exchange(self)
         self.client.exchange_done(self)
+
+    def _unsolicited(self, conn) -> None:
+        """The member sent more than the response (a second response, or
+        junk): it would answer the next request on this connection, so the
+        connection is closed, never kept; one line in the log."""
+        decision = self.decision
+        log.warn("member {pool}/{member}: sent bytes after its complete response; "
+                 "connection closed, nothing of them relayed (client {client})",
+                 pool=decision.pool.name, member=decision.member.name,
+                 client=self.client.client_host)
+        decision.member.failures += 1
 
     def refused(self, error: HTTPError) -> None:
         """Not started yet and its body turned out malformed: drop what was

@@ -10,16 +10,74 @@ one a member closes while idle simply leaves the list.
 
 With ``send_proxy`` a connection's PROXY header names one client, so such
 connections are kept per client connection instead (HAProxy does the same).
+
+A member may close an idle connection at any moment (its keep-alive
+timeout, a reload). Before an idle connection is handed out, its socket is
+looked at without reading (``poll``, ``MSG_PEEK``): one the member closed,
+or one it wrote to while nobody asked, is closed and skipped, so the request
+provably never reaches it. What is left is the race of a close that crosses
+our request on the wire; the exchange handles that (resend or 502).
 """
 
 from __future__ import annotations
 
+import select
+import socket
 from collections import defaultdict
 
+from twisted.internet import tcp
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 from lbframe.protocols.http.parser import ResponseParser
+
+log = Logger(namespace="lbframe.http")
+
+
+def _raw_socket(transport):
+    """The TCP socket under ``transport`` and whether TLS runs on it (its
+    bytes are then records, not HTTP), or (None, False)."""
+    if isinstance(transport, tcp.Connection):
+        return transport.socket, bool(transport.TLS)
+    below = getattr(transport, "transport", None)  # TLSMemoryBIOProtocol
+    if isinstance(below, tcp.Connection):
+        return below.socket, True
+    return None, False
+
+
+#: one poll set for ``idle_state``: register, poll(0), unregister is one
+#: system call and no exception on the usual path (nothing to read)
+_POLL = select.poll()
+
+
+def idle_state(transport) -> str:
+    """What the socket of an idle connection says, without reading from it:
+    ``"open"``, ``"closed"`` (the member's FIN or RST is there) or
+    ``"unsolicited"`` (it sent bytes nobody asked for). Bytes on a TLS
+    connection may be a session ticket: ``"open"`` then."""
+    sock, tls = _raw_socket(transport)
+    if sock is None:
+        return "open"
+    fd = sock.fileno()
+    if fd < 0:
+        return "closed"
+    _POLL.register(fd, select.POLLIN)
+    try:
+        ready = _POLL.poll(0)
+    finally:
+        _POLL.unregister(fd)
+    if not ready:
+        return "open"
+    try:
+        peeked = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return "open"
+    except OSError:
+        return "closed"
+    if not peeked:
+        return "closed"
+    return "open" if tls else "unsolicited"
 
 
 class MemberConnection(Protocol):
@@ -44,10 +102,23 @@ class MemberConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         exchange = self.exchange
         if exchange is None:
-            # An idle member connection must be silent.
-            self.transport.abortConnection()
+            # An idle member connection must be silent: what it sends would
+            # be taken for the answer to the next request sent on it.
+            self.unsolicited(len(data))
             return
         exchange.member_data(data)
+
+    def unsolicited(self, size: int | None = None) -> None:
+        """Bytes nobody asked for on an idle connection (``size`` of them,
+        when known): close it, one log line."""
+        if self.idle_list is not None and self.idle_since is not None:
+            self.idle_list.discard(self)
+        member = self.member
+        member.failures += 1
+        what = "bytes" if size is None else f"{size} bytes"
+        log.warn("member {pool}/{member}: sent {what} on an idle connection; "
+                 "connection closed", pool=member.pool, member=member.name, what=what)
+        self.transport.abortConnection()
 
     def connectionLost(self, reason) -> None:
         self.lost = True
@@ -127,14 +198,23 @@ class IdleConnections:
         self.count = 0
 
     def acquire(self, key):
-        """The most recently used idle connection for ``key``, or None."""
+        """The most recently used idle connection for ``key`` that is still
+        open, or None. Those found closed by the member (its FIN not yet
+        read) are closed here: a request sent on them would be lost."""
         conns = self.idle.get(key)
         while conns:
             conn = conns.pop()
             self.count -= 1
             conn.idle_since = None
-            if not conn.lost:
+            if conn.lost:
+                continue
+            state = idle_state(conn.transport)
+            if state == "open":
                 return conn
+            if state == "unsolicited":
+                conn.unsolicited()
+            else:
+                conn.transport.abortConnection()
         return None
 
     def release(self, key, conn: MemberConnection) -> None:

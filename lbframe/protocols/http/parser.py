@@ -228,6 +228,14 @@ class ResponseParser(_Base):
     ``"length"``, ``"chunked"``, ``"close"``; ``informational(head)`` for 1xx
     other than 101; ``body(data)``; ``end(trailers)``; ``upgrade(rest)`` after a
     101 head.
+
+    One request gets one response: whatever the member sends after it —
+    in the same read or later — was not asked for. It is never parsed as a
+    response (it would answer the next request sent on this connection:
+    a desync), only counted in ``extra``; the data path then closes the
+    connection instead of keeping it. ``end`` is called once the read that
+    completed the response has been looked at whole, so ``extra`` is known
+    by then.
     """
 
     def __init__(self, sink, max_head: int = MAX_HEAD_SIZE):
@@ -235,44 +243,76 @@ class ResponseParser(_Base):
         self.parser = httptools.HttpResponseParser(self)
         self.reason = b""
         self.head_only = False
+        #: the final response is whole (its ``end`` is due or was called)
         self.complete = False
-        #: bytes that arrived after a complete HEAD response
+        #: bytes (at least; llhttp does not say where it stopped) that
+        #: arrived after the complete response
         self.extra = 0
-        self._skip_rest = False
+        #: llhttp was stopped mid-stream: the next response needs a new one
+        self._stopped = False
+        #: the trailers of a response that completed in the current read
+        self._ended: list | None = None
+        #: the last bytes of a HEAD response (is anything after its head?)
+        self._tail = b""
 
     def expect(self, method: str) -> None:
         """The next response answers a ``method`` request."""
-        if method == "HEAD" or self._skip_rest:
+        if method == "HEAD" or self._stopped:
             # llhttp cannot be told that a response has no body: a HEAD
             # exchange gets a parser of its own, stopped after the head.
             self.parser = httptools.HttpResponseParser(self)
         self.head_only = method == "HEAD"
         self.complete = False
         self.extra = 0
-        self._skip_rest = False
+        self._stopped = False
+        self._ended = None
+        self._tail = b""
 
     def _feed(self, data: bytes) -> None:
-        if self._skip_rest:
-            self.extra += len(data)
+        if self.complete:
+            self._unsolicited(data)
             return
+        if self.head_only:
+            self._tail = (self._tail + data)[-4:]
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self.sink.upgrade(data[e.args[0]:])
         except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _HeadDone):
-                # We cannot know where in ``data`` llhttp stopped; a member
-                # that wrote anything after the head is not reused.
-                self._skip_rest = True
-                self.extra = 0 if data.endswith(b"\r\n\r\n") else 1
+            cause = e.__context__
+            if isinstance(cause, _HeadDone):
+                # We cannot know where in ``data`` llhttp stopped: whether
+                # anything came after the head is told by how the read ends.
+                self._stopped = True
                 self.complete = True
-                self.sink.end([])
-                return
-            raise _llhttp_error(e, "bad response", 502) from None
+                self._ended = []
+                if not self._tail.endswith(b"\r\n\r\n"):
+                    self.extra = 1
+            elif isinstance(cause, _Unsolicited):
+                self._stopped = True
+                self.extra = max(self.extra, 1)
+            else:
+                raise _llhttp_error(e, "bad response", 502) from None
         except httptools.HttpParserError as e:
-            raise HTTPError(502, f"bad response: {e}") from None
+            if not self.complete:
+                raise HTTPError(502, f"bad response: {e}") from None
+            # e.g. llhttp's "data after Connection: close"
+            self._stopped = True
+            self.extra = max(self.extra, 1)
+        trailers, self._ended = self._ended, None
+        if trailers is not None:
+            self.sink.end(trailers)
+
+    def _unsolicited(self, data: bytes) -> None:
+        """Bytes after the complete response, in a later read. Empty lines
+        are let pass, as llhttp lets them pass between messages."""
+        if data.strip(b"\r\n"):
+            self.extra += len(data)
 
     def on_message_begin(self):
+        if self.complete:
+            # A second message after the response in the same read.
+            raise _Unsolicited()
         super().on_message_begin()
         self.head_bytes = 0
         self.reason = b""
@@ -318,8 +358,15 @@ class ResponseParser(_Base):
         if self.trailers is None:  # the end of a 1xx
             return
         self.complete = True
-        self.sink.end(self.trailers)
+        # ``end`` once this read is looked at whole (see _feed): anything
+        # after the response in it must be known before the exchange ends.
+        self._ended = self.trailers
 
 
 class _HeadDone(Exception):
     """Raised from the callback to stop llhttp after a HEAD response's head."""
+
+
+class _Unsolicited(Exception):
+    """Raised from the callback to stop llhttp at a message that follows
+    the complete response."""
