@@ -35,7 +35,7 @@ class LogMixin:
 
     def warnings(self, *words: str) -> list[str]:
         lines = [formatEvent(e) for e in self.events
-                 if e.get("log_namespace") == "lbframe.http"
+                 if e.get("log_namespace") in ("lbframe.http", "lbframe")
                  and e.get("log_level") is not None and e["log_level"].name == "warn"]
         return [line for line in lines if all(w in line for w in words)]
 
