@@ -77,3 +77,29 @@ def write(path: str, *parts: bytes) -> str:
 def write_bundle(path: str, key, cert, ca) -> str:
     """Key, leaf and CA certificate in one PEM (a ``certificates`` folder file)."""
     return write(path, key_pem(key), cert_pem(cert), cert_pem(ca[1]))
+
+
+def make_ocsp_response(ca, cert, *, status: str = "good", this_update=None,
+                       next_update=None, serial: int | None = None) -> bytes:
+    """A DER OCSP response about ``cert`` signed by ``ca`` (the CA answers
+    for itself), as ``openssl ocsp -respout`` would save it. ``serial``
+    makes it about another certificate."""
+    from cryptography.x509 import ocsp
+
+    ca_key, ca_cert = ca
+    this_update = this_update or _now() - _DAY
+    next_update = next_update if next_update is not None else _now() + 7 * _DAY
+    if serial is not None:
+        cert = (x509.CertificateBuilder().subject_name(cert.subject)
+                .issuer_name(ca_cert.subject).public_key(cert.public_key())
+                .serial_number(serial).not_valid_before(cert.not_valid_before_utc)
+                .not_valid_after(cert.not_valid_after_utc).sign(ca_key, hashes.SHA256()))
+    cert_status = {"good": ocsp.OCSPCertStatus.GOOD, "revoked": ocsp.OCSPCertStatus.REVOKED,
+                   "unknown": ocsp.OCSPCertStatus.UNKNOWN}[status]
+    builder = ocsp.OCSPResponseBuilder().add_response(
+        cert=cert, issuer=ca_cert, algorithm=hashes.SHA1(), cert_status=cert_status,
+        this_update=this_update, next_update=next_update,
+        revocation_time=this_update if status == "revoked" else None,
+        revocation_reason=None).responder_id(ocsp.OCSPResponderEncoding.HASH, ca_cert)
+    response = builder.sign(ca_key, hashes.SHA256())
+    return response.public_bytes(serialization.Encoding.DER)

@@ -108,6 +108,11 @@ class Virtual:
     timeout_server: float = 60.0
     forwarded_for: bool = True
     certificates: str | None = None
+    #: TLS policy where TLS is terminated (lbframe.tls.policy); None: the default
+    ssl_ciphers: str | None = None
+    ssl_ciphersuites: str | None = None
+    ssl_min_version: str = "TLSv1.2"
+    ssl_prefer_server_ciphers: bool = False
     #: keys the contract does not define, for the protocol plugin to validate
     options: Mapping[str, str] = attrs.field(factory=dict)
     source: Source | None = attrs.field(default=None, eq=False)

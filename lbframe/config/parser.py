@@ -36,6 +36,7 @@ from lbframe.config.values import (
     parse_endpoint, parse_hostname, parse_int, parse_list, parse_name,
 )
 from lbframe.errors import ConfigError, did_you_mean
+from lbframe.tls import policy
 
 T = TypeVar("T")
 
@@ -45,7 +46,8 @@ KEYS: Mapping[str, tuple[str, ...]] = {
                 "log_format", "stop_grace"),
     "virtual": ("listen", "protocol", "pool", "persistence", "rules", "sorry",
                 "sorry_status", "max_connections", "accept_proxy", "timeout_connect",
-                "timeout_client", "timeout_server", "forwarded_for", "certificates"),
+                "timeout_client", "timeout_server", "forwarded_for", "certificates",
+                "ssl_ciphers", "ssl_ciphersuites", "ssl_min_version", "ssl_prefer_server_ciphers"),
     "pool": ("scheduler", "monitor", "priority_threshold", "queue_timeout", "send_proxy",
              "slow_start", "max_fails", "fail_timeout", "tls", "tls_ca", "tls_verify", "tls_server_name"),
     "monitor": ("type", "interval", "timeout", "fall", "rise", "port", "request", "body",
@@ -470,9 +472,28 @@ def build_virtual(name: str, keys: _Keys) -> Virtual:
         timeout_server=keys.take("timeout_server", _positive_duration, 60.0),
         forwarded_for=keys.take("forwarded_for", parse_bool, True),
         certificates=keys.take("certificates", _folder(base, "certificates folder")),
+        **_tls_policy(keys, protocol, listen),
         options=keys.rest(),
         source=keys.source,
     )
+
+
+def _tls_policy(keys: _Keys, protocol: str, listen: tuple[str, ...]) -> dict:
+    """``ssl_ciphers``, ``ssl_ciphersuites``, ``ssl_min_version``,
+    ``ssl_prefer_server_ciphers``: checked against this OpenSSL now, and
+    refused where lbframe terminates no TLS (they would silently do nothing)."""
+    values = dict(
+        ssl_ciphers=keys.take("ssl_ciphers", policy.check_ciphers),
+        ssl_ciphersuites=keys.take("ssl_ciphersuites", policy.check_ciphersuites),
+        ssl_min_version=keys.take("ssl_min_version", policy.check_min_version, "TLSv1.2"),
+        ssl_prefer_server_ciphers=keys.take("ssl_prefer_server_ciphers", parse_bool, False),
+    )
+    terminates = "certificates" in keys or any(e.startswith("ssl:") for e in listen)
+    for key in ("ssl_ciphers", "ssl_ciphersuites", "ssl_min_version", "ssl_prefer_server_ciphers"):
+        if key in keys and (protocol in _NOT_HTTP or not terminates):
+            raise keys.error(key, f"{key} needs a virtual server that terminates TLS "
+                                  "(protocol http with certificates or an ssl: endpoint)")
+    return values
 
 
 # [pool NAME]

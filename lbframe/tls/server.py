@@ -8,19 +8,25 @@ Two ways to give a virtual server certificates:
   the private key and the chain (leaf first); ``_.example.com.pem`` serves
   ``*.example.com``; ``default.pem`` answers clients that send no name or a
   name no file matches (else the ``ssl:`` endpoint's certificate does).
+  ``NAME.rsa.pem`` and ``NAME.ecdsa.pem`` give one name both key types;
+  OpenSSL picks per client.
+
+Beside any certificate file, ``FILE.ocsp`` is an OCSP response to staple
+(:mod:`lbframe.tls.ocsp`).
 
 Every file is read and checked when the site is loaded — by ``lbframe
 check`` too — so a key that does not match its certificate, an expired
 certificate or an unreadable file is an error naming the file, not a
 handshake failure at 3 a.m.
 
-Defaults: TLS 1.2 and 1.3 only, Twisted's cipher list (forward-secret AEAD
-first) with the server's preference, ALPN ``http/1.1``, session resumption
-by session id and by ticket.
+Versions, cipher suites and options come from :mod:`lbframe.tls.policy`
+(Mozilla's "intermediate" profile unless the site says otherwise); ALPN
+``http/1.1``; session resumption by session id and by ticket.
 """
 
 from __future__ import annotations
 
+import binascii
 import datetime
 import os
 import re
@@ -28,10 +34,16 @@ import re
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from OpenSSL import crypto
-from twisted.internet import ssl
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.logger import Logger
 from zope.interface import implementer
+
+from lbframe.tls.ocsp import Staple, load_staple
+from lbframe.tls.policy import TLSPolicy
+
+log = Logger(namespace="lbframe.tls")
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 _PEM_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----.+?-----END (?:[A-Z]+ )?PRIVATE KEY-----",
@@ -42,9 +54,9 @@ class CertificateError(ValueError):
     """A certificate file we cannot serve; the message names the file."""
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class ServedCertificate:
-    """A key and its chain, checked."""
+    """A key and its chain, checked (compared by identity: each load is new)."""
 
     path: str
     key: crypto.PKey = attrs.field(repr=False)
@@ -52,6 +64,18 @@ class ServedCertificate:
     chain: tuple = attrs.field(repr=False)
     not_after: datetime.datetime
     names: tuple  # DNS names the certificate itself covers
+    #: ``rsa``, ``ecdsa`` or another key type's name (OpenSSL's slot)
+    key_type: str = "rsa"
+    #: the OCSP response to staple, from ``path + ".ocsp"``
+    staple: Staple | None = attrs.field(default=None, repr=False)
+
+
+def _key_type(key) -> str:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "rsa"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "ecdsa"
+    return type(key).__name__.replace("PrivateKey", "").lower()
 
 
 def load_certificate(path: str, key_path: str | None = None,
@@ -103,6 +127,8 @@ def load_certificate(path: str, key_path: str | None = None,
         chain=tuple(crypto.X509.from_cryptography(c) for c in certs[1:]),
         not_after=leaf.not_valid_after_utc,
         names=names,
+        key_type=_key_type(key),
+        staple=load_staple(path, leaf, certs[1:], now),
     )
 
 
@@ -133,25 +159,111 @@ class ClientAuth:
         return cls(path, tuple(certs), required)
 
 
-def server_options(served: ServedCertificate, context_for_server_name=None,
-                   client_auth: ClientAuth | None = None) -> ssl.CertificateOptions:
-    """Our TLS defaults around one certificate."""
-    verify = {}
-    if client_auth is not None:
-        verify = dict(verify=True, caCerts=list(client_auth.ca_certs),
-                      requireCertificate=client_auth.required)
-    return ssl.CertificateOptions(
-        privateKey=served.key,
-        certificate=served.leaf,
-        extraCertChain=list(served.chain),
-        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-        acceptableProtocols=[b"http/1.1"],
-        enableSessions=True,
-        enableSessionTickets=True,
-        contextForServerName=context_for_server_name,
-        **verify,
-    )
+def _leaf_der(cert) -> bytes:
+    return crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
 
+
+def _ocsp_callback(certs):
+    """The OCSP stapling callback for a context serving ``certs``: staple
+    the response of the certificate OpenSSL chose for this handshake (with
+    an RSA and an ECDSA certificate, it depends on the client)."""
+    staples = {_leaf_der(c.leaf): c.staple for c in certs if c.staple is not None}
+    if not staples:
+        return None
+
+    def staple(connection, _data) -> bytes:
+        chosen = connection.get_certificate()
+        found = staples.get(_leaf_der(chosen)) if chosen is not None else None
+        return found.response() if found is not None else b""
+
+    return staple
+
+
+def _select_http11(connection, offered):
+    """ALPN: ``http/1.1`` when offered; else no ALPN answer (the client
+    may still speak HTTP/1.1)."""
+    return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def _on_server_name(select):
+    def callback(connection):
+        try:
+            context = select(connection.get_servername())
+        except Exception:
+            log.failure("while choosing a certificate for SNI {name!r}",
+                        name=connection.get_servername())
+            app = connection.get_app_data()
+            if app is not None:
+                app.abortConnection()
+            return
+        if context is not None:
+            connection.set_context(context)
+    return callback
+
+
+def make_context(certs, policy: TLSPolicy | None = None, client_auth: ClientAuth | None = None,
+                 select=None) -> SSL.Context:
+    """A server context serving ``certs`` (one, or several of different key
+    types for the same names) under ``policy``.
+
+    With one certificate its chain is the context's extra chain. With
+    several, each is loaded with its own chain into its key type's slot
+    (``use_certificate_chain_file``: OpenSSL keeps a chain per slot only when
+    read that way) and OpenSSL picks one per handshake from the client's
+    signature algorithms and cipher suites. ``select(server_name)`` → a
+    context makes this one the SNI dispatcher.
+    """
+    policy = policy or TLSPolicy()
+    context = policy.new_context()
+    if len(certs) == 1:
+        context.use_certificate(certs[0].leaf)
+        context.use_privatekey(certs[0].key)
+        for extra in certs[0].chain:
+            context.add_extra_chain_cert(extra)
+    else:
+        for served in certs:
+            try:
+                context.use_certificate_chain_file(served.path)
+                context.use_privatekey(served.key)
+            except SSL.Error as e:
+                raise CertificateError(f"{served.path}: cannot load: {e}") from None
+    context.check_privatekey()
+    if client_auth is not None:
+        store = context.get_cert_store()
+        for ca in client_auth.ca_certs:
+            store.add_cert(ca)
+        flags = SSL.VERIFY_PEER
+        if client_auth.required:
+            flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        context.set_verify(flags)
+    # Needed for session resumption with client certificates; names this
+    # context's sessions (a random value: a reload starts a new cache).
+    context.set_session_id(binascii.hexlify(os.urandom(7)))
+    context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    context.set_alpn_select_callback(_select_http11)
+    if select is not None:
+        context.set_tlsext_servername_callback(_on_server_name(select))
+    staple = _ocsp_callback(certs)
+    if staple is not None:
+        context.set_ocsp_server_callback(staple)
+    return policy.finish(context)
+
+
+class ServerTLS:
+    """A built context, handed to Twisted for every new connection."""
+
+    def __init__(self, context: SSL.Context):
+        self.context = context
+
+    def getContext(self) -> SSL.Context:
+        return self.context
+
+
+def server_options(served: ServedCertificate, context_for_server_name=None,
+                   client_auth: ClientAuth | None = None,
+                   policy: TLSPolicy | None = None) -> ServerTLS:
+    """Our TLS defaults (or ``policy``) around one certificate."""
+    return ServerTLS(make_context((served,), policy, client_auth, context_for_server_name))
 
 def peer_subject(transport) -> str | None:
     """The subject of the certificate a TLS client presented (RFC 4514,
@@ -165,11 +277,37 @@ def peer_subject(transport) -> str | None:
     return "".join(c if c.isprintable() else f"\\{ord(c):02x}" for c in subject)
 
 
-def _name_of(filename: str) -> str:
-    """``www.example.com.pem`` → ``www.example.com``; ``_.example.com.pem``
-    → ``*.example.com``."""
-    name = filename[:-len(".pem")].lower()
-    return "*" + name[1:] if name.startswith("_.") else name
+#: ``NAME.rsa.pem`` / ``NAME.ecdsa.pem``: the same NAME, one key type each
+_KEY_TYPE_SUFFIXES = {".rsa.pem": "rsa", ".ecdsa.pem": "ecdsa"}
+
+
+def _name_of(filename: str) -> tuple[str, str | None]:
+    """``www.example.com.pem`` → (``www.example.com``, None);
+    ``_.example.com.pem`` → ``*.example.com``; ``x.ecdsa.pem`` → (``x``,
+    ``ecdsa``)."""
+    lowered = filename.lower()
+    kind = None
+    for suffix, key_type in _KEY_TYPE_SUFFIXES.items():
+        if lowered.endswith(suffix):
+            lowered, kind = lowered[:-len(suffix)], key_type
+            break
+    else:
+        lowered = lowered[:-len(".pem")]
+    return ("*" + lowered[1:] if lowered.startswith("_.") else lowered), kind
+
+
+def _group(certs: list[ServedCertificate]) -> tuple[ServedCertificate, ...]:
+    """The certificates of one name: at most one per key type (OpenSSL has
+    one slot per type), RSA first."""
+    by_type: dict[str, ServedCertificate] = {}
+    for served in certs:
+        other = by_type.get(served.key_type)
+        if other is not None:
+            raise CertificateError(f"{served.path}: a second {served.key_type.upper()} "
+                                   f"certificate for the same name as {other.path} "
+                                   "(one RSA and one ECDSA certificate per name)")
+        by_type[served.key_type] = served
+    return tuple(sorted(by_type.values(), key=lambda c: c.key_type != "rsa"))
 
 
 @implementer(IOpenSSLContextFactory)
@@ -178,63 +316,78 @@ class ReloadableOptions:
     inside, so certificates change without closing the socket (Twisted asks
     for the context at every new connection)."""
 
-    def __init__(self, options: ssl.CertificateOptions):
+    def __init__(self, options):
         self.options = options
 
     def getContext(self):
         return self.options.getContext()
 
-    def swap(self, options: ssl.CertificateOptions) -> None:
+    def swap(self, options) -> None:
         self.options = options
 
 
 class CertificateFolder:
-    """``certificates = FOLDER``: the certificate for each SNI name."""
+    """``certificates = FOLDER``: the certificates for each SNI name.
+
+    ``NAME.pem`` serves NAME; ``NAME.rsa.pem`` and ``NAME.ecdsa.pem`` serve
+    it too, so a name may have an RSA and an ECDSA certificate (any file's
+    key type is read from the key itself; the suffix must agree). Every
+    context is built here, at load time, so that a certificate OpenSSL
+    would refuse is a configuration error, not a failed handshake."""
 
     def __init__(self, folder: str, fallback: ServedCertificate | None = None,
-                 client_auth: ClientAuth | None = None):
+                 client_auth: ClientAuth | None = None, policy: TLSPolicy | None = None):
         self.folder = folder
         self.client_auth = client_auth
-        self.by_name: dict[str, ServedCertificate] = {}
-        self.default = None
+        self.policy = policy or TLSPolicy()
         try:
-            files = sorted(f for f in os.listdir(folder) if f.endswith(".pem"))
+            files = sorted(f for f in os.listdir(folder) if f.lower().endswith(".pem"))
         except OSError as e:
             raise CertificateError(f"{folder}: cannot list: {e.strerror}") from None
+        found: dict[str, list[ServedCertificate]] = {}
         for filename in files:
+            name, kind = _name_of(filename)
             served = load_certificate(os.path.join(folder, filename))
-            if filename == "default.pem":
-                self.default = served
-            else:
-                self.by_name[_name_of(filename)] = served
-        if self.default is None:
-            self.default = fallback
-        if self.default is None:
+            if kind is not None and served.key_type != kind:
+                raise CertificateError(f"{served.path}: holds an {served.key_type.upper()} key, "
+                                       f"not {kind.upper()} as its name says")
+            found.setdefault(name, []).append(served)
+        groups = {name: _group(certs) for name, certs in found.items()}
+        default = groups.pop("default", None)
+        self.by_name: dict[str, tuple[ServedCertificate, ...]] = groups
+        if default is None and fallback is not None:
+            default = (fallback,)
+        if default is None:
             if not self.by_name:
                 raise CertificateError(f"{folder}: no NAME.pem files in it")
             # No default.pem: clients without SNI get the first name's.
-            self.default = self.by_name[min(self.by_name)]
-        self._contexts: dict[str, object] = {}
+            default = self.by_name[min(self.by_name)]
+        self.default = default
+        self._contexts = {certs: self._make(certs) for certs in {default, *groups.values()}}
 
-    def certificate_for(self, server_name: str | None) -> ServedCertificate:
+    def _make(self, certs, select=None) -> SSL.Context:
+        return make_context(certs, self.policy, self.client_auth, select)
+
+    def certificates_for(self, server_name: str | None) -> tuple[ServedCertificate, ...]:
         """Exact name, then the wildcard one label up, then the default."""
         if server_name:
             name = server_name.lower().rstrip(".")
-            served = self.by_name.get(name)
-            if served is None and "." in name:
-                served = self.by_name.get("*." + name.split(".", 1)[1])
-            if served is not None:
-                return served
+            certs = self.by_name.get(name)
+            if certs is None and "." in name:
+                certs = self.by_name.get("*." + name.split(".", 1)[1])
+            if certs is not None:
+                return certs
         return self.default
+
+    def certificate_for(self, server_name: str | None) -> ServedCertificate:
+        """The first (RSA when there is one) certificate for a name."""
+        return self.certificates_for(server_name)[0]
 
     def _context_for(self, server_name: bytes | None):
         name = server_name.decode("idna") if server_name else None
-        served = self.certificate_for(name)
-        context = self._contexts.get(served.path)
-        if context is None:
-            context = self._contexts[served.path] = server_options(
-                served, client_auth=self.client_auth).getContext()
-        return context
+        return self._contexts[self.certificates_for(name)]
 
-    def options(self) -> ssl.CertificateOptions:
-        return server_options(self.default, self._context_for, self.client_auth)
+    def options(self) -> ServerTLS:
+        """The context a listener starts every handshake with: the default
+        certificates, switching to a name's own once SNI is read."""
+        return ServerTLS(self._make(self.default, self._context_for))

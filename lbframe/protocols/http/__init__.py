@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from OpenSSL import SSL
 from zope.interface import implementer
 
 from lbframe import hookimpl
@@ -26,6 +27,7 @@ from lbframe.protocols.http.pages import SorryPage
 from lbframe.protocols.http.parser import MAX_HEAD_SIZE, MAX_REQUEST_LINE
 from lbframe.protocols.http.server import HTTPSettings, HTTPVirtualServer, Listener
 from lbframe.tls.client import PoolTLS
+from lbframe.tls.policy import TLSPolicy
 from lbframe.tls.server import (CertificateError, CertificateFolder, ClientAuth,
                                 ReloadableOptions, load_certificate, server_options)
 
@@ -114,7 +116,9 @@ def _client_auth(options: dict, site) -> ClientAuth | None:
 def _listeners(virtual, client_auth: ClientAuth | None = None) -> tuple:
     """Each ``listen`` endpoint, with TLS options where we terminate TLS:
     ``ssl:`` endpoints (their certificate), and every endpoint of a virtual
-    server with ``certificates`` (SNI from the folder)."""
+    server with ``certificates`` (SNI from the folder); all under the
+    virtual server's TLS policy (``ssl_ciphers`` ...)."""
+    policy = TLSPolicy.of(virtual)
     plain, tls = [], []
     for description in virtual.listen:
         kind, args, kw = split_endpoint(description)
@@ -134,16 +138,20 @@ def _listeners(virtual, client_auth: ClientAuth | None = None) -> tuple:
         try:
             folder = CertificateFolder(virtual.certificates,
                                        fallback=tls[0][2] if tls else None,
-                                       client_auth=client_auth)
-        except CertificateError as e:
+                                       client_auth=client_auth, policy=policy)
+        except (CertificateError, SSL.Error) as e:
             raise OptionError("certificates", str(e)) from None
     listeners = []
     for description in virtual.listen:
         for entry in tls:
             if entry[0] == description:
                 _, named, served = entry
-                options = (folder.options() if folder is not None
-                           else server_options(served, client_auth=client_auth))
+                try:
+                    options = (folder.options() if folder is not None
+                               else server_options(served, client_auth=client_auth,
+                                                   policy=policy))
+                except (CertificateError, SSL.Error) as e:
+                    raise OptionError("listen", f"{description}: {e}") from None
                 listeners.append(Listener(description, named, ReloadableOptions(options)))
                 break
         else:
