@@ -138,6 +138,9 @@ class Pool:
     tls_ca: str | None = None
     tls_verify: bool = True
     tls_server_name: str | None = None
+    #: TLS 1.2 suites and minimum version offered to members (None: lbframe.tls.policy's)
+    tls_ciphers: str | None = None
+    tls_min_version: str | None = None
     options: Mapping[str, str] = attrs.field(factory=dict)
     source: Source | None = attrs.field(default=None, eq=False)
 

@@ -49,7 +49,8 @@ KEYS: Mapping[str, tuple[str, ...]] = {
                 "timeout_client", "timeout_server", "forwarded_for", "certificates",
                 "ssl_ciphers", "ssl_ciphersuites", "ssl_min_version", "ssl_prefer_server_ciphers"),
     "pool": ("scheduler", "monitor", "priority_threshold", "queue_timeout", "send_proxy",
-             "slow_start", "max_fails", "fail_timeout", "tls", "tls_ca", "tls_verify", "tls_server_name"),
+             "slow_start", "max_fails", "fail_timeout", "tls", "tls_ca", "tls_verify",
+             "tls_server_name", "tls_ciphers", "tls_min_version"),
     "monitor": ("type", "interval", "timeout", "fall", "rise", "port", "request", "body",
                 "headers", "expect_status", "expect", "user", "password", "command"),
     "persistence": ("method", "timeout", "cookie", "parameter", "mask", "store"),
@@ -552,7 +553,7 @@ def build_pool(name: str, keys: _Keys) -> Pool:
     members = _members(keys)
     tls = keys.take("tls", parse_bool, False)
     if not tls:
-        for key in ("tls_ca", "tls_verify", "tls_server_name"):
+        for key in ("tls_ca", "tls_verify", "tls_server_name", "tls_ciphers", "tls_min_version"):
             if key in keys:
                 raise keys.error(key, "has no effect without tls = yes")
     result = Pool(
@@ -571,6 +572,8 @@ def build_pool(name: str, keys: _Keys) -> Pool:
         tls_ca=keys.take("tls_ca", _readable_file(base, "CA bundle")),
         tls_verify=keys.take("tls_verify", parse_bool, True),
         tls_server_name=keys.take("tls_server_name", parse_hostname),
+        tls_ciphers=keys.take("tls_ciphers", policy.check_ciphers),
+        tls_min_version=keys.take("tls_min_version", policy.check_min_version),
         options=keys.rest(),
         source=keys.source,
     )

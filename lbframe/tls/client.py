@@ -11,6 +11,12 @@ additions, each for a reason:
   Twisted's.
 - :class:`NoVerify` is ``tls_verify = no``: no checks, but SNI is still sent
   so that a member hosting several names answers with the right one.
+
+Toward members (``tls = yes`` pools) lbframe offers what it accepts from
+clients (:mod:`lbframe.tls.policy`: TLS 1.2 or later, forward-secret AEAD
+suites for TLS 1.2), not Twisted's client defaults (TLS 1.0 and CBC and
+static-RSA suites); ``tls_ciphers`` and ``tls_min_version`` on the pool
+change it for members that need something else.
 """
 
 from __future__ import annotations
@@ -26,14 +32,26 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from zope.interface import implementer
 
 from lbframe.errors import OptionError
+from lbframe.tls.policy import DEFAULT_CIPHERS
+
+
+def member_options(ciphers: str | None = None, min_version: str | None = None) -> dict:
+    """Twisted CertificateOptions arguments for our connections to members."""
+    version = {"tlsv1.3": ssl.TLSVersion.TLSv1_3}.get((min_version or "").lower(),
+                                                        ssl.TLSVersion.TLSv1_2)
+    return dict(
+        acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(
+            ciphers or DEFAULT_CIPHERS),
+        raiseMinimumTo=version,
+    )
 
 
 @implementer(IOpenSSLClientConnectionCreator)
 class NoVerify:
     """TLS without checking the certificate; SNI still sent for host names."""
 
-    def __init__(self, name: str):
-        self.context = ssl.CertificateOptions(verify=False).getContext()
+    def __init__(self, name: str, options: dict | None = None):
+        self.context = ssl.CertificateOptions(verify=False, **(options or {})).getContext()
         try:
             ipaddress.ip_address(name)
             self.sni = None  # SNI carries host names only (RFC 6066)
@@ -114,17 +132,21 @@ class PoolTLS:
     service-identity checking ``tls_server_name`` (else the member's host);
     ``tls_verify = no`` checks nothing but still sends SNI."""
 
-    def __init__(self, trust_root, verify: bool, server_name: str | None):
+    def __init__(self, trust_root, verify: bool, server_name: str | None,
+                 options: dict | None = None):
         self.trust_root = trust_root
         self.verify = verify
         self.server_name = server_name
+        self.options = options if options is not None else member_options()
         self._creators: dict[str, object] = {}
 
     @classmethod
     def from_pool(cls, pool) -> "PoolTLS":
         """From a :class:`lbframe.config.model.Pool`; OptionError on a bad ``tls_ca``."""
         trust = load_ca(pool.tls_ca, None) if pool.tls_ca else None
-        return cls(trust, pool.tls_verify, pool.tls_server_name)
+        options = member_options(getattr(pool, "tls_ciphers", None),
+                                 getattr(pool, "tls_min_version", None))
+        return cls(trust, pool.tls_verify, pool.tls_server_name, options)
 
     def creator(self, host: str):
         """The connection creator for a member at ``host``."""
@@ -133,8 +155,9 @@ class PoolTLS:
             name = self.server_name or host
             if self.verify:
                 creator = ssl.optionsForClientTLS(
-                    name, trustRoot=self.trust_root or ssl.platformTrust())
+                    name, trustRoot=self.trust_root or ssl.platformTrust(),
+                    extraCertificateOptions=self.options)
             else:
-                creator = NoVerify(name)
+                creator = NoVerify(name, self.options)
             self._creators[host] = creator
         return creator
