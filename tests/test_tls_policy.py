@@ -487,3 +487,62 @@ tls_ciphers = NOPE
         with self.assertRaises(ConfigError) as caught:
             parse_site(text.replace("tls = yes\n", ""), os.path.join(self.dir, "site.ini"))
         self.assertIn("has no effect without tls = yes", str(caught.exception))
+
+
+class ReloadTests(HTTPSiteMixin, TestCase):
+    """A reload (SIGHUP) reads OCSP responses and the policy again."""
+
+    def setUp(self):
+        if shutil.which("openssl") is None:
+            raise SkipTest("openssl is not installed")
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "site.ini")
+        self.vport = free_port()
+        self.ca = make_ca()
+        self.folder = os.path.join(self.dir, "certs")
+        key, self.cert = make_cert(self.ca, "www.test", kind="rsa")
+        write_bundle(os.path.join(self.folder, "default.pem"), key, self.cert, self.ca)
+
+    def write_site(self, extra: str = "") -> None:
+        with open(self.path, "w") as f:
+            f.write(f"""[virtual web]
+listen = tcp:{self.vport}:interface=127.0.0.1
+protocol = http
+pool = p
+certificates = {self.folder}
+{extra}
+
+[pool p]
+member a = 127.0.0.1:{self.mport}
+""")
+
+    @defer.inlineCallbacks
+    def test_reload_reads_the_ocsp_response_and_the_policy(self):
+        from lbframe.service import SiteService
+        from lbframe.tap import load
+
+        self.mport, _ = self.member("a")
+        self.write_site()
+        svc = SiteService(load(self.path, reactor), reactor, config_path=self.path)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        ok, out = yield threads.deferToThread(s_client, self.vport, "-status", "-tls1_2")
+        self.assertTrue(ok, out)
+        self.assertIn("OCSP response: no response sent", out)
+
+        write(os.path.join(self.folder, "default.pem.ocsp"),
+              make_ocsp_response(self.ca, self.cert))
+        self.write_site("ssl_min_version = TLSv1.3")
+        self.assertTrue(svc.reload())
+        ok, out = yield threads.deferToThread(s_client, self.vport, "-status", "-tls1_2")
+        self.assertFalse(ok, out)
+        ok, out = yield threads.deferToThread(s_client, self.vport, "-status", "-tls1_3")
+        self.assertTrue(ok, out)
+        self.assertIn("Cert Status: good", out)
+
+        # A bad cipher string at reload is refused; the running policy stays.
+        self.write_site("ssl_min_version = TLSv1.3\nssl_ciphers = NOPE")
+        self.assertFalse(svc.reload())
+        ok, out = yield threads.deferToThread(s_client, self.vport, "-tls1_2")
+        self.assertFalse(ok, out)
