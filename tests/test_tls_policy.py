@@ -12,9 +12,11 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 from contextlib import redirect_stderr, redirect_stdout
 
+from OpenSSL import SSL
 from twisted.internet import defer, reactor, threads
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, TestCase
@@ -49,6 +51,30 @@ def s_client(port: int, *args: str, server_name: str = "www.test") -> tuple[bool
     established = done.returncode == 0 and "Cipher is (NONE)" not in out \
         and "New, (NONE)" not in out
     return established, out
+
+
+def renegotiate(port: int) -> str:
+    """A TLS 1.2 client that asks to renegotiate after the handshake
+    (blocking; run in a thread): the error it gets, or ``""``."""
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.setblocking(True)  # pyOpenSSL wants a blocking socket; bounded by:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 5, 0))
+        connection = SSL.Connection(context, raw)
+        connection.set_connect_state()
+        connection.do_handshake()
+        connection.renegotiate()
+        try:
+            connection.do_handshake()
+            connection.send(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            while connection.recv(65536):
+                pass
+        except SSL.ZeroReturnError:
+            return "closed"
+        except SSL.Error as e:
+            return str(e)
+    return ""
 
 
 class TLSPolicyMixin(HTTPSiteMixin):
@@ -99,6 +125,16 @@ class DefaultPolicyTests(TLSPolicyMixin, TestCase):
         ok, out = yield self.handshake(port, "-tls1_3")
         self.assertTrue(ok, out)
         self.assertIn("TLSv1.3", out)
+
+    @defer.inlineCallbacks
+    def test_client_renegotiation_is_refused(self):
+        """A guard more than a fix: OpenSSL 3 already refuses renegotiation
+        asked by clients by default; lbframe sets OP_NO_RENEGOTIATION so it
+        does not depend on the library's default."""
+        self.add_cert("default.pem")
+        port = self.serve()
+        error = yield threads.deferToThread(renegotiate, port)
+        self.assertIn("no renegotiation", error)
 
     @defer.inlineCallbacks
     def test_only_six_tls12_suites_are_offered(self):
