@@ -303,6 +303,19 @@ class OCSPStaplingTests(TLSPolicyMixin, TestCase):
         self.assertNotIn("OCSP response:", out)
 
     @defer.inlineCallbacks
+    def test_ssl_endpoint_certificate_staples_cert_key_dot_ocsp(self):
+        key, cert = make_cert(self.ca, "www.test", kind="rsa")
+        key_file = write(os.path.join(self.dir, "key.pem"), key_pem(key))
+        cert_file = write(os.path.join(self.dir, "cert.pem"), cert_pem(cert))
+        write(cert_file + ".ocsp", make_ocsp_response(self.ca, cert))
+        mport, _ = self.member()
+        self.serve_http(f"member a = 127.0.0.1:{mport}", listen=(
+            f"ssl:0:privateKey={key_file}:certKey={cert_file}:interface=127.0.0.1"))
+        ok, out = yield self.handshake(self.service.addresses()[0].port, "-status")
+        self.assertTrue(ok, out)
+        self.assertIn("Cert Status: good", out)
+
+    @defer.inlineCallbacks
     def test_dual_certificates_staple_their_own_response(self):
         rsa_cert = self.add_cert("www.test.rsa.pem", kind="rsa")
         ec_cert = self.add_cert("www.test.ecdsa.pem", kind="ec")

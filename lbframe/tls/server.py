@@ -160,7 +160,9 @@ class ClientAuth:
 
 
 def _leaf_der(cert) -> bytes:
-    return crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+    if isinstance(cert, crypto.X509):
+        cert = cert.to_cryptography()
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def _ocsp_callback(certs):
@@ -172,7 +174,7 @@ def _ocsp_callback(certs):
         return None
 
     def staple(connection, _data) -> bytes:
-        chosen = connection.get_certificate()
+        chosen = connection.get_certificate(as_cryptography=True)
         found = staples.get(_leaf_der(chosen)) if chosen is not None else None
         return found.response() if found is not None else b""
 
@@ -216,15 +218,15 @@ def make_context(certs, policy: TLSPolicy | None = None, client_auth: ClientAuth
     policy = policy or TLSPolicy()
     context = policy.new_context()
     if len(certs) == 1:
-        context.use_certificate(certs[0].leaf)
-        context.use_privatekey(certs[0].key)
+        context.use_certificate(certs[0].leaf.to_cryptography())
+        context.use_privatekey(certs[0].key.to_cryptography_key())
         for extra in certs[0].chain:
-            context.add_extra_chain_cert(extra)
+            context.add_extra_chain_cert(extra.to_cryptography())
     else:
         for served in certs:
             try:
                 context.use_certificate_chain_file(served.path)
-                context.use_privatekey(served.key)
+                context.use_privatekey(served.key.to_cryptography_key())
             except SSL.Error as e:
                 raise CertificateError(f"{served.path}: cannot load: {e}") from None
     context.check_privatekey()
