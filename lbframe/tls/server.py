@@ -267,6 +267,7 @@ def server_options(served: ServedCertificate, context_for_server_name=None,
     """Our TLS defaults (or ``policy``) around one certificate."""
     return ServerTLS(make_context((served,), policy, client_auth, context_for_server_name))
 
+
 def peer_subject(transport) -> str | None:
     """The subject of the certificate a TLS client presented (RFC 4514,
     e.g. ``CN=alice,O=Example``), or None."""
