@@ -580,8 +580,14 @@ member a = 127.0.0.1:{self.mport}
         self.assertTrue(ok, out)
         self.assertIn("OCSP response: no response sent", out)
 
+        # Only the response file is new: a reload staples it.
         write(os.path.join(self.folder, "default.pem.ocsp"),
               make_ocsp_response(self.ca, self.cert))
+        self.assertTrue(svc.reload())
+        ok, out = yield threads.deferToThread(s_client, self.vport, "-status", "-tls1_2")
+        self.assertTrue(ok, out)
+        self.assertIn("Cert Status: good", out)
+
         self.write_site("ssl_min_version = TLSv1.3")
         self.assertTrue(svc.reload())
         ok, out = yield threads.deferToThread(s_client, self.vport, "-status", "-tls1_2")
