@@ -507,6 +507,12 @@ class MemberSideTests(HTTPSiteMixin, TestCase):
         self.assertEqual(client.responses[0].status, 502)
 
     @defer.inlineCallbacks
+    def test_without_verification_too(self):
+        yield self.start_member("-tls1_2", "-cipher", CBC_SUITE)
+        client = yield self.get("tls_verify = no")
+        self.assertEqual(client.responses[0].status, 502)
+
+    @defer.inlineCallbacks
     def test_tls_ciphers_lets_a_legacy_member_in(self):
         yield self.start_member("-tls1_2", "-cipher", CBC_SUITE)
         client = yield self.get(f"tls_ciphers = {GOOD_SUITE}:{CBC_SUITE}")
