@@ -7,7 +7,7 @@ import socket
 import threading
 import urllib.request
 
-from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet import defer, protocol, reactor, task, threads
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
@@ -111,12 +111,17 @@ rise = 2
         self.assertEqual([(m, s) for m, s, _ in went_down], [("b", "down")])
         # within interval × fall, plus the first probe's wait and the probe timeout
         self.assertLess(went_down[0][2] - killed, interval * fall + interval + 0.5)
-        # Passive health notices first (3 refused connects); the monitor
-        # agrees a little later, which changes nothing.
-        self.assertTrue(pool.members["b"].down_reason.startswith("passive: 3 failures"),
-                        pool.members["b"].down_reason)
+        # Whichever noticed first — passive health (3 refused connects) or
+        # the monitor (on a loaded machine few requests run before it
+        # probes) — took it out, and the monitor agrees soon after.
+        reason = pool.members["b"].down_reason
+        self.assertTrue(reason.startswith(("passive: 3 failures", "alive:")), reason)
+        deadline = reactor.seconds() + 5.0
+        while pool.members["b"].checks["alive"].up and reactor.seconds() < deadline:
+            yield task.deferLater(reactor, 0.01, lambda: None)
         self.assertFalse(pool.members["b"].checks["alive"].up)
-        self.assertGreaterEqual(pool.members["b"].failures, 1)
+        if reason.startswith("passive"):
+            self.assertGreaterEqual(pool.members["b"].failures, 3)
 
 
 class BulkTests(SiteTestCase):
