@@ -83,6 +83,8 @@ class Global:
     access_log: str | None = None
     log_format: str = "text"
     stop_grace: float = 30.0
+    #: client connections of all listeners together; None: from RLIMIT_NOFILE
+    max_connections: int | None = None
     source: Source | None = attrs.field(default=None, eq=False)
 
 
@@ -102,6 +104,7 @@ class Virtual:
     sorry_page: str | None = None
     sorry_status: int = 503
     max_connections: int | None = None
+    max_connections_per_source: int | None = None
     accept_proxy: bool = False
     timeout_connect: float = 5.0
     timeout_client: float = 60.0

@@ -43,9 +43,10 @@ T = TypeVar("T")
 #: The keys the contract defines for each section kind (``member NAME`` aside).
 KEYS: Mapping[str, tuple[str, ...]] = {
     "lbframe": ("admin", "admin_token", "admin_token_file", "plugins", "access_log",
-                "log_format", "stop_grace"),
+                "log_format", "stop_grace", "max_connections"),
     "virtual": ("listen", "protocol", "pool", "persistence", "rules", "sorry",
-                "sorry_status", "max_connections", "accept_proxy", "timeout_connect",
+                "sorry_status", "max_connections", "max_connections_per_source",
+                "accept_proxy", "timeout_connect",
                 "timeout_client", "timeout_server", "forwarded_for", "certificates",
                 "ssl_ciphers", "ssl_ciphersuites", "ssl_min_version", "ssl_prefer_server_ciphers"),
     "pool": ("scheduler", "monitor", "priority_threshold", "queue_timeout", "send_proxy",
@@ -419,6 +420,7 @@ def build_global(keys: _Keys) -> Global:
         access_log=keys.take("access_log", partial(_log_path, base)),
         log_format=keys.take("log_format", _choice("log format", ("text", "json")), "text"),
         stop_grace=keys.take("stop_grace", parse_duration, 30.0),
+        max_connections=keys.take("max_connections", _int(1)),
         source=keys.source,
     )
 
@@ -447,6 +449,9 @@ def build_virtual(name: str, keys: _Keys) -> Virtual:
         if protocol in ("tcp", "http", "ssl") and is_udp_endpoint(endpoint):
             raise keys.error("listen", f"{endpoint!r} is a udp: endpoint, but protocol is "
                                        f"{protocol} (set protocol = udp)")
+    if protocol == "udp" and "max_connections_per_source" in keys:
+        raise keys.error("max_connections_per_source", "protocol udp has no connections to "
+                                                       "count (tcp, ssl and http have)")
     rules = keys.take("rules", _names, ())
     if rules and protocol in _NOT_HTTP:
         raise keys.error("rules", f"rules need protocol http (this virtual server is {protocol})")
@@ -467,6 +472,7 @@ def build_virtual(name: str, keys: _Keys) -> Virtual:
         sorry_page=sorry_page,
         sorry_status=keys.take("sorry_status", _int(100, 599), 503),
         max_connections=keys.take("max_connections", _int(1)),
+        max_connections_per_source=keys.take("max_connections_per_source", _int(1)),
         accept_proxy=keys.take("accept_proxy", parse_bool, False),
         timeout_connect=keys.take("timeout_connect", _positive_duration, 5.0),
         timeout_client=keys.take("timeout_client", _positive_duration, 60.0),

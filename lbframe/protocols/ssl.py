@@ -179,9 +179,11 @@ class SSLProtocol:
             binds.append(tcp_bind(description))
         self.binds = binds
         self.access_log = access_log_setting(site)
+        self.max_connections = site.lbframe.max_connections if site is not None else None
 
     def make_service(self, balancer, reactor):
-        return SSLVirtualServer(balancer, self.binds, reactor, access_log=self.access_log)
+        return SSLVirtualServer(balancer, self.binds, reactor, access_log=self.access_log,
+                                max_connections=self.max_connections)
 
 
 @hookimpl

@@ -25,6 +25,7 @@ from lbframe.balancer import Balancer, Decision, RequestContext
 from lbframe.errors import reject_unknown_options
 from lbframe.interfaces import IProtocol
 from lbframe.protocols import proxy_protocol
+from lbframe.protocols.accept import EXHAUSTION, ONE_CLIENT, AcceptGate, SourceCounts
 from lbframe.protocols.engine import RelayEngine
 from lbframe.protocols.endpoints import TCPBind, listening_socket, sockaddr_of, tcp_bind
 from lbframe.protocols.relay import Relay
@@ -289,16 +290,25 @@ class _Acceptor:
     def doRead(self):
         accept = self.sock._accept  # (fd, address), without socket.socket's wrapper
         family = self.sock.family
-        on_accept = self.server.accepted
+        server = self.server
+        on_accept, gate = server.accepted, server.gate
         for _ in range(ACCEPT_BATCH):
+            if gate.paused:  # at [lbframe] max_connections, or out of descriptors
+                return None
             try:
                 fd, addr = accept()
             except BlockingIOError:
                 return None
             except OSError as e:
-                # EMFILE and friends: try again on the next wake-up.
-                log.warn("accept failed on {virtual}: {error}",
-                         virtual=self.server.virtual.name, error=e)
+                if e.errno in ONE_CLIENT:
+                    continue
+                if e.errno in EXHAUSTION:
+                    # Pause every listener for a back-off rather than being
+                    # woken at once by the still-readable socket (a busy loop).
+                    gate.exhausted(e)
+                    return None
+                log.error("accept failed on {virtual}: {error}",
+                          virtual=server.virtual.name, error=e)
                 return None
             on_accept(raw_socket(family, socket.SOCK_STREAM, 0, fd), addr)
         return None
@@ -311,7 +321,8 @@ class TCPVirtualServer(service.Service):
     """Listens on a virtual server's endpoints; one :class:`Connection` each."""
 
     def __init__(self, balancer: Balancer, binds: list[TCPBind], reactor, clock=None, io=None,
-                 access_log: tuple | None = None):
+                 access_log: tuple | None = None, max_connections: int | None = None,
+                 gate: AcceptGate | None = None):
         #: (path, json lines) of ``[lbframe] access_log``; opened at start
         self.access_log_setting = access_log
         self.access_log = None
@@ -332,6 +343,12 @@ class TCPVirtualServer(service.Service):
         #: ``accept_proxy``: clients whose PROXY header is still being read
         #: connections whose first bytes are still being read (FirstBytesReader)
         self.readers: set = set()
+        #: ``[lbframe] max_connections`` (None: from the descriptor limit)
+        self.max_connections = max_connections
+        #: the process-wide accept gate: every listener's connection count
+        self.gate = gate if gate is not None else AcceptGate.for_reactor(reactor)
+        #: connections per client address (``max_connections_per_source``)
+        self.sources = SourceCounts(self.virtual.name)
         self.setName(f"virtual:{self.virtual.name}")
 
     def _bind(self) -> None:
@@ -350,8 +367,11 @@ class TCPVirtualServer(service.Service):
         self.sockets = sockets
 
     def privilegedStartService(self) -> None:
-        # Bind here so that ports below 1024 work before twistd drops root.
+        # Bind (and open the access log) here, so that ports below 1024 and
+        # root-owned log folders work before twistd drops root (--uid).
         self._bind()
+        if self.access_log_setting is not None:
+            access_log_for(*self.access_log_setting)
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -364,6 +384,8 @@ class TCPVirtualServer(service.Service):
         self.acceptors = [_Acceptor(self, s) for s in self.sockets]
         for acceptor in self.acceptors:
             self.io.addReader(acceptor)
+        self.gate.configure(self.max_connections)
+        self.gate.add(self)
         log.info("virtual {virtual} listening on {where}", virtual=self.virtual.name,
                  where=", ".join(str(self.bound_address(s)) for s in self.sockets))
 
@@ -389,6 +411,7 @@ class TCPVirtualServer(service.Service):
 
     def stop_listening(self) -> None:
         """Close the listening sockets; established connections go on."""
+        self.gate.remove(self)
         for acceptor in self.acceptors:
             self.io.removeReader(acceptor)
         for s in self.sockets:
@@ -406,6 +429,16 @@ class TCPVirtualServer(service.Service):
         for conn in list(self.connections):
             conn.close(reason)
 
+    def pause_accepting(self) -> None:
+        """The accept gate: the process is at ``max_connections`` or out of
+        descriptors; clients wait in the listen backlog."""
+        for acceptor in self.acceptors:
+            self.io.removeReader(acceptor)
+
+    def resume_accepting(self) -> None:
+        for acceptor in self.acceptors:
+            self.io.addReader(acceptor)
+
     @staticmethod
     def bound_address(sock: socket.socket):
         return sock.getsockname()
@@ -414,10 +447,32 @@ class TCPVirtualServer(service.Service):
         sock.setblocking(False)
         sock.setsockopt(_TCP, _NODELAY, 1)
         self.virtual.total += 1
+        # Counted from here until the socket is closed, on every path: a
+        # reader giving up (reader_closed) or the connection's close
+        # (connection_closed).
+        self.gate.opened()
         if self.virtual.spec.accept_proxy:
             _ProxyHeaderReader(self, sock, addr)
             return
-        self.admit(sock, addr)
+        self.admit_client(sock, addr)
+
+    def admit_client(self, sock: socket.socket, addr, early: bytes = b"") -> None:
+        """The client's address is known (after its PROXY header, with
+        ``accept_proxy``): count it for ``max_connections_per_source``, or
+        close the connection when that source is at its limit."""
+        if not self.sources.acquire(addr[0], self.virtual.spec.max_connections_per_source):
+            self.virtual.refused += 1
+            sock.close()
+            self.gate.closed()
+            return
+        self.admit(sock, addr, early)
+
+    def reader_closed(self, reader: "FirstBytesReader") -> None:
+        """A :class:`FirstBytesReader` closed its socket (gave up, or the
+        server stops): uncount it."""
+        self.gate.closed()
+        if reader.holds_source:
+            self.sources.release(reader.addr[0])
 
     def admit(self, sock: socket.socket, addr, early: bytes = b"") -> None:
         """Balance and connect an accepted client (after its PROXY header,
@@ -451,7 +506,10 @@ class TCPVirtualServer(service.Service):
         })
 
     def set_protocol(self, protocol) -> None:
-        """A reload kept our endpoints: take the new ``access_log`` setting."""
+        """A reload kept our endpoints: take the new ``access_log`` and
+        ``[lbframe] max_connections`` settings."""
+        self.max_connections = getattr(protocol, "max_connections", None)
+        self.gate.configure(self.max_connections)
         setting = getattr(protocol, "access_log", None)
         self.access_log_setting = setting
         self.access_log = access_log_for(*setting) if setting is not None else None
@@ -476,6 +534,9 @@ class TCPVirtualServer(service.Service):
         if conn in self.connections:
             self.connections.discard(conn)
             self.virtual.active -= 1
+        # Every Connection was admitted (admit_client) and closes once.
+        self.gate.closed()
+        self.sources.release(conn.context.client_host)
 
 
 @implementer(IReadDescriptor)
@@ -493,6 +554,9 @@ class FirstBytesReader:
     limit = 0
     what = "first bytes"
     log_name = "first-bytes"
+    #: counted under its client address (max_connections_per_source): a
+    #: reader that runs once the address is known (after admit_client)
+    holds_source = True
 
     def __init__(self, server: TCPVirtualServer, sock: socket.socket, addr,
                  buffer: bytes = b""):
@@ -557,6 +621,7 @@ class FirstBytesReader:
         log.warn("virtual {virtual}: refused {peer}: {why}", virtual=self.server.virtual.name,
                  peer=self.addr[0], why=why)
         self.sock.close()
+        self.server.reader_closed(self)
 
     def close(self, reason: str) -> None:
         """Stop waiting (the server stops): closed, not counted as refused."""
@@ -564,6 +629,7 @@ class FirstBytesReader:
             return
         self._stop()
         self.sock.close()
+        self.server.reader_closed(self)
 
     def connectionLost(self, reason):
         self._give_up("connection lost")
@@ -576,6 +642,8 @@ class _ProxyHeaderReader(FirstBytesReader):
     limit = proxy_protocol.MAX_HEADER
     what = "PROXY header"
     log_name = "proxy"
+    #: the client's address is what the header names: not known yet
+    holds_source = False
 
     def parse(self) -> bool:
         try:
@@ -588,7 +656,7 @@ class _ProxyHeaderReader(FirstBytesReader):
         info, used = parsed
         self._stop()
         addr = info.source if info.source is not None else self.addr
-        self.server.admit(self.sock, addr, self.buffer[used:])
+        self.server.admit_client(self.sock, addr, self.buffer[used:])
         return True
 
 
@@ -600,9 +668,11 @@ class TCPProtocol:
         reject_unknown_options(options, "protocol tcp")
         self.binds = [tcp_bind(d) for d in virtual.listen]
         self.access_log = access_log_setting(site)
+        self.max_connections = site.lbframe.max_connections if site is not None else None
 
     def make_service(self, balancer, reactor):
-        return TCPVirtualServer(balancer, self.binds, reactor, access_log=self.access_log)
+        return TCPVirtualServer(balancer, self.binds, reactor, access_log=self.access_log,
+                                max_connections=self.max_connections)
 
 
 @hookimpl

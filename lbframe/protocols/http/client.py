@@ -52,6 +52,16 @@ class ClientConnection(Protocol):
         self.client_host = ""
         self.client_port = 0
         self.last_read = 0.0
+        #: when we began waiting for the next request: the connection's
+        #: start, then the end of each exchange (timeout_http_request,
+        #: timeout_keepalive count from here)
+        self.wait_started = 0.0
+        #: when the request head being received began (None: none is)
+        self.head_began: float | None = None
+        #: exchanges answered; the first request is waited for differently
+        self.served = 0
+        #: the source address counted by max_connections_per_source, once counted
+        self.source: str | None = None
         self.tick = None
         #: b"https" behind an ssl: listener (X-Forwarded-Proto)
         self.scheme = b"http"
@@ -73,8 +83,12 @@ class ClientConnection(Protocol):
         self.parser = RequestParser(self, server.max_request_line, server.max_head)
         if server.virtual.spec.accept_proxy:
             self.proxy_buffer = b""
-        self.last_read = server.clock.seconds()
+        self.last_read = self.wait_started = server.clock.seconds()
         server.connection_made(self)
+        if self.closing:
+            return
+        if not server.virtual.spec.accept_proxy and not server.admit_source(self):
+            return
         self.tick = server.timeouts.schedule(self, server.idle_step)
 
     def connectionLost(self, reason) -> None:
@@ -121,6 +135,8 @@ class ClientConnection(Protocol):
         except HTTPError as e:
             self.refuse(e)
             return
+        if self.head_began is None and parser.in_head:
+            self.head_began = self.last_read
         self.update_reading()
 
     def _proxy_header(self, data: bytes) -> bytes:
@@ -147,6 +163,8 @@ class ClientConnection(Protocol):
         self.proxy_buffer = None
         if info.source is not None:
             self.client_host, self.client_port = info.source
+        if not self.server.admit_source(self):
+            return b""
         return buffer[used:]
 
     def update_reading(self) -> None:
@@ -165,6 +183,7 @@ class ClientConnection(Protocol):
     # -- the request parser's sink -----------------------------------------
 
     def request(self, head, keep_alive: bool, has_body: bool) -> None:
+        self.head_began = None
         exchange = Exchange(self, head, keep_alive, has_body, self.parser.chunked)
         self.incoming = exchange
         self.exchanges.append(exchange)
@@ -240,6 +259,9 @@ class ClientConnection(Protocol):
         if exchanges:
             exchanges[0].start()
             return
+        # Nothing in flight: the wait for the next request starts now.
+        self.served += 1
+        self.wait_started = self.server.clock.seconds()
         if self.parser is None and exchange.wants_upgrade:
             # The member did not switch protocols: what followed the
             # request is the next request.
@@ -308,14 +330,40 @@ class ClientConnection(Protocol):
                                      "in the request body")
                 return
         elif self.parser is not None and self.parser.in_head:
+            deadline = self._head_deadline()
+            if now >= deadline:
+                self._client_timeout(f"request head not complete within "
+                                     f"timeout_http_request ({server.timeout_http_request:g}s)")
+                return
             if idle_client >= spec.timeout_client:
                 self._client_timeout(f"client timeout after {spec.timeout_client:g}s "
                                      "in the request head")
                 return
-        elif idle_client >= server.timeout_keepalive:
-            self.close()
+            self.tick = server.timeouts.schedule(self, min(server.idle_step, deadline - now))
+            return
+        else:
+            # Waiting for a request's first byte: bytes that begin no head
+            # (empty lines, a PROXY header, a TLS handshake) do not extend it.
+            deadline = self.wait_started + (server.timeout_http_request if self.served == 0
+                                            else server.timeout_keepalive)
+            if now >= deadline:
+                self.close()
+                return
+            self.tick = server.timeouts.schedule(self, min(server.idle_step, deadline - now))
             return
         self.tick = server.timeouts.schedule(self, server.idle_step)
+
+    def _head_deadline(self) -> float:
+        """When the request head being received must be complete
+        (``timeout_http_request``): counted from the connection's start for
+        the first request, so a TLS handshake or a PROXY header is part of
+        it; on a kept-alive connection from the later of the previous
+        exchange's end and the head's first byte, so that an idle wait
+        (bounded by ``timeout_keepalive``) does not eat into it."""
+        start = self.wait_started
+        if self.served and self.head_began is not None:
+            start = max(start, self.head_began)
+        return start + self.server.timeout_http_request
 
     def _client_timeout(self, reason: str) -> None:
         log.info("virtual {virtual}: {reason} (client {client})",

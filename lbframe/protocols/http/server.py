@@ -19,6 +19,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbframe.accesslog import access_log_for
+from lbframe.protocols.accept import AcceptGate, GatedPort, SourceCounts
+from lbframe.protocols.endpoints import tcp_bind
 from lbframe.protocols.http.client import ClientConnection
 from lbframe.protocols.http.members import IdleConnections
 from lbframe.protocols.timeouts import TimerWheel
@@ -43,6 +45,35 @@ class Listener:
                                   backlog=int(named.get("backlog", 50)),
                                   interface=named.get("interface", ""))
 
+    def listen(self, reactor, factory, gate: AcceptGate):
+        """Listen with ``factory``; a Deferred firing with the port.
+
+        ``tcp:``/``tcp6:`` endpoints and those where we terminate TLS get a
+        :class:`~lbframe.protocols.accept.GatedPort` (the process-wide
+        connection limit, pausing on descriptor exhaustion); other kinds
+        (``unix:``) the endpoint's own port, which is paused at the limit
+        too but handles ``EMFILE`` as Twisted does."""
+        kind = self.description.split(":", 1)[0].lower()
+        if kind not in ("tcp", "tcp6", "ssl"):
+            return self.endpoint(reactor).listen(factory)
+        named = self.named
+        if kind == "ssl":
+            port, backlog = int(named.get("port", 0)), int(named.get("backlog", 50))
+            interface = named.get("interface", "")
+        else:
+            bind = tcp_bind(self.description)
+            port, backlog, interface = bind.port, bind.backlog, bind.host
+        if self.tls is not None:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            factory = TLSMemoryBIOFactory(self.tls, False, factory)
+        listening = GatedPort(port, factory, backlog, interface, reactor, gate)
+        try:
+            listening.startListening()
+        except Exception:
+            return defer.fail()
+        return defer.succeed(listening)
+
 
 @attrs.frozen
 class HTTPSettings:
@@ -62,6 +93,10 @@ class HTTPSettings:
     member_tls: dict = attrs.field(factory=dict)
     #: ``client_ca`` set: pass the client certificate's subject on
     client_auth: bool = False
+    #: the whole request head must arrive within this (see client.py)
+    timeout_http_request: float = 10.0
+    #: ``[lbframe] max_connections`` (None: from the descriptor limit)
+    max_connections_process: int | None = None
 
 
 class _ClientFactory(Factory):
@@ -78,7 +113,8 @@ class _ClientFactory(Factory):
 
 
 class HTTPVirtualServer(service.Service):
-    def __init__(self, balancer, settings: HTTPSettings, reactor, clock=None):
+    def __init__(self, balancer, settings: HTTPSettings, reactor, clock=None,
+                 gate: AcceptGate | None = None):
         self.balancer = balancer
         self.virtual = balancer.virtual
         self.settings = settings
@@ -89,9 +125,14 @@ class HTTPVirtualServer(service.Service):
         self.max_request_line = settings.max_request_line
         self.timeout_keepalive = settings.timeout_keepalive
         self.timeout_tunnel = settings.timeout_tunnel
+        self.timeout_http_request = settings.timeout_http_request
         self.sorry_page = settings.sorry_page
+        #: the process-wide accept gate ([lbframe] max_connections, EMFILE)
+        self.gate = gate if gate is not None else AcceptGate.for_reactor(reactor)
+        self.sources = SourceCounts(self.virtual.name)
         self.idle_step = max(0.01, min(spec.timeout_client, spec.timeout_server,
-                                       settings.timeout_keepalive, settings.timeout_tunnel) / 4)
+                                       settings.timeout_keepalive, settings.timeout_tunnel,
+                                       settings.timeout_http_request) / 4)
         self.timeouts = TimerWheel(self.clock, min(1.0, self.idle_step / 2))
         self.idle = IdleConnections(self.clock, settings.member_keepalive,
                                     settings.member_idle_timeout)
@@ -111,8 +152,8 @@ class HTTPVirtualServer(service.Service):
             description = listener.description
             scheme = b"http" if listener.tls is None else b"https"
             outcome = []
-            listener.endpoint(self.reactor).listen(
-                _ClientFactory(self, scheme)).addBoth(outcome.append)
+            listener.listen(self.reactor, _ClientFactory(self, scheme),
+                            self.gate).addBoth(outcome.append)
             result = outcome[0] if outcome else None
             if isinstance(result, Failure) or result is None:
                 for port in ports:
@@ -125,7 +166,9 @@ class HTTPVirtualServer(service.Service):
         self.ports = ports
 
     def privilegedStartService(self) -> None:
+        # Bind (and open the access log) before twistd drops root (--uid).
         self._listen()
+        access_log_for(self.settings.access_log, self.settings.access_log_json)
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -134,6 +177,8 @@ class HTTPVirtualServer(service.Service):
         self.stopping = False
         self.access_log = access_log_for(self.settings.access_log, self.settings.access_log_json)
         self.idle.start()
+        self.gate.configure(self.settings.max_connections_process)
+        self.gate.add(self)
         log.info("virtual {virtual} (http) listening on {where}", virtual=self.virtual.name,
                  where=", ".join(str(p.getHost()) for p in self.ports))
 
@@ -168,7 +213,9 @@ class HTTPVirtualServer(service.Service):
         self.max_request_line = new.max_request_line
         self.timeout_keepalive = new.timeout_keepalive
         self.timeout_tunnel = new.timeout_tunnel
+        self.timeout_http_request = new.timeout_http_request
         self.sorry_page = new.sorry_page
+        self.gate.configure(new.max_connections_process)
         self.idle.per_member = new.member_keepalive
         self.idle.idle_timeout = new.member_idle_timeout
         self.access_log = access_log_for(new.access_log, new.access_log_json)
@@ -178,6 +225,7 @@ class HTTPVirtualServer(service.Service):
         request and close (``Connection: close`` on their next response)."""
         ports, self.ports = self.ports, []
         self.stopping = True
+        self.gate.remove(self)
         for conn in list(self.connections):
             if not conn.exchanges:
                 conn.close()
@@ -192,6 +240,17 @@ class HTTPVirtualServer(service.Service):
                 exchange.abort(reason)
             conn.transport.abortConnection()
 
+    # -- the accept gate's listener API ----------------------------------------
+
+    def pause_accepting(self) -> None:
+        for port in self.ports:
+            port.stopReading()
+
+    def resume_accepting(self) -> None:
+        for port in self.ports:
+            if getattr(port, "connected", True) and not getattr(port, "disconnecting", False):
+                port.startReading()
+
     # -- connections -----------------------------------------------------------
 
     def connection_made(self, conn: ClientConnection) -> None:
@@ -199,13 +258,30 @@ class HTTPVirtualServer(service.Service):
         virtual.total += 1
         virtual.active += 1
         self.connections.add(conn)
+        self.gate.opened()
         if self.stopping:
             conn.close()
+
+    def admit_source(self, conn: ClientConnection) -> bool:
+        """Count ``conn`` under its client address (``max_connections_per_source``),
+        once that address is known (after the PROXY header with
+        ``accept_proxy``); a source over its limit has the connection closed."""
+        if self.sources.acquire(conn.client_host, self.virtual.spec.max_connections_per_source):
+            conn.source = conn.client_host
+            return True
+        self.virtual.refused += 1
+        conn.closing = True
+        conn.transport.abortConnection()
+        return False
 
     def connection_lost(self, conn: ClientConnection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
             self.virtual.active -= 1
+            self.gate.closed()
+            if conn.source is not None:
+                self.sources.release(conn.source)
+                conn.source = None
 
     def log_exchange(self, exchange) -> None:
         access_log = self.access_log
