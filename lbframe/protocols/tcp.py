@@ -132,17 +132,23 @@ class Connection(Relay):
             self._refuse(why_not)
             return
         server = self.server
-        self.decision = decision
         member = decision.member
-        decision.pool.take(member)
-        self.tries += 1
         addr = member.sockaddr
         if addr is None:
             addr = member.sockaddr = sockaddr_of(member.spec.address)
         family, sockaddr = addr
         # The C socket type: the relay needs none of socket.socket's Python
         # layer, and creating it non-blocking saves a system call.
-        sock = raw_socket(family, _STREAM_NONBLOCK)
+        try:
+            sock = raw_socket(family, _STREAM_NONBLOCK)
+        except OSError as e:
+            # EMFILE/ENFILE: no descriptor for the member's side. Close the
+            # client's (it would otherwise stay open and counted for ever).
+            self._refuse(f"cannot open a socket to a member: {e.strerror}")
+            return
+        self.decision = decision
+        decision.pool.take(member)
+        self.tries += 1
         sock.setsockopt(_TCP, _NODELAY, 1)
         err = sock.connect_ex(sockaddr)
         self.set_member(sock)
