@@ -45,6 +45,14 @@ def makeService(options):
         runtime = load(options["config"], reactor)
     except (ConfigError, PluginError) as e:
         raise usage.UsageError(str(e)) from None
+    twistd_options = getattr(options, "parent", None)
+    from lbframe import privileges
+
+    if privileges.will_drop_privileges(twistd_options):
+        privileges.import_late_modules()
+        if privileges.uses_raw_icmp(runtime.site):
+            # Raw sockets need root (or CAP_NET_RAW): open them before --uid.
+            privileges.keep_icmp_sockets(reactor)
     svc = SiteService(runtime, reactor, config_path=options["config"], signals=True)
     if runtime.site.lbframe.log_format == "json":
         from lbframe.logs import twistd_observer
