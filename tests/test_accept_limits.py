@@ -294,6 +294,33 @@ class SourceLimitTests(ListenerMixin, TestCase):
         other.transport.loseConnection()
         yield self.all_closed(svc)
 
+    @defer.inlineCallbacks
+    def test_http_over_tls_and_behind_a_proxy(self):
+        import os
+
+        from tests.tlskit import make_ca, make_cert, write_bundle
+        ca = make_ca()
+        leaf_key, leaf = make_cert(ca, "www.test")
+        key = write_bundle(os.path.join(os.path.abspath(self.mktemp()), "tls.pem"),
+                           leaf_key, leaf, ca)
+        tls, tport = self.http("max_connections_per_source = 1",
+                               listen=f"ssl:{free_port()}:privateKey={key}:interface=127.0.0.1")
+        proxied, xport = self.http("accept_proxy = yes\nmax_connections_per_source = 1")
+        held = yield self.connect(tport)  # no handshake yet: counted all the same
+        yield self.wait_until(lambda: tls.sources.counts.get("127.0.0.1") == 1)
+        refused = yield self.connect(tport)
+        yield refused.lost
+        named = yield self.connect(xport)
+        named.transport.write(b"PROXY TCP4 192.0.2.5 127.0.0.1 1 2\r\n")
+        yield self.wait_until(lambda: proxied.sources.counts.get("192.0.2.5") == 1)
+        again = yield self.connect(xport)
+        again.transport.write(b"PROXY TCP4 192.0.2.5 127.0.0.1 3 2\r\n")
+        yield again.lost
+        self.assertEqual((tls.virtual.refused, proxied.virtual.refused), (1, 1))
+        held.transport.loseConnection()
+        named.transport.loseConnection()
+        yield self.all_closed(tls, proxied)
+
     def test_udp_refuses_the_key(self):
         from lbframe.errors import ConfigError
         with self.assertRaises(ConfigError):

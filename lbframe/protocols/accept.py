@@ -42,7 +42,8 @@ from twisted.logger import Logger
 
 log = Logger(namespace="lbframe.accept")
 
-#: accept errors that mean "no file descriptor or memory for now"
+#: accept errors that mean "no file descriptor or memory for now"; these,
+#: and any other error that is not about one client only, pause accepting
 EXHAUSTION = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: accept errors about one client only: go on with the next
 ONE_CLIENT = frozenset({errno.EPERM, errno.ECONNABORTED, errno.EINTR, errno.EPROTO})
@@ -167,8 +168,9 @@ class AcceptGate:
     # -- running out of descriptors ------------------------------------------
 
     def exhausted(self, error: OSError) -> None:
-        """``accept`` failed with an :data:`EXHAUSTION` error: pause every
-        listener for a back-off, then try again."""
+        """``accept`` failed with an :data:`EXHAUSTION` error (or another
+        that would fail again at once): pause every listener for a
+        back-off, then try again."""
         if self._retry is not None:
             return  # another listener, same wake-up: already paused
         if self._episode is None:
@@ -306,11 +308,7 @@ class GatedPort(tcp.Port):
             except OSError as e:
                 if e.errno in ONE_CLIENT:
                     continue
-                if e.errno in EXHAUSTION:
-                    gate.exhausted(e)
-                    return
-                log.error("accept failed on {port}: {error}", port=self._realPortNumber,
-                          error=e)
+                gate.exhausted(e)  # EMFILE and the like (any error that repeats)
                 return
             try:
                 serve_accepted(self, sock, addr)

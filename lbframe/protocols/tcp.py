@@ -25,7 +25,7 @@ from lbframe.balancer import Balancer, Decision, RequestContext
 from lbframe.errors import reject_unknown_options
 from lbframe.interfaces import IProtocol
 from lbframe.protocols import proxy_protocol
-from lbframe.protocols.accept import EXHAUSTION, ONE_CLIENT, AcceptGate, SourceCounts
+from lbframe.protocols.accept import ONE_CLIENT, AcceptGate, SourceCounts
 from lbframe.protocols.engine import RelayEngine
 from lbframe.protocols.endpoints import TCPBind, listening_socket, sockaddr_of, tcp_bind
 from lbframe.protocols.relay import Relay
@@ -308,13 +308,11 @@ class _Acceptor:
             except OSError as e:
                 if e.errno in ONE_CLIENT:
                     continue
-                if e.errno in EXHAUSTION:
-                    # Pause every listener for a back-off rather than being
-                    # woken at once by the still-readable socket (a busy loop).
-                    gate.exhausted(e)
-                    return None
-                log.error("accept failed on {virtual}: {error}",
-                          virtual=server.virtual.name, error=e)
+                # EMFILE and the like: pause every listener for a back-off
+                # rather than being woken at once by the still-readable
+                # socket (a busy loop). Any other error that would repeat
+                # gets the same treatment.
+                gate.exhausted(e)
                 return None
             on_accept(raw_socket(family, socket.SOCK_STREAM, 0, fd), addr)
         return None
