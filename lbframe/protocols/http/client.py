@@ -58,7 +58,8 @@ class ClientConnection(Protocol):
         self.wait_started = 0.0
         #: when the request head being received began (None: none is)
         self.head_began: float | None = None
-        #: exchanges answered; the first request is waited for differently
+        #: how many times every request so far was answered (0: the first
+        #: request is still awaited, which timeout_http_request bounds alone)
         self.served = 0
         #: the source address counted by max_connections_per_source, once counted
         self.source: str | None = None
