@@ -230,6 +230,17 @@ class ProcessLimitTests(ListenerMixin, TestCase):
         yield self.all_closed(svc, hsvc)
         self.assertFalse(self.gate.paused)
 
+    def test_a_reload_applies_the_new_limit(self):
+        svc, _ = self.tcp(max_connections=2)
+        self.assertEqual(self.gate.limit, 2)
+        runtime, _ = self.runtime("", lbframe_lines="max_connections = 7")
+        svc.set_protocol(runtime.protocols["v"])
+        self.assertEqual(self.gate.limit, 7)
+        hsvc, _ = self.http(lbframe_lines="max_connections = 7")
+        runtime, _ = self.runtime("", "http", lbframe_lines="")
+        hsvc.set_protocol(runtime.protocols["v"])  # the key removed: the default
+        self.assertEqual(self.gate.limit, default_max_connections())
+
     def test_the_key_is_read(self):
         runtime, _ = self.runtime("", lbframe_lines="max_connections = 5")
         self.assertEqual(runtime.site.lbframe.max_connections, 5)
