@@ -77,3 +77,12 @@ class CLITests(SynchronousTestCase):
         self.assertIn("lbframe.schedulers.weighted (built-in, ", out)
         self.assertIn("    scheduler: weighted\n", out)
         self.assertIn(f"{plugin} (file)\n    scheduler: mine\n", out)
+
+    def test_member_weight_range(self):
+        # refused before asking the admin API: the range of member weight= in site.ini
+        for value in ("257", "-1", "x", "\u0661"):  # the last: ARABIC-INDIC DIGIT ONE
+            rc, out, err = self.run_cli("member", "web", "a", "weight", value,
+                                        "--admin", "http://127.0.0.1:1")
+            self.assertEqual((rc, out), (2, ""), value)
+            self.assertEqual(err, "error: weight needs a whole number from 0 to 256, "
+                                  "e.g. `weight 3`\n")

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 from lbframe import __version__
 from lbframe.admin.status import site_status
 from lbframe.admin.web import Endpoint, send_text
+from lbframe.config.values import MEMBER_WEIGHT
 
 REFRESH_SECONDS = 5
 #: actions of the member buttons: label → JSON body
@@ -238,7 +239,7 @@ def _actions(pool: str, member: str, m: dict) -> str:
         f'<button type="button" data-action="{action}">{label}</button>'
         for label, action in ACTIONS)
     return (f'<td class="actions">{buttons} '
-            f'<input name="weight" type="number" min="0" value="{_e(m.get("weight"))}" '
+            f'<input name="weight" type="number" min="{MEMBER_WEIGHT[0]}" max="{MEMBER_WEIGHT[1]}" value="{_e(m.get("weight"))}" '
             f'aria-label="weight of {_e(pool)}/{_e(member)}">'
             f'<button type="button" data-action="weight">set weight</button></td>')
 

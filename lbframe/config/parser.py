@@ -32,8 +32,9 @@ from lbframe.config.model import (
     Virtual,
 )
 from lbframe.config.values import (
-    is_loopback_endpoint, is_ssl_endpoint, is_udp_endpoint, parse_address, parse_bool,
-    parse_duration, parse_endpoint, parse_hostname, parse_int, parse_list, parse_name,
+    MEMBER_WEIGHT, is_loopback_endpoint, is_ssl_endpoint, is_udp_endpoint, parse_address,
+    parse_bool, parse_duration, parse_endpoint, parse_hostname, parse_int, parse_list,
+    parse_name,
 )
 from lbframe.errors import ConfigError, did_you_mean
 from lbframe.tls import policy
@@ -574,7 +575,7 @@ def _tls_policy(keys: _Keys, protocol: str, listen: tuple[str, ...]) -> dict:
 
 # [pool NAME]
 
-_MEMBER_OPTIONS = {"weight": (0, 256), "priority": (1, None), "maxconn": (1, None)}
+_MEMBER_OPTIONS = {"weight": MEMBER_WEIGHT, "priority": (1, None), "maxconn": (1, None)}
 _MEMBER_WORDS = (*_MEMBER_OPTIONS, "backup")
 
 

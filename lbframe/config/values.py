@@ -23,7 +23,7 @@ from lbframe.errors import did_you_mean
 __all__ = [
     "parse_duration", "parse_address", "parse_list", "parse_endpoint",
     "parse_bool", "parse_int", "parse_name", "parse_hostname", "split_endpoint",
-    "is_loopback_endpoint", "is_udp_endpoint", "is_ssl_endpoint",
+    "is_loopback_endpoint", "is_udp_endpoint", "is_ssl_endpoint", "MEMBER_WEIGHT",
 ]
 
 # -- durations ---------------------------------------------------------------
@@ -75,6 +75,10 @@ def parse_int(text: str, low: int | None = None, high: int | None = None) -> int
     if (low is not None and number < low) or (high is not None and number > high):
         raise ValueError(f"{number} is out of range (expected a whole number{_range(low, high)})")
     return number
+
+
+#: a member's ``weight=`` in site.ini, and what the admin API accepts for it
+MEMBER_WEIGHT = (0, 256)
 
 
 def _range(low: int | None, high: int | None) -> str:
