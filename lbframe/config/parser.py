@@ -423,9 +423,10 @@ def _admin_token(text: str, where: str = "admin_token") -> str:
 def _check_private(path: str, info: os.stat_result) -> None:
     """Refuse a token file others could read or change, as ssh does with keys.
 
-    Any permission bit for group or others (``mode & 0o077``) is refused, and
-    so is an owner other than the user lbframe runs as or root (that user
-    could change the token). ``chmod 600`` (or ``400``) is the fix.
+    Any permission bit for group or others (``mode & 0o077``) is refused;
+    ``chmod 600`` (or ``400``) is the fix. The owner is not checked: the file
+    is read once as root (at start, before ``twistd --uid``) and again as the
+    unprivileged user (at a reload), so either may rightly own it.
     """
     if os.name != "posix":
         return
@@ -433,10 +434,6 @@ def _check_private(path: str, info: os.stat_result) -> None:
     if mode & 0o077:
         raise ValueError(f"token file {path!r} is open to group or others (mode {mode:04o}): "
                          f"run chmod 600 {path}")
-    if info.st_uid not in (0, os.geteuid()):
-        raise ValueError(f"token file {path!r} belongs to uid {info.st_uid}, who could change "
-                         f"it: it must belong to the user lbframe runs as (uid {os.geteuid()}) "
-                         "or root")
 
 
 def _token_file(base_dir: str, text: str) -> str:
