@@ -665,8 +665,10 @@ class ClientTests(AdminServerTestCase):
                                      None, "web", "a", "drain", None)
         yield self.assertClientError("weight needs a number: lbframe member POOL MEMBER "
                                      "weight N", TOKEN, "web", "a", "weight", None)
-        yield self.assertClientError("weight must be a whole number >= 0, not -2",
+        yield self.assertClientError("weight must be a whole number from 0 to 256, not -2",
                                      TOKEN, "web", "a", "weight", -2)
+        yield self.assertClientError("weight must be a whole number from 0 to 256, not 257",
+                                     TOKEN, "web", "a", "weight", 257)
         yield self.assertClientError("unknown action 'stop': use one of drain, disable, "
                                      "enable, weight", TOKEN, "web", "a", "stop", None)
 

@@ -16,6 +16,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from lbframe.config.values import MEMBER_WEIGHT
+
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8404"
 TOKEN_ENV = "LBFRAME_ADMIN_TOKEN"
 TIMEOUT = 10.0
@@ -162,9 +164,11 @@ def change_member(admin_url: str, token: str | None, pool: str, member: str, act
         body = {"weight": weight}
     else:
         raise AdminClientError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
+    low, high = MEMBER_WEIGHT
     if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int)
-                               or weight < 0):
-        raise AdminClientError(f"weight must be a whole number >= 0, not {weight!r}")
+                               or not low <= weight <= high):
+        raise AdminClientError(f"weight must be a whole number from {low} to {high}, "
+                               f"not {weight!r}")
     path = (f"/api/pools/{urllib.parse.quote(pool, safe='')}"
             f"/members/{urllib.parse.quote(member, safe='')}")
     return _request(admin_url, token, "POST", path, body, timeout=timeout,

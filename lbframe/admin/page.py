@@ -133,7 +133,9 @@ SCRIPT = """
     var body;
     if (b.dataset.action === "weight") {
       var n = parseInt(row.querySelector("input[name=weight]").value, 10);
-      if (isNaN(n) || n < 0) { say("weight must be a whole number >= 0", true); return; }
+      if (isNaN(n) || n < 0 || n > 256) {
+        say("weight must be a whole number from 0 to 256", true); return;
+      }
       body = {weight: n};
     } else {
       body = {state: b.dataset.action};
