@@ -80,10 +80,15 @@ def cmd_status(args) -> int:
 def cmd_member(args) -> int:
     from lbframe.admin.client import AdminClientError, change_member
 
+    from lbframe.config.values import MEMBER_WEIGHT
+
     weight = None
     if args.action == "weight":
-        if args.value is None or not args.value.isdigit():
-            print("error: weight needs a whole number, e.g. `weight 3`", file=sys.stderr)
+        low, high = MEMBER_WEIGHT
+        if args.value is None or not (args.value.isascii() and args.value.isdigit()) \
+                or not low <= int(args.value) <= high:
+            print(f"error: weight needs a whole number from {low} to {high}, e.g. `weight 3`",
+                  file=sys.stderr)
             return 2
         weight = int(args.value)
     elif args.value is not None:

@@ -283,10 +283,10 @@ class MemberChangeTests(AdminServerTestCase):
             ({"state": "drained"}, "state must be one of 'drain', 'disable', 'enable', "
                                    "not \"drained\""),
             ({"state": 1}, "state must be one of"),
-            ({"weight": -1}, "weight must be a whole number >= 0, not -1"),
-            ({"weight": 1.5}, "weight must be a whole number >= 0, not 1.5"),
-            ({"weight": True}, "weight must be a whole number >= 0, not true"),
-            ({"weight": "3"}, "weight must be a whole number >= 0"),
+            ({"weight": -1}, "weight must be a whole number from 0 to 256, not -1"),
+            ({"weight": 1.5}, "weight must be a whole number from 0 to 256, not 1.5"),
+            ({"weight": True}, "weight must be a whole number from 0 to 256, not true"),
+            ({"weight": "3"}, "weight must be a whole number from 0 to 256"),
             ({"state": "drain", "wieght": 3},
              "unknown key 'wieght' (did you mean 'weight'?): give 'state' and/or 'weight'"),
             ({"state": "x" * 100}, 'not "' + "x" * 39 + "…"),
@@ -665,8 +665,10 @@ class ClientTests(AdminServerTestCase):
                                      None, "web", "a", "drain", None)
         yield self.assertClientError("weight needs a number: lbframe member POOL MEMBER "
                                      "weight N", TOKEN, "web", "a", "weight", None)
-        yield self.assertClientError("weight must be a whole number >= 0, not -2",
+        yield self.assertClientError("weight must be a whole number from 0 to 256, not -2",
                                      TOKEN, "web", "a", "weight", -2)
+        yield self.assertClientError("weight must be a whole number from 0 to 256, not 257",
+                                     TOKEN, "web", "a", "weight", 257)
         yield self.assertClientError("unknown action 'stop': use one of drain, disable, "
                                      "enable, weight", TOKEN, "web", "a", "stop", None)
 

@@ -77,3 +77,49 @@ class CLITests(SynchronousTestCase):
         self.assertIn("lbframe.schedulers.weighted (built-in, ", out)
         self.assertIn("    scheduler: weighted\n", out)
         self.assertIn(f"{plugin} (file)\n    scheduler: mine\n", out)
+
+    def test_member_weight_range(self):
+        # refused before asking the admin API: the range of member weight= in site.ini
+        for value in ("257", "-1", "x", "\u0661"):  # the last: ARABIC-INDIC DIGIT ONE
+            rc, out, err = self.run_cli("member", "web", "a", "weight", value,
+                                        "--admin", "http://127.0.0.1:1")
+            self.assertEqual((rc, out), (2, ""), value)
+            self.assertEqual(err, "error: weight needs a whole number from 0 to 256, "
+                                  "e.g. `weight 3`\n")
+
+    def test_check_issue_13_values_one_line_each(self):
+        """Each value that once crashed ``lbframe check`` with a traceback:
+        one line on stderr, exit 1."""
+        rule = ("[virtual web]\nlisten = tcp:8080:interface=127.0.0.1\npool = web\n"
+                "protocol = http\nrules = r\n\n[rule r]\nmatch = {}\npool = web\n\n"
+                "[pool web]\nmember a = 127.0.0.1:8081\n")
+        cases = [
+            (GOOD.replace("tcp:8080:interface=127.0.0.1", "a=b"), ":2: [virtual web] listen: "),
+            (GOOD.replace("tcp:8080:interface=127.0.0.1", "tcp:"), ":2: [virtual web] listen: "),
+            (GOOD.replace("tcp:8080:interface=127.0.0.1", "tcp:notaport"),
+             ":2: [virtual web] listen: "),
+            (GOOD.replace("tcp:8080:interface=127.0.0.1", "nosuch:8080"),
+             ":2: [virtual web] listen: "),
+            (GOOD.replace("tcp:8080:interface=127.0.0.1", "tcp:8080\\"),
+             ":2: [virtual web] listen: "),
+            (GOOD.replace("tcp:8080:interface=127.0.0.1", "\\"), ":2: [virtual web] listen: "),
+            ("[lbframe]\nadmin = a=b\n" + GOOD, ":2: [lbframe] admin: "),
+            (rule.format("path ~ a{99999999999}"), ":8: [rule r] match: "),
+            (rule.format("path ~ " + "(" * 5000 + ")" * 5000), ":8: [rule r] match: "),
+            (rule.format("path ~ \\"), ":8: [rule r] match: "),
+            (GOOD + "\n[monitor m]\ntype = http\nexpect = a{99999999999}\n",
+             ":12: [monitor m] expect: "),
+        ]
+        for text, where in cases:
+            path = self.write(text)
+            rc, out, err = self.run_cli("check", path)
+            self.assertEqual((rc, out), (1, ""), text)
+            self.assertTrue(err.startswith(path + where), err)
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertNotIn("Traceback", err)
+
+    def test_check_accepts_localhost(self):
+        path = self.write("[lbframe]\nadmin = tcp:8404:interface=localhost\n"
+                          + GOOD.replace("interface=127.0.0.1", "interface=localhost"))
+        rc, out, err = self.run_cli("check", path)
+        self.assertEqual((rc, err), (0, ""))

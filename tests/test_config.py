@@ -84,7 +84,7 @@ class _ConfigTestCase(SynchronousTestCase):
 FULL = """\
 ; a site using every section and key
 [lbframe]
-admin = tcp:8404:interface=192.0.2.1
+admin = ssl:8404:privateKey=key.pem:certKey=cert.pem:interface=192.0.2.1
 admin_token_file = secrets/token
 plugins = lbframe_extra, plugins/local.py
 access_log = logs/access.log
@@ -202,7 +202,7 @@ class FullSiteTests(_ConfigTestCase):
 
     def setUp(self):
         self.dir = self.folder()
-        self.write(self.dir, "secrets/token", "  s3cret-token \n")
+        os.chmod(self.write(self.dir, "secrets/token", "  s3cret-token \n"), 0o600)
         self.write(self.dir, "plugins/local.py", "")
         os.makedirs(os.path.join(self.dir, "logs"))
         os.makedirs(os.path.join(self.dir, "certs"))
@@ -218,7 +218,8 @@ class FullSiteTests(_ConfigTestCase):
     def test_global(self):
         self.assertEqual(self.site.path, self.path)
         self.assertEqual(self.site.lbframe, Global(
-            admin="tcp:8404:interface=192.0.2.1",
+            admin=f"ssl:8404:privateKey={self.in_dir('key.pem')}"
+                  f":certKey={self.in_dir('cert.pem')}:interface=192.0.2.1",
             admin_token="s3cret-token",
             plugins=("lbframe_extra", self.in_dir("plugins/local.py")),
             access_log=self.in_dir("logs/access.log"),
@@ -627,7 +628,8 @@ class GlobalErrorTests(_ConfigTestCase):
             self.assertEqual((site.lbframe.admin, site.lbframe.admin_token), (admin, None))
 
     def test_admin_token(self):
-        site = parse_site("[lbframe]\nadmin = tcp:8404\nadmin_token = t0ken\n" + MINIMAL)
+        site = parse_site("[lbframe]\nadmin = tcp:8404\nadmin_token = t0ken\n"
+                          "admin_insecure = yes\n" + MINIMAL)
         self.assertEqual(site.lbframe.admin_token, "t0ken")
 
     def test_admin_udp(self):
@@ -649,7 +651,7 @@ class GlobalErrorTests(_ConfigTestCase):
 
     def test_token_file_empty(self):
         folder = self.folder()
-        self.write(folder, "token", "\n")
+        os.chmod(self.write(folder, "token", "\n"), 0o600)
         path = self.write(folder, "site.ini", "[lbframe]\nadmin_token_file = token\n")
         error = self.assertRaises(ConfigError, load_site, path)
         self.assertEqual(str(error), f"{path}:2: [lbframe] admin_token_file: "
@@ -732,7 +734,7 @@ class VirtualErrorTests(_ConfigTestCase):
     def test_udp_bad_interface(self):
         self.fails("[virtual dns]\nlisten = udp:53:interface=eth0\n",
                    "site.ini:2: [virtual dns] listen: bad endpoint 'udp:53:interface=eth0': "
-                   "interface 'eth0' is not an IP address")
+                   "interface 'eth0' is not an IP address (or localhost)")
 
     def test_listed_twice(self):
         self.fails("[virtual web]\nlisten = tcp:80, tcp:80\n",
@@ -1184,7 +1186,7 @@ class DocsTests(_ConfigTestCase):
         _write_tls_pair(os.path.join(folder, "tls"))
         os.rename(os.path.join(folder, "tls", "key.pem"), os.path.join(folder, "tls", "www.key"))
         os.rename(os.path.join(folder, "tls", "cert.pem"), os.path.join(folder, "tls", "www.crt"))
-        self.write(folder, "admin.token", "t0ken\n")
+        os.chmod(self.write(folder, "admin.token", "t0ken\n"), 0o600)
         self.write(folder, "maintenance.html")
         # the example logs to /var/log/lbframe, which need not exist here
         example = example.replace("/var/log/lbframe/access.log", "access.log")

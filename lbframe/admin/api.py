@@ -24,6 +24,7 @@ from twisted.web.server import NOT_DONE_YET
 from lbframe.admin.status import member_status, pool_status, site_status, store_shown
 from lbframe.admin.web import MAX_BODY, AdminContext, Endpoint, ErrorResource, client_host, \
     not_found, send_error, send_json
+from lbframe.config.values import MEMBER_WEIGHT
 from lbframe.errors import did_you_mean
 
 log = Logger(namespace="lbframe.admin")
@@ -108,15 +109,41 @@ class MembersResource(Endpoint):
         return MemberResource(self.context, self.pool, name)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: a key given twice is refused, not "last one wins"."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise BadRequest(f"key {key!r} is given twice")
+        obj[key] = value
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    """``parse_constant``: ``NaN`` and ``Infinity`` are not JSON (RFC 8259)."""
+    raise BadRequest(f"request body is not JSON: {name} is not a JSON value")
+
+
 def read_json_object(request) -> dict[str, Any]:
-    """The request body as a JSON object; raises :class:`BadRequest`."""
+    """The request body as a JSON object; raises :class:`BadRequest`.
+
+    Every way a body can be wrong is a 400 (413 when too large), never a 500:
+    not UTF-8, not JSON, nested too deep for the parser, a key given twice,
+    ``NaN``, or not an object.
+    """
     body = request.content.read(MAX_BODY + 1) if request.content is not None else b""
     if len(body) > MAX_BODY or getattr(request, "body_too_large", False):
         raise BadRequest(f"request body is larger than {MAX_BODY} bytes", 413)
     try:
-        obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not JSON: it is not UTF-8 text") from None
+    try:
+        obj = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except ValueError as e:  # json.JSONDecodeError, and too many digits in a number
         raise BadRequest(f"request body is not JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(obj, dict):
         raise BadRequest("request body must be a JSON object")
     return obj
@@ -147,8 +174,11 @@ def parse_member_change(body: dict[str, Any]) -> tuple[str | None, int | None]:
         admin = STATE_ACTIONS[state]
     if "weight" in body:
         weight = body["weight"]
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
-            raise BadRequest(f"weight must be a whole number >= 0, not {_show(weight)}")
+        low, high = MEMBER_WEIGHT  # the rule of ``member ... weight=`` in site.ini
+        if isinstance(weight, bool) or not isinstance(weight, int) \
+                or not low <= weight <= high:
+            raise BadRequest(f"weight must be a whole number from {low} to {high}, "
+                             f"not {_show(weight)}")
     return admin, weight
 
 
@@ -198,16 +228,28 @@ def _json_key(key) -> Any:
     return str(key)
 
 
+def _check_args(request, known: tuple[str, ...]) -> None:
+    """Refuse a query parameter the resource does not take, or one given twice."""
+    for raw, values in request.args.items():
+        name = raw.decode("utf-8", "replace")
+        if name not in known:
+            hint = did_you_mean(name, known) or f" (use {', '.join(known)})"
+            raise BadRequest(f"unknown parameter {name!r}{hint}")
+        if len(values) > 1:
+            raise BadRequest(f"parameter {name!r} is given twice")
+
+
 def _int_arg(request, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter: digits only (no sign, blanks or ``_``)."""
     values = request.args.get(name.encode("ascii"))
     if not values:
         return default
-    try:
-        value = int(values[0])
-    except ValueError:
-        raise BadRequest(f"{name} must be a whole number") from None
+    text = values[0]
+    if not text.isdigit() or not text.isascii() or len(text) > 20:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}")
+    value = int(text)
     if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}")
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}")
     return value
 
 
@@ -269,6 +311,7 @@ class ProfileResource(Endpoint):
 
     def render_GET(self, request):
         try:
+            _check_args(request, ("offset", "limit"))
             offset = _int_arg(request, "offset", 0, 0, 2**62)
             limit = _int_arg(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         except BadRequest as e:

@@ -16,6 +16,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from lbframe.config.values import MEMBER_WEIGHT
+
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8404"
 TOKEN_ENV = "LBFRAME_ADMIN_TOKEN"
 TIMEOUT = 10.0
@@ -69,6 +71,25 @@ def _error_message(body: bytes) -> str | None:
     return None
 
 
+def _sendable_token(token: str | None) -> str | None:
+    """The token stripped of surrounding blanks (as ``admin_token_file`` is),
+    or an error that does not repeat it: a token with a blank or a control
+    character inside cannot be sent in a header, and urllib's own error
+    would quote the whole header, token included."""
+    if token is None:
+        return None
+    token = token.strip()
+    if any(not "\x21" <= char <= "\x7e" for char in token):
+        raise AdminClientError("the admin token has a character that cannot be sent in an "
+                               "HTTP header (use visible ASCII, no blanks)")
+    return token
+
+
+def _without(text: str, secret: str | None) -> str:
+    """``text`` with ``secret`` blotted out: an error message must never show the token."""
+    return text.replace(secret, "***") if secret else text
+
+
 def _request(admin_url: str, token: str | None, method: str, path: str,
              body: dict | None = None, *, not_found: str, timeout: float = TIMEOUT) -> dict:
     base = _base(admin_url)
@@ -78,6 +99,7 @@ def _request(admin_url: str, token: str | None, method: str, path: str,
     if body is not None:
         data = json.dumps(body).encode("utf-8")
         headers["Content-Type"] = "application/json"
+    token = _sendable_token(token)
     if token:
         headers["Authorization"] = f"Bearer {token}"
     # The admin API is a local service: never send it through an HTTP proxy
@@ -108,7 +130,8 @@ def _request(admin_url: str, token: str | None, method: str, path: str,
         raise AdminClientError(f"admin API at {base} did not answer in HTTP: "
                                f"{type(e).__name__}") from None
     except ValueError as e:  # a malformed URL
-        raise AdminClientError(f"bad admin API URL {admin_url!r}: {e}") from None
+        raise AdminClientError(f"bad admin API URL {admin_url!r}: "
+                               f"{_without(str(e), token)}") from None
     try:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -141,9 +164,11 @@ def change_member(admin_url: str, token: str | None, pool: str, member: str, act
         body = {"weight": weight}
     else:
         raise AdminClientError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
+    low, high = MEMBER_WEIGHT
     if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int)
-                               or weight < 0):
-        raise AdminClientError(f"weight must be a whole number >= 0, not {weight!r}")
+                               or not low <= weight <= high):
+        raise AdminClientError(f"weight must be a whole number from {low} to {high}, "
+                               f"not {weight!r}")
     path = (f"/api/pools/{urllib.parse.quote(pool, safe='')}"
             f"/members/{urllib.parse.quote(member, safe='')}")
     return _request(admin_url, token, "POST", path, body, timeout=timeout,

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 from lbframe import __version__
 from lbframe.admin.status import site_status
 from lbframe.admin.web import Endpoint, send_text
+from lbframe.config.values import MEMBER_WEIGHT
 
 REFRESH_SECONDS = 5
 #: actions of the member buttons: label → JSON body
@@ -132,7 +133,9 @@ SCRIPT = """
     var body;
     if (b.dataset.action === "weight") {
       var n = parseInt(row.querySelector("input[name=weight]").value, 10);
-      if (isNaN(n) || n < 0) { say("weight must be a whole number >= 0", true); return; }
+      if (isNaN(n) || n < 0 || n > 256) {
+        say("weight must be a whole number from 0 to 256", true); return;
+      }
       body = {weight: n};
     } else {
       body = {state: b.dataset.action};
@@ -238,7 +241,7 @@ def _actions(pool: str, member: str, m: dict) -> str:
         f'<button type="button" data-action="{action}">{label}</button>'
         for label, action in ACTIONS)
     return (f'<td class="actions">{buttons} '
-            f'<input name="weight" type="number" min="0" value="{_e(m.get("weight"))}" '
+            f'<input name="weight" type="number" min="{MEMBER_WEIGHT[0]}" max="{MEMBER_WEIGHT[1]}" value="{_e(m.get("weight"))}" '
             f'aria-label="weight of {_e(pool)}/{_e(member)}">'
             f'<button type="button" data-action="weight">set weight</button></td>')
 

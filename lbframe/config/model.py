@@ -79,6 +79,8 @@ class Global:
 
     admin: str | None = None
     admin_token: str | None = attrs.field(default=None, repr=False)
+    #: a non-loopback ``admin`` without TLS was asked for knowingly
+    admin_insecure: bool = False
     plugins: tuple[str, ...] = ()
     access_log: str | None = None
     log_format: str = "text"

@@ -32,8 +32,9 @@ from lbframe.config.model import (
     Virtual,
 )
 from lbframe.config.values import (
-    is_loopback_endpoint, is_udp_endpoint, parse_address, parse_bool, parse_duration,
-    parse_endpoint, parse_hostname, parse_int, parse_list, parse_name,
+    MEMBER_WEIGHT, is_loopback_endpoint, is_ssl_endpoint, is_udp_endpoint, parse_address,
+    parse_bool, parse_duration, parse_endpoint, parse_hostname, parse_int, parse_list,
+    parse_name,
 )
 from lbframe.errors import ConfigError, did_you_mean
 from lbframe.tls import policy
@@ -42,8 +43,8 @@ T = TypeVar("T")
 
 #: The keys the contract defines for each section kind (``member NAME`` aside).
 KEYS: Mapping[str, tuple[str, ...]] = {
-    "lbframe": ("admin", "admin_token", "admin_token_file", "plugins", "access_log",
-                "log_format", "stop_grace", "max_connections"),
+    "lbframe": ("admin", "admin_token", "admin_token_file", "admin_insecure", "plugins",
+                "access_log", "log_format", "stop_grace", "max_connections"),
     "virtual": ("listen", "protocol", "pool", "persistence", "rules", "sorry",
                 "sorry_status", "max_connections", "max_connections_per_source",
                 "accept_proxy", "timeout_connect",
@@ -249,6 +250,10 @@ class _Keys:
             return convert(raw)
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a value must never crash the loader
+            raise self.error(key, f"bad value: {unexpected(exc)}") from None
 
     def require(self, key: str, convert: Callable[[str], T] = str) -> T:
         if key not in self._left:
@@ -272,6 +277,21 @@ class _Keys:
         for key in self._left:
             if key not in known:
                 raise self.error(key, f"unknown key {key!r}{did_you_mean(key, known)}")
+
+
+def unexpected(exc: BaseException) -> str:
+    """Words for an exception a converter did not mean to raise.
+
+    The converters raise :class:`ValueError` with a message written for the
+    user; anything else (a regex too deep to compile, a number too large for
+    a float, a bug) still becomes one line at the key, never a traceback.
+    The value itself is not repeated: it may be a password or a token.
+    """
+    if isinstance(exc, RecursionError):
+        return "too deeply nested"
+    if isinstance(exc, MemoryError):
+        return "too large"
+    return str(exc) or type(exc).__name__
 
 
 # converters for _Keys.take; each raises ValueError with a message for the user
@@ -381,13 +401,56 @@ def _plugins(base_dir: str, text: str) -> tuple[str, ...]:
     return tuple(plugins)
 
 
+#: a token file larger than this is not a token file
+MAX_TOKEN_FILE = 4096
+
+
+def _admin_token(text: str, where: str = "admin_token") -> str:
+    """A bearer token: what can be sent in an ``Authorization`` header.
+
+    Visible ASCII only (no blanks, no control characters): anything else
+    could never be sent, or would be cut by the client. The message never
+    repeats the token.
+    """
+    if len(text) > MAX_TOKEN_FILE:
+        raise ValueError(f"{where} is longer than {MAX_TOKEN_FILE} characters")
+    for index, char in enumerate(text):
+        if not "\x21" <= char <= "\x7e":
+            raise ValueError(f"{where} has a character that cannot be sent in an HTTP header "
+                             f"at position {index + 1} (use visible ASCII, no blanks)")
+    return text
+
+
+def _check_private(path: str, info: os.stat_result) -> None:
+    """Refuse a token file others could read or change, as ssh does with keys.
+
+    Any permission bit for group or others (``mode & 0o077``) is refused;
+    ``chmod 600`` (or ``400``) is the fix. The owner is not checked: the file
+    is read once as root (at start, before ``twistd --uid``) and again as the
+    unprivileged user (at a reload), so either may rightly own it.
+    """
+    if os.name != "posix":
+        return
+    mode = info.st_mode & 0o777
+    if mode & 0o077:
+        raise ValueError(f"token file {path!r} is open to group or others (mode {mode:04o}): "
+                         f"run chmod 600 {path}")
+
+
 def _token_file(base_dir: str, text: str) -> str:
     path = _readable_file(base_dir, "token file")(text)
-    with open(path, encoding="utf-8") as handle:
-        token = handle.read().strip()
+    with open(path, "rb") as handle:
+        _check_private(path, os.fstat(handle.fileno()))
+        data = handle.read(MAX_TOKEN_FILE + 1)
+    if len(data) > MAX_TOKEN_FILE:
+        raise ValueError(f"token file {path!r} is larger than {MAX_TOKEN_FILE} bytes")
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"token file {path!r} is not UTF-8 text") from None
     if not token:
         raise ValueError(f"token file {path!r} is empty")
-    return token
+    return _admin_token(token, f"the token in {path!r}")
 
 
 def _log_path(base_dir: str, text: str) -> str:
@@ -406,16 +469,26 @@ def build_global(keys: _Keys) -> Global:
     if admin is not None and is_udp_endpoint(admin):
         raise keys.error("admin", "the admin server needs a stream endpoint "
                                   "(tcp:, ssl:, unix:), not udp:")
-    token = keys.take("admin_token")
+    token = keys.take("admin_token", _admin_token)
     if token is not None and "admin_token_file" in keys:
         raise keys.error("admin_token_file", "set admin_token or admin_token_file, not both")
     token = keys.take("admin_token_file", partial(_token_file, base), token)
-    if admin is not None and token is None and not is_loopback_endpoint(admin):
-        raise keys.error("admin", f"{admin!r} is reachable from other hosts, so it needs "
-                                  "admin_token or admin_token_file (or interface=127.0.0.1)")
+    insecure = keys.take("admin_insecure", parse_bool, False)
+    if insecure and admin is None:
+        raise keys.error("admin_insecure", "has no effect without admin")
+    if admin is not None and not is_loopback_endpoint(admin):
+        if token is None:
+            raise keys.error("admin", f"{admin!r} is reachable from other hosts, so it needs "
+                                      "admin_token or admin_token_file (or interface=127.0.0.1)")
+        if not is_ssl_endpoint(admin) and not insecure:
+            raise keys.error("admin", f"{admin!r} is reachable from other hosts without TLS: "
+                                      "the token would cross the network in clear. Use an ssl: "
+                                      "endpoint or interface=127.0.0.1, or set "
+                                      "admin_insecure = yes")
     return Global(
         admin=admin,
         admin_token=token,
+        admin_insecure=insecure,
         plugins=keys.take("plugins", partial(_plugins, base), ()),
         access_log=keys.take("access_log", partial(_log_path, base)),
         log_format=keys.take("log_format", _choice("log format", ("text", "json")), "text"),
@@ -505,7 +578,7 @@ def _tls_policy(keys: _Keys, protocol: str, listen: tuple[str, ...]) -> dict:
 
 # [pool NAME]
 
-_MEMBER_OPTIONS = {"weight": (0, 256), "priority": (1, None), "maxconn": (1, None)}
+_MEMBER_OPTIONS = {"weight": MEMBER_WEIGHT, "priority": (1, None), "maxconn": (1, None)}
 _MEMBER_WORDS = (*_MEMBER_OPTIONS, "backup")
 
 
@@ -625,11 +698,24 @@ def _status_ranges(text: str) -> tuple[tuple[int, int], ...]:
 
 
 def _regex(text: str) -> str:
+    """A regex that compiles; the ways ``re.compile`` fails are all errors here.
+
+    ``re.error`` for bad syntax, ``OverflowError`` for a repeat count too
+    large (``a{99999999999}``), ``RecursionError`` for groups nested too deep,
+    ``MemoryError`` for one too large to hold.
+    """
     try:
         re.compile(text)
     except re.error as exc:
-        raise ValueError(f"bad regex {text!r}: {exc}") from None
+        raise ValueError(f"bad regex {_short(text)}: {exc}") from None
+    except (OverflowError, RecursionError, MemoryError) as exc:
+        raise ValueError(f"bad regex {_short(text)}: {unexpected(exc)}") from None
     return text
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """``repr`` of a value, cut to ``limit`` characters for a one-line message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
 
 
 def build_monitor(name: str, keys: _Keys) -> Monitor:
@@ -794,7 +880,7 @@ def build_site(text: str, path: str) -> Site:
     base_dir = os.path.dirname(os.path.abspath(path))
     named: dict[str, dict] = {kind: {} for kind in NAMED_KINDS}
     single: dict[str, object] = {}
-    for section in read_sections(text, path):
+    for section in _read_sections_safely(text, path):
         keys = _Keys(section, base_dir)
         if section.kind in NAMED_KINDS:
             table = named[section.kind]
@@ -802,13 +888,14 @@ def build_site(text: str, path: str) -> Site:
                 first = table[section.name].source.line
                 raise section.source.error(
                     None, f"duplicate {section.kind} {section.name!r} (first at line {first})")
-            table[section.name] = _BUILDERS[section.kind](section.name, keys)
+            table[section.name] = _build_safely(_BUILDERS[section.kind], section, keys,
+                                                section.name)
         else:
             if section.kind in single:
                 first = single[section.kind].source.line
                 raise section.source.error(None, f"duplicate section (first at line {first})")
             builder = build_global if section.kind == "lbframe" else build_redundancy
-            single[section.kind] = builder(keys)
+            single[section.kind] = _build_safely(builder, section, keys)
     if not named["virtual"]:
         raise ConfigError("no [virtual NAME] section: nothing to serve", path=path)
     site = Site(
@@ -823,6 +910,30 @@ def build_site(text: str, path: str) -> Site:
     )
     _check_references(site)
     return site
+
+
+def _read_sections_safely(text: str, path: str) -> list[RawSection]:
+    """:func:`read_sections`, whose only way to fail is a :class:`ConfigError`."""
+    try:
+        return read_sections(text, path)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - configparser's or ours: one line, no traceback
+        raise ConfigError(f"cannot read the file: {unexpected(exc)}", path=path) from None
+
+
+def _build_safely(builder, section: RawSection, keys: _Keys, *args):
+    """Run a section builder; whatever it raises becomes a ConfigError at the section.
+
+    Keys are converted in :meth:`_Keys.take`, which already locates its own
+    errors; this is the net under the checks between keys.
+    """
+    try:
+        return builder(*args, keys)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise section.source.error(None, f"bad section: {unexpected(exc)}") from None
 
 
 # -- step 3: references between sections --------------------------------------

@@ -23,7 +23,7 @@ from lbframe.errors import did_you_mean
 __all__ = [
     "parse_duration", "parse_address", "parse_list", "parse_endpoint",
     "parse_bool", "parse_int", "parse_name", "parse_hostname", "split_endpoint",
-    "is_loopback_endpoint", "is_udp_endpoint",
+    "is_loopback_endpoint", "is_udp_endpoint", "is_ssl_endpoint", "MEMBER_WEIGHT",
 ]
 
 # -- durations ---------------------------------------------------------------
@@ -75,6 +75,10 @@ def parse_int(text: str, low: int | None = None, high: int | None = None) -> int
     if (low is not None and number < low) or (high is not None and number > high):
         raise ValueError(f"{number} is out of range (expected a whole number{_range(low, high)})")
     return number
+
+
+#: a member's ``weight=`` in site.ini, and what the admin API accepts for it
+MEMBER_WEIGHT = (0, 256)
 
 
 def _range(low: int | None, high: int | None) -> str:
@@ -202,7 +206,10 @@ def split_endpoint(text: str) -> tuple[str, list[str], dict[str, str]]:
                 tokens[-1].append("")
                 separators = ":"
         elif char == "\\":
-            tokens[-1][-1] += next(chars, "")
+            escaped = next(chars, None)
+            if escaped is None:  # Twisted's parser dies of a StopIteration here
+                raise ValueError("it ends with a lone '\\' (write '\\\\' for a backslash)")
+            tokens[-1][-1] += escaped
         else:
             tokens[-1][-1] += char
     args: list[str] = []
@@ -212,6 +219,8 @@ def split_endpoint(text: str) -> tuple[str, list[str], dict[str, str]]:
             args.append(token[0])
         else:
             kw[token[0]] = token[1]
+    if not args:  # "a=b": Twisted's parser fails with an IndexError
+        raise ValueError("it does not start with a type (such as tcp:, ssl:, unix:)")
     return args[0], args[1:], kw
 
 
@@ -243,17 +252,38 @@ def _check_options(kind: str, named: dict[str, str]) -> None:
         port = named["port"]
         if re.fullmatch(r"[0-9]{1,5}", port) is None or int(port) > 65535:
             raise ValueError(f"port {port!r} is not a number from 0 to 65535")
-    if named.get("interface"):
+    if named.get("interface") and named["interface"].lower() != "localhost":
         try:
             ipaddress.ip_address(named["interface"])
         except ValueError:
-            raise ValueError(f"interface {named['interface']!r} is not an IP address") from None
+            raise ValueError(f"interface {named['interface']!r} is not an IP address "
+                             "(or localhost)") from None
     if "backlog" in named and re.fullmatch(r"[1-9][0-9]*", named["backlog"]) is None:
         raise ValueError(f"backlog {named['backlog']!r} is not a positive number")
     if "mode" in named and re.fullmatch(r"[0-7]{1,4}", named["mode"]) is None:
         raise ValueError(f"mode {named['mode']!r} is not an octal file mode such as 660")
     if "lockfile" in named and named["lockfile"] not in ("0", "1"):
         raise ValueError(f"lockfile {named['lockfile']!r} is not 0 or 1")
+
+
+#: ``interface=localhost`` is bound to this address, never looked up: the name
+#: means loopback whatever the resolver (or /etc/hosts) says.
+_LOCALHOST = {"tcp": "127.0.0.1", "ssl": "127.0.0.1", "udp": "127.0.0.1", "tcp6": "::1"}
+
+
+def _localhost_literal(kind: str, named: dict[str, str]) -> dict[str, str]:
+    """``interface=localhost`` → ``127.0.0.1`` (``::1`` for ``tcp6:``)."""
+    if named.get("interface", "").lower() != "localhost":
+        return named
+    return dict(named, interface=_LOCALHOST[kind])
+
+
+def _unparse(kind: str, named: dict[str, str]) -> str:
+    """An endpoint string from a known type's named options (first one positional)."""
+    named = dict(named)
+    first = named.pop(ENDPOINT_OPTIONS[kind][0])
+    return ":".join([kind, _escape(first)] + [f"{key}={_escape(value)}"
+                                               for key, value in named.items()])
 
 
 def _resolve_ssl_files(named: dict[str, str], base_dir: str) -> dict[str, str]:
@@ -298,6 +328,8 @@ def parse_endpoint(text: str, base_dir: str | None = None) -> str:
         return _parse_endpoint(text, base_dir)
     except ValueError as exc:
         raise ValueError(f"bad endpoint {text!r}: {exc}") from None
+    except Exception as exc:  # whatever else a malformed string provokes: never a traceback
+        raise ValueError(f"bad endpoint {text!r}: {_describe(exc)}") from None
 
 
 def _parse_endpoint(text: str, base_dir: str | None) -> str:
@@ -305,14 +337,13 @@ def _parse_endpoint(text: str, base_dir: str | None) -> str:
     if kind in ENDPOINT_OPTIONS:
         named = _named_options(kind, args, kw)
         _check_options(kind, named)
+        resolved = _localhost_literal(kind, named)
+        if kind == "ssl" and base_dir is not None:
+            resolved = _resolve_ssl_files(resolved, base_dir)
+        if resolved != named:
+            text = _unparse(kind, resolved)
         if kind == "udp":
             return text
-        if kind == "ssl" and base_dir is not None:
-            resolved = _resolve_ssl_files(named, base_dir)
-            if resolved != named:
-                port = resolved.pop("port")
-                text = ":".join([kind, _escape(port)] + [f"{key}={_escape(value)}"
-                                                         for key, value in resolved.items()])
     try:
         serverFromString(_NoReactor(), text)
     except ValueError as exc:
@@ -326,18 +357,33 @@ def _parse_endpoint(text: str, base_dir: str | None) -> str:
 
 
 def is_udp_endpoint(text: str) -> bool:
-    return split_endpoint(text.strip())[0] == "udp"
+    try:
+        return split_endpoint(text.strip())[0] == "udp"
+    except ValueError:
+        return False
+
+
+def is_ssl_endpoint(text: str) -> bool:
+    """True for an ``ssl:`` endpoint: the server end of TLS."""
+    try:
+        return split_endpoint(text.strip())[0] == "ssl"
+    except ValueError:
+        return False
 
 
 def is_loopback_endpoint(text: str) -> bool:
     """True when only this host can connect: a unix socket or a loopback interface."""
-    kind, args, kw = split_endpoint(text.strip())
+    try:
+        kind, args, kw = split_endpoint(text.strip())
+        interface = _named_options(kind, args, kw).get("interface", "") \
+            if kind in ("tcp", "tcp6", "ssl") else ""
+    except ValueError:
+        return False
     if kind == "unix":
         return True
     if kind not in ("tcp", "tcp6", "ssl"):
         return False
-    interface = _named_options(kind, args, kw).get("interface", "")
-    if interface == "localhost":
+    if interface.lower() == "localhost":  # the name, never resolved
         return True
     try:
         return ipaddress.ip_address(interface).is_loopback
