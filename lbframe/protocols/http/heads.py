@@ -6,6 +6,15 @@ Hop-by-hop headers (``Connection`` and every header it names,
 not passed on. Everything else goes out as it came: same names, same case,
 same order, so a request that needed no change reaches the member byte for
 byte, followed by the ``X-Forwarded-*`` lines when ``forwarded_for`` is on.
+
+A ``Connection`` token never removes a header that frames or routes the
+message (:data:`PROTECTED`): ``Content-Length``, ``Transfer-Encoding`` and
+``Host`` are end-to-end whatever ``Connection`` says (RFC 9110 §7.6.1 forbids
+listing them). We framed the body by them and chose the member by them; if
+the copy we forward lost them, the member would read the body as a second
+request (request smuggling) or answer for another host. Such tokens are
+ignored, as HAProxy ignores every token but ``close``, ``keep-alive`` and
+``upgrade``; the message itself is still served.
 """
 
 from __future__ import annotations
@@ -15,19 +24,32 @@ from lbframe.messages import RequestHead, ResponseHead
 _ALWAYS_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te",
                          b"upgrade"))
 
+#: names a ``Connection`` token can never make hop-by-hop: the framing and
+#: routing lbframe decided by. (The headers lbframe writes itself —
+#: ``X-Forwarded-*``, ``X-Client-Cert-Subject``, ``Connection`` — are added
+#: after the filtering, so no token can remove them.)
+PROTECTED = frozenset((b"content-length", b"transfer-encoding", b"host"))
+
+
+def connection_tokens(headers) -> set:
+    """The lower-cased tokens of every ``Connection`` header, whitespace
+    around each token removed (tabs too), empty list elements skipped."""
+    listed = set()
+    for name, value in headers:
+        if len(name) == 10 and name.lower() == b"connection":
+            for token in value.split(b","):
+                token = token.strip(b" \t").lower()
+                if token:
+                    listed.add(token)
+    return listed
+
 
 def _dropped(headers, extra: frozenset) -> tuple[frozenset, frozenset]:
     """Names not to forward — the hop-by-hop ones, ``extra``, and those
     ``Connection`` lists — and the set of their lengths: a header whose name
     length is not in it is forwarded without lower-casing its name (most
     are; this runs twice per request)."""
-    listed = set()
-    for name, value in headers:
-        if len(name) == 10 and name.lower() == b"connection":
-            for token in value.split(b","):
-                token = token.strip().lower()
-                if token:
-                    listed.add(token)
+    listed = connection_tokens(headers) - PROTECTED
     if not listed:
         cached = _CACHE.get(extra)
         if cached is None:
@@ -117,6 +139,15 @@ def response_bytes(head: ResponseHead, chunked: bool, close: bool, keep_alive: b
     return b"".join(out)
 
 
+#: fields that must not travel in a trailer section (RFC 9110 §6.5.1): the
+#: framing, routing and connection ones. A recipient that merged them into
+#: the head would re-frame or re-route a message already framed and routed.
+_NOT_IN_TRAILERS = _ALWAYS_HOP | PROTECTED | frozenset((b"trailer",))
+
+
 def trailer_bytes(trailers) -> bytes:
-    """The last chunk and its trailer section."""
-    return b"0\r\n" + b"".join(b"%s: %s\r\n" % pair for pair in trailers) + b"\r\n"
+    """The last chunk and its trailer section, without the fields a
+    trailer may not carry (dropped, not refused: the body is already
+    on its way, and the fields mean nothing there)."""
+    kept = [pair for pair in trailers if pair[0].lower() not in _NOT_IN_TRAILERS]
+    return b"0\r\n" + b"".join(b"%s: %s\r\n" % pair for pair in kept) + b"\r\n"

@@ -15,6 +15,10 @@ proxy must check on top (RFC 9112):
 - the request line and the whole head have size limits, enforced while the
   bytes arrive, so an endless header costs bounded memory (llhttp hands
   httptools header pieces that httptools joins before calling us);
+- so does a chunked body's framing: a chunk-size line (with its
+  extensions) and the trailer section together may take at most the head
+  limit, counted while the bytes arrive (a 431 for a request, a 502 for a
+  response);
 - ``CONNECT`` is refused (lbframe is a reverse proxy, not a forward one).
 
 A parser calls its *sink* as the message goes by; the data path decides what
@@ -33,6 +37,9 @@ MAX_REQUEST_LINE = 8 * 1024
 MAX_HEAD_SIZE = 32 * 1024
 #: the most one read can hand the parser
 READ_SLACK = 64 * 1024
+#: room for the last chunk's own line and the final CRLF next to a trailer
+#: section of the full ``max_head``
+_CHUNK_LINE_SLACK = 1024
 
 
 class HTTPError(Exception):
@@ -56,16 +63,6 @@ def _llhttp_error(e: Exception, what: str, status: int = 400) -> HTTPError:
     return HTTPError(status, f"{what}: {e}")
 
 
-def _hop_tokens(values: list[bytes]) -> set[bytes]:
-    tokens = set()
-    for value in values:
-        for token in value.split(b","):
-            token = token.strip().lower()
-            if token:
-                tokens.add(token)
-    return tokens
-
-
 class _Base:
     """What request and response parsing share: the head collection, the
     size accounting, trailers, and the chunked flag."""
@@ -80,6 +77,16 @@ class _Base:
         self.trailers: list | None = None
         self.chunked = False
         self.content_length = False
+        #: a chunked body is being received (until its last chunk ends)
+        self.framing_open = False
+        #: bytes of framing (not body) received since the last chunk ended:
+        #: an upper bound, checked after each read (see ``feed``)
+        self.frame_bytes = 0
+        #: exact size of the trailer fields parsed so far
+        self.trailer_size = 0
+        self._chunk_body = 0  # body bytes of the current chunk
+        self._body_since = 0  # body bytes since the read began or framing restarted
+        self._restarted = False  # framing restarted (head or chunk ended) in this read
         self._framing_seen()
 
     def _framing_seen(self) -> None:
@@ -92,6 +99,7 @@ class _Base:
 
     def on_message_begin(self):
         self.in_head = True
+        self.framing_open = False
         self.head_size = 0
         self.headers = []
         self.trailers = None
@@ -101,6 +109,9 @@ class _Base:
 
     def on_header(self, name: bytes, value: bytes):
         if self.trailers is not None:
+            self.trailer_size += len(name) + len(value) + 4
+            if self.trailer_size > self.max_head:
+                raise self._trailers_too_big()
             self.trailers.append((name, value))
             return
         self.head_size += len(name) + len(value) + 4
@@ -119,13 +130,24 @@ class _Base:
                 self.te.append(value)
 
     def on_body(self, body: bytes):
+        self._chunk_body += len(body)
+        self._body_since += len(body)
         self.sink.body(body)
 
     def on_chunk_header(self):
-        pass
+        self._chunk_body = 0
 
     def on_chunk_complete(self):
-        pass
+        # After a data chunk's CRLF, or after the trailer section of the
+        # last chunk (the only chunk without body bytes): the framing count
+        # starts again from here.
+        self._frame_restart()
+        if self._chunk_body == 0:
+            self.framing_open = False
+
+    def _frame_restart(self) -> None:
+        self._restarted = True
+        self._body_since = 0
 
     def _headers_done(self):
         """Checks common to requests and responses, after the head."""
@@ -141,9 +163,15 @@ class _Base:
         self.content_length = self.length is not None
         # Trailers arrive through on_header after the last chunk.
         self.trailers = []
+        self.trailer_size = 0
+        self.framing_open = self.chunked
+        self._frame_restart()
 
     def _too_big(self) -> HTTPError:
         return HTTPError(431, f"head over {self.max_head} bytes")
+
+    def _trailers_too_big(self) -> HTTPError:
+        return HTTPError(431, f"chunk framing or trailers over {self.max_head} bytes")
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises HTTPError.
@@ -152,12 +180,32 @@ class _Base:
         coarser count of the bytes received while a head is unfinished only
         bounds memory (httptools joins a header's fragments before it calls
         us), so it allows one read of slack for the bytes that preceded the
-        head in the same read."""
+        head in the same read. The same holds for a chunked body's framing
+        (see ``_count_framing``)."""
+        self._restarted = False
+        self._body_since = 0
         self._feed(data)
         if self.in_head:
             self.head_bytes += len(data)
             if self.head_bytes > self.max_head + READ_SLACK:
                 raise self._too_big()
+        elif self.framing_open:
+            self._count_framing(len(data))
+
+    def _count_framing(self, size: int) -> None:
+        """Bound the bytes of a chunked body that are not body: chunk-size
+        lines with their extensions, and the trailer section — llhttp skips
+        the former and httptools buffers the latter whole before calling
+        us, so neither shows in a callback until it ends. Counted from the
+        last chunk's end (or the head's); a read in which one of those came
+        counts whole before it (an upper bound: one read of slack, as for
+        heads, and a chunk-size line's worth)."""
+        if self._restarted:
+            self.frame_bytes = size - self._body_since
+        else:
+            self.frame_bytes += size - self._body_since
+        if self.frame_bytes > self.max_head + READ_SLACK + _CHUNK_LINE_SLACK:
+            raise self._trailers_too_big()
 
 
 class RequestParser(_Base):
@@ -331,6 +379,8 @@ class ResponseParser(_Base):
             self._headers_done()
         except HTTPError as e:
             raise HTTPError(502, f"bad response: {e.reason}") from None
+        if self.head_only or status < 200 or status in (204, 304):
+            self.framing_open = False  # no body follows this head
         head = ResponseHead(status, self.reason.decode("latin-1"), version, self.headers)
         keep_alive = parser.should_keep_alive()
         if 100 <= status < 200 and status != 101:
