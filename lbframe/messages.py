@@ -10,11 +10,89 @@ latin-1, which maps every byte to one character and cannot fail.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote_plus
 
 import attrs
 
 Headers = list  # of (name: bytes, value: bytes), in arrival order
+
+# -- the normalised path (what ``path`` rules match) --------------------------
+
+#: a scheme and authority in front of an absolute-form target
+_ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/\\?#]*")
+#: a percent-escape, or a lone ``%`` that starts none
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})?")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_SLASHES = re.compile(r"/{2,}")
+
+
+def _escape(match: re.Match) -> str:
+    """An unreserved character decoded (``%61`` → ``a``, ``%2e`` → ``.``);
+    any other escape kept with upper-case hex digits (``%2f`` → ``%2F``); a
+    ``%`` that starts no escape written ``%25``, so that no escape can
+    appear by decoding its neighbours (``%%34%31`` is not ``%41``)."""
+    digits = match.group(1)
+    if digits is None:
+        return "%25"
+    char = chr(int(digits, 16))
+    return char if char in _UNRESERVED else "%" + digits.upper()
+
+
+def _dot(segment: str) -> str | None:
+    """``"."`` or ``".."`` when ``segment`` is a dot segment — also with
+    path parameters (``..;x``), which Tomcat and Jetty read as plain dots."""
+    name = segment.split(";", 1)[0]
+    return name if name == "." or name == ".." else None
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4 for an absolute path without empty segments; ``..``
+    above the root stays at the root."""
+    segments = path.split("/")[1:]
+    last = len(segments) - 1
+    out: list[str] = []
+    for i, segment in enumerate(segments):
+        dot = _dot(segment)
+        if dot is None:
+            out.append(segment)
+            continue
+        if dot == ".." and out:
+            out.pop()
+        if i == last:
+            out.append("")  # "/a/b/.." is the directory "/a/"
+    return "/" + "/".join(out)
+
+
+def normalize_path(target: str) -> str:
+    """The path of a request target as ``path`` rules see it.
+
+    What servers read as the same path is written one way, so that a rule
+    on ``/admin`` cannot be walked past by spelling it differently:
+    absolute-form loses its scheme and authority (``http://h/admin`` →
+    ``/admin``); the query goes; percent-escapes of unreserved characters
+    are decoded and the rest upper-cased (``/%61dmin`` → ``/admin``,
+    ``%2f`` → ``%2F`` — an encoded slash stays encoded, it is not a
+    separator); backslashes are slashes (IIS reads them so); runs of
+    slashes become one; dot segments are removed, encoded ones too
+    (``/x/%2e%2e/admin`` → ``/admin``). Idempotent. ``*`` (``OPTIONS *``)
+    stays ``*``. The request is forwarded with its original target.
+    """
+    path = _ABSOLUTE.sub("", target, count=1) if "://" in target else target
+    path = path.split("?", 1)[0]
+    if path == "*":
+        return path
+    if "%" in path:
+        path = _ESCAPE.sub(_escape, path)
+    if "\\" in path:
+        path = path.replace("\\", "/")
+    if not path.startswith("/"):
+        path = "/" + path
+    if "//" in path:
+        path = _SLASHES.sub("/", path)
+    if "." in path:
+        path = _remove_dot_segments(path)
+    return path
 
 
 def _find(headers: Headers, name: str) -> list[str]:
@@ -49,12 +127,20 @@ class RequestHead(_HeaderLookup):
     headers: Headers = attrs.field(factory=list)
     _cookies: dict | None = attrs.field(default=None, init=False)
     _query: dict | None = attrs.field(default=None, init=False)
+    _normalized: str | None = attrs.field(default=None, init=False)
 
     @property
     def path(self) -> str:
         """The target without its query (path parameters such as
-        ``;jsessionid=`` stay: they are part of the path)."""
+        ``;jsessionid=`` stay: they are part of the path), as sent."""
         return self.target.split("?", 1)[0]
+
+    @property
+    def normalized_path(self) -> str:
+        """The path as ``path`` rules match it: see :func:`normalize_path`."""
+        if self._normalized is None:
+            self._normalized = normalize_path(self.target)
+        return self._normalized
 
     @property
     def query(self) -> str:

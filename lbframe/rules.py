@@ -7,6 +7,12 @@ suffix. Host names compare case-insensitively (the head's host is already
 lower-cased and has no port); everything else is compared as sent. A
 request that lacks the subject (no such header, cookie or parameter) does
 not match. ``header:NAME`` matches when any of the header's values does.
+
+``path`` is the *normalised* path (:func:`lbframe.messages.normalize_path`):
+absolute-form, percent-escapes of unreserved characters, repeated slashes,
+backslashes and dot segments are written one way, so ``path ^= /admin``
+sees ``//admin``, ``/x/../admin``, ``/%61dmin`` and ``http://h/admin``
+alike. The member still gets the target as it was sent.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ def _comparison(op: str, value: str) -> Callable[[str], bool]:
 def _subject(subject: str, arg: str | None) -> Callable[[RequestHead], list]:
     """A function giving the values of ``subject`` in a head (empty: absent)."""
     if subject == "path":
-        return lambda head: [head.path]
+        return lambda head: [head.normalized_path]
     if subject == "method":
         return lambda head: [head.method]
     if subject == "host":
