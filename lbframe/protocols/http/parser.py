@@ -42,6 +42,15 @@ READ_SLACK = 64 * 1024
 _CHUNK_LINE_SLACK = 1024
 
 
+#: trailer fields refused: llhttp lets them change how it frames what
+#: follows on the connection (a trailer ``Connection: close`` or
+#: ``Transfer-Encoding: x`` makes it refuse the next message), so a message
+#: carrying one would break the next — another client's, on a pooled member
+#: connection. RFC 9110 §6.5.1 forbids them there anyway.
+_FRAMING_TRAILERS = frozenset((b"transfer-encoding", b"content-length", b"connection",
+                               b"proxy-connection"))
+
+
 class HTTPError(Exception):
     """A message we refuse: ``status`` for the client (or 502 when a member
     sent it), ``reason`` for the log."""
@@ -112,6 +121,8 @@ class _Base:
             self.trailer_size += len(name) + len(value) + 4
             if self.trailer_size > self.max_head:
                 raise self._trailers_too_big()
+            if name.lower() in _FRAMING_TRAILERS:
+                raise HTTPError(400, f"{name.decode('latin-1')} in a trailer section")
             self.trailers.append((name, value))
             return
         self.head_size += len(name) + len(value) + 4
