@@ -283,6 +283,21 @@ class TrailerLimitTests(SynchronousTestCase):
         self.assertEqual(len(sink.bodies), 200 * 60000)
         self.assertEqual(len(sink.ended[0]), 140)
 
+    def test_framing_fields_in_trailers_are_refused(self):
+        # llhttp lets them change how it reads the next message (a trailer
+        # "Connection: close" made it refuse the next response on a pooled
+        # member connection: another client's 502).
+        for field in (b"Connection: close", b"Transfer-Encoding: x", b"content-length: 5",
+                      b"Proxy-Connection: close"):
+            parser = RequestParser(_Sink())
+            with self.assertRaises(HTTPError) as caught:
+                parser.feed(CHUNKED_REQUEST + b"0\r\n" + field + b"\r\n\r\n")
+            self.assertEqual(caught.exception.status, 400, field)
+            response = ResponseParser(_Sink())
+            response.expect("GET")
+            with self.assertRaises(HTTPError):
+                response.feed(CHUNKED_RESPONSE + b"0\r\n" + field + b"\r\n\r\n")
+
     def test_pipelined_chunked_requests_start_afresh(self):
         sink = _Sink()
         parser = RequestParser(sink)
