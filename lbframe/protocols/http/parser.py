@@ -16,9 +16,10 @@ proxy must check on top (RFC 9112):
   bytes arrive, so an endless header costs bounded memory (llhttp hands
   httptools header pieces that httptools joins before calling us);
 - so does a chunked body's framing: a chunk-size line (with its
-  extensions) and the trailer section together may take at most the head
-  limit, counted while the bytes arrive (a 431 for a request, a 502 for a
-  response);
+  extensions), or the last chunk's line with the trailer section, may take
+  at most the head limit, counted while the bytes arrive (a 431 for a
+  request, a 502 for a response); trailer fields that frame or control the
+  connection are refused;
 - ``CONNECT`` is refused (lbframe is a reverse proxy, not a forward one).
 
 A parser calls its *sink* as the message goes by; the data path decides what
