@@ -107,7 +107,8 @@ class Harness:
 
 # -- generated requests -------------------------------------------------------
 
-_tokens = st.sampled_from([b"keep-alive", b"Content-Length", b"content-length",
+_tokens = st.sampled_from([b"keep-alive", b"close", b"Upgrade",
+                           b"Content-Length", b"content-length",
                            b"TRANSFER-ENCODING", b"Transfer-Encoding", b"Host", b"host",
                            b"X-A", b"x-b", b"TE", b"Keep-Alive", b"Trailer", b"Foo"])
 _spaces = st.sampled_from([b"", b" ", b"\t", b" \t"])
