@@ -46,44 +46,24 @@ only when almost every member is full or excluded.
 from __future__ import annotations
 
 import hashlib
-from heapq import heapreplace
+import time
 
 from zope.interface import implementer
 
 from lbframe import hookimpl
 from lbframe.interfaces import IScheduler
 from lbframe.schedulers import SchedulerBase, usable
+from lbframe.schedulers.maglev import (SLOTS_PER_MEMBER, TABLE_SIZES,  # noqa: F401 (API)
+                                       MaglevBuild, maglev_table, member_hash, table_size)
 from lbframe.schedulers.round_robin import RoundRobin
 
-#: lookup table sizes (primes, each about twice the previous one)
-TABLE_SIZES = (65537, 131071, 262147, 524287, 1048573, 2097143, 4194301)
-#: slots per member, at least (Maglev's advice: M ≥ 100 × n)
-SLOTS_PER_MEMBER = 100
 #: how many following slots are tried when the hashed member cannot be used
 FALLBACK_PROBES = 32
-
-
-def _is_prime(n: int) -> bool:
-    if n < 2 or n % 2 == 0:
-        return n == 2
-    f = 3
-    while f * f <= n:
-        if n % f == 0:
-            return False
-        f += 2
-    return True
-
-
-def table_size(members: int) -> int:
-    """The prime table size for a tier of ``members`` members."""
-    want = SLOTS_PER_MEMBER * members
-    for size in TABLE_SIZES:
-        if size >= want:
-            return size
-    size = want | 1
-    while not _is_prime(size):
-        size += 2
-    return size
+#: seconds of reactor time one slice of a table build may take (about)
+SLICE_BUDGET = 0.005
+#: units of fill work (see MaglevBuild.run) between two looks at the timer:
+#: 0.2-0.6 ms on CPython 3.11, which is how far a slice can overrun its budget
+SLICE_STEPS = 2048
 
 
 def key_hash(host: str) -> int:
@@ -97,60 +77,51 @@ def key_hash(host: str) -> int:
     return int.from_bytes(hashlib.blake2b(host.encode(), digest_size=8).digest(), "big")
 
 
-def _member_hash(name: str) -> tuple[int, int]:
-    d = hashlib.blake2b(name.encode(), digest_size=16, person=b"lbframe-maglev").digest()
-    return int.from_bytes(d[:8], "big"), int.from_bytes(d[8:], "big")
-
-
-def maglev_table(entries, size: int) -> list:
-    """Fill a table of ``size`` (a prime) slots from ``entries``, a sequence of
-    ``(name, weight, member)`` with distinct names and weights above 0.
-
-    The result depends only on the set of ``(name, weight)`` pairs, not on the
-    order of ``entries``.
-    """
-    entries = sorted(entries, key=lambda e: e[0])
-    table: list = [None] * size
-    if not entries:
-        return table
-    maxw = max(w for _, w, _ in entries)
-    members, weights, pos, skips, taken = [], [], [], [], []
-    for name, w, m in entries:
-        h1, h2 = _member_hash(name)
-        members.append(m)
-        weights.append(w)
-        pos.append(h1 % size)
-        skips.append(h2 % (size - 1) + 1)
-        taken.append(0)
-    # (round, index): member i takes its k-th slot (k = 0, 1, ...) in round
-    # ⌊k·maxw/w⌋, the members of one round in name order.
-    heap = [(0, i) for i in range(len(members))]
-    for _ in range(size):
-        i = heap[0][1]
-        c, skip = pos[i], skips[i]
-        while table[c] is not None:
-            c = (c + skip) % size
-        table[c] = members[i]
-        pos[i] = (c + skip) % size
-        k = taken[i] = taken[i] + 1
-        heapreplace(heap, (k * maxw // weights[i], i))
-    return table
+def _member_hash(name: str) -> tuple[int, int]:  # the name tests and plugins knew
+    return member_hash(name)
 
 
 class _Tier:
-    """The non-backup or the backup members, and their lookup table."""
+    """The non-backup or the backup members, the table that answers for
+    them, and the table being built when they changed.
 
-    __slots__ = ("members", "weights", "ordered", "table", "dirty", "builds")
+    Events only note what changed (O(1)); the first lookup after them
+    compares the tier with what the answering table was built from and, only
+    if the table would differ, starts a build (:meth:`refresh`). Until that
+    build is done the old table answers, skipping members that left the tier.
+    """
+
+    __slots__ = ("weights", "ordered", "slots", "slot_members", "built_from", "build",
+                 "building", "dirty", "builds", "slices")
 
     def __init__(self):
-        self.members: list = []
         #: member → the weight it has in the table, or None when not in it
+        #: (weight 0); the keys are the tier's members, in the order added
         self.weights: dict = {}
         #: all members of the tier, in name order (the last-resort scan)
         self.ordered: list = []
-        self.table: list = []
+        #: the table that answers (see MaglevBuild: slot → 1 + index into
+        #: slot_members), and the (size, {member: weight}) it was built from
+        self.slots = ()
+        self.slot_members: list = [None]
+        self.built_from = (0, {})
+        #: the build under way (a MaglevBuild) and what it is built from
+        self.build: MaglevBuild | None = None
+        self.building = None
         self.dirty = False
+        #: finished builds (tables swapped in), and slices run, for tests and tools
         self.builds = 0
+        self.slices = 0
+
+    @property
+    def members(self) -> list:
+        return list(self.weights)
+
+    @property
+    def table(self) -> list:
+        """The answering table as a list of members (for tests and tools)."""
+        members = self.slot_members
+        return [members[i] for i in self.slots]
 
     @staticmethod
     def weight_of(member):
@@ -162,12 +133,10 @@ class _Tier:
         return w if w > 0 else None
 
     def add(self, member):
-        self.members.append(member)
         self.weights[member] = self.weight_of(member)
         self.dirty = True
 
     def remove(self, member):
-        self.members.remove(member)
         del self.weights[member]
         self.dirty = True
 
@@ -177,26 +146,67 @@ class _Tier:
             self.weights[member] = w
             self.dirty = True
 
-    def rebuild(self):
+    def refresh(self) -> bool:
+        """Take the changes in: True when a build must run (it is set up in
+        :attr:`build`, not run). Nothing to build when the members and
+        weights are those of the answering table (a reload that changed a
+        member's ``maxconn``, a weight set back) or of the build under way.
+        O(n log n) in the tier's members, not in the table's slots."""
         self.dirty = False
+        self.ordered = ordered = sorted(self.weights, key=lambda m: m.name)
+        weights = self.weights
+        want = (table_size(len(weights)), {m: w for m, w in weights.items() if w is not None})
+        if want == self.built_from:
+            self.build = self.building = None  # back to what the table has
+            return False
+        if self.build is not None and want == self.building:
+            return False
+        if not want[1]:  # nobody with a weight: nothing to hash to
+            self.swap((), [None], want)
+            return False
+        self.build = MaglevBuild([(m.name, weights[m], m) for m in ordered
+                                  if weights[m] is not None], want[0])
+        self.building = want
+        return True
+
+    def swap(self, slots, members, built_from):
+        """The new table answers from now on (a pick sees the old table or
+        the new one, never a mixture: nothing yields in between)."""
+        self.slots, self.slot_members, self.built_from = slots, members, built_from
+        self.build = self.building = None
         self.builds += 1
-        self.ordered = sorted(self.members, key=lambda m: m.name)
-        entries = [(m.name, w, m) for m, w in self.weights.items() if w is not None]
-        self.table = maglev_table(entries, table_size(len(self.members))) if entries else []
+
+    def finish(self):
+        build = self.build
+        self.swap(build.slots, build.members, self.building)
+
+    def rebuild(self):
+        """Bring the table up to date now, in one go (the reactor waits)."""
+        if self.dirty:
+            self.refresh()
+        build = self.build
+        if build is not None:
+            while not build.run(1 << 30):
+                pass
+            self.finish()
 
     def lookup(self, h: int, exclude):
-        if self.dirty:
-            self.rebuild()
-        table = self.table
-        if table:
-            size = len(table)
+        slots, members = self.slots, self.slot_members
+        stale = self.build is not None  # members may have left since it was built
+        if not slots and stale:
+            # The first table is being built: the slots it has filled already
+            # hold their final member; the others are 0 (None).
+            slots, members, stale = self.build.slots, self.build.members, False
+        weights = self.weights
+        if slots:
+            size = len(slots)
             slot = h % size
-            m = table[slot]
-            if usable(m, exclude):
+            m = members[slots[slot]]
+            if m is not None and usable(m, exclude) and (not stale or m in weights):
                 return m
             for step in range(1, FALLBACK_PROBES + 1):
-                m = table[(slot + step) % size]
-                if usable(m, exclude):
+                m = members[slots[(slot + step) % size]]
+                if m is not None and usable(m, exclude) and (not stale or m in weights):
                     return m
         ordered = self.ordered
         n = len(ordered)
@@ -209,9 +219,17 @@ class _Tier:
 
 @implementer(IScheduler)
 class SourceHash(SchedulerBase):
-    def __init__(self, pool=None, options=None):
+    """See the module's docstring. ``clock`` (an ``IReactorTime``) runs table
+    builds in slices of ``budget`` seconds as measured by ``timer``; without
+    one, the global reactor does while it runs, and builds are synchronous
+    when it does not (scripts, synchronous tests)."""
+
+    def __init__(self, pool=None, options=None, *, clock=None, timer=time.perf_counter,
+                 budget: float = SLICE_BUDGET, steps: int = SLICE_STEPS):
         super().__init__(pool, options)
         self._tiers = (_Tier(), _Tier())  # non-backup, backup
+        self._clock, self._timer, self._budget, self._steps = clock, timer, budget, steps
+        self._calls: dict = {}  # tier → the pending slice (an IDelayedCall)
         # no address to hash: round robin over the same members
         self._rr = RoundRobin()
         self._rr.members = self.members
@@ -227,12 +245,64 @@ class SourceHash(SchedulerBase):
     def member_changed(self, member):
         self._tiers[member.backup].changed(member)
 
+    # -- building ----------------------------------------------------------
+
+    def clock(self):
+        """The clock that runs builds, or None: build synchronously."""
+        if self._clock is not None:
+            return self._clock
+        from twisted.internet import reactor
+        return reactor if reactor.running else None
+
+    def _refresh(self, tier: _Tier) -> None:
+        if not tier.refresh():
+            return
+        clock = self.clock()
+        if clock is None:
+            tier.rebuild()
+        elif tier not in self._calls:
+            self._calls[tier] = clock.callLater(0, self._slice, tier, clock)
+
+    def _slice(self, tier: _Tier, clock) -> None:
+        """Fill on for about :attr:`_budget` seconds, then yield to the
+        reactor; swap the table in when it is full."""
+        del self._calls[tier]
+        build = tier.build
+        if build is None:  # the change was undone meanwhile
+            return
+        tier.slices += 1
+        timer, budget, steps = self._timer, self._budget, self._steps
+        began = timer()
+        while not build.run(steps):
+            if timer() - began >= budget:
+                self._calls[tier] = clock.callLater(0, self._slice, tier, clock)
+                return
+        tier.finish()
+
+    def settle(self) -> None:
+        """Finish any build under way now, synchronously (for tools and
+        tests; the reactor waits)."""
+        for tier in self._tiers:
+            call = self._calls.pop(tier, None)
+            if call is not None and call.active():
+                call.cancel()
+            tier.rebuild()
+
+    @property
+    def building(self) -> bool:
+        """True while a table is being built (the old one answers)."""
+        return any(t.build is not None or t.dirty for t in self._tiers)
+
+    # -- picking -------------------------------------------------------------
+
     def pick(self, context, exclude=()):
         host = getattr(context, "client_host", None)
         if not host:
             return self._rr.pick(context, exclude)
         h = key_hash(host)
         for tier in self._tiers:
+            if tier.dirty:
+                self._refresh(tier)
             m = tier.lookup(h, exclude)
             if m is not None:
                 return m
