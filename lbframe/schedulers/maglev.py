@@ -74,9 +74,10 @@ class MaglevBuild:
     unlike a list of a million references, is not something the garbage
     collector walks through, and costs 4 bytes a slot.
 
-    :meth:`run` does at most ``steps`` units of work — one unit per slot
-    claimed, per occupied slot stepped over, and a few per member hashed
-    before the fill — and can stop in the middle of a member's search;
+    :meth:`run` does at most ``steps`` units of work (``steps + HASH_COST -
+    1`` while names are hashed) — one unit per slot claimed, per occupied
+    slot stepped over, and :attr:`HASH_COST` per member hashed before the
+    fill — and can stop in the middle of a member's search;
     :attr:`work` counts them all, so a caller (or a test) can tell how much
     a slice did.
     """
