@@ -13,8 +13,11 @@ address on every beat), and measures, from the heartbeat:
 - **first table**: the first pick after start (the table is built from it);
 - **weight change**: one member's weight set through ``PoolState.set_weight``
   (the admin API's way), then picks go on until the new table answers;
-- **nothing**: one second with no event, the machine's own noise floor (on
-  a busy machine the kernel, not lbframe, makes the heartbeat late).
+- **nothing**: one second with no event, the machine's own noise floor;
+- **control**: one second of 5 ms busy loops one after the other (what a
+  sliced build does to the reactor, without lbframe): on a machine shared
+  with other busy processes the kernel, not lbframe, makes a busy reactor
+  late, and this row says by how much.
 
 Each figure is the longest stall (heartbeat lateness, ms) from the event
 until the new table answers, the CPU time of the longest build slice (the
@@ -107,6 +110,25 @@ def pool_of(factory, n: int) -> PoolState:
     return PoolState.build(spec, factory(spec, {}))
 
 
+def busy(seconds: float, piece: float = 0.005) -> Deferred:
+    """Keep the reactor busy as a build does — ``piece`` seconds of spinning
+    per call, calls one after the other — for ``seconds``: what the machine
+    does to a busy process, whatever the process computes."""
+    done = Deferred()
+    end = time.perf_counter() + seconds
+
+    def spin():
+        stop = min(end, time.perf_counter() + piece)
+        while time.perf_counter() < stop:
+            pass
+        if stop >= end:
+            done.callback(None)
+        else:
+            reactor.callLater(0, spin)
+    reactor.callLater(0, spin)
+    return done
+
+
 def sleep(seconds: float) -> Deferred:
     return deferLater(reactor, seconds, lambda: None)
 
@@ -114,7 +136,9 @@ def sleep(seconds: float) -> Deferred:
 def table_of(pool: PoolState):
     """Something that changes when a new table answers."""
     tier = pool.scheduler._tiers[0]
-    return getattr(tier, "builds", None), id(getattr(tier, "slots", getattr(tier, "table", None)))
+    if hasattr(tier, "slots"):  # now (tier.table would copy the whole table)
+        return tier.builds, id(tier.slots)
+    return tier.builds, id(tier.table)  # the scheduler of --rev
 
 
 @inlineCallbacks
@@ -128,6 +152,11 @@ def measure(factory, n: int, rows: list, label: str):
     t0 = time.perf_counter()
     yield sleep(1.0)
     results.append(("nothing (noise floor, 1 s)", beat.worst * 1e3, (time.perf_counter() - t0) * 1e3))
+    beat.reset()
+    t0 = time.perf_counter()
+    yield busy(1.0)
+    results.append(("5 ms busy loops, no lbframe work (control, 1 s)", beat.worst * 1e3,
+                    (time.perf_counter() - t0) * 1e3))
     for event in ("first table", "weight change"):
         before = table_of(pool)
         beat.reset()
@@ -147,7 +176,8 @@ def measure(factory, n: int, rows: list, label: str):
     beat.stop()
     cpu = getattr(pool.scheduler, "longest_cpu", None)
     for event, worst, took in results:
-        rows.append((label, n, event, worst, took, None if event.startswith("nothing") else cpu))
+        rows.append((label, n, event, worst, took, cpu if event in ("first table", "weight change")
+                     else None))
 
 
 def one_go(n: int) -> float:

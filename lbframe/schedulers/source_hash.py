@@ -22,12 +22,23 @@ within 1 %. A client address hashes (BLAKE2b, never Python's salted
 - The table holds every member of the tier with a weight above 0, whether
   it is up or not: a member going down (or disabled, draining, full) is
   skipped at lookup time (see below), so health changes need no rebuild and
-  move only that member's clients; when it comes back, they return. The
-  table is rebuilt lazily, at the first pick after a member was added or
-  removed (reload) or its weight was set (admin). A rebuild costs
-  O(M log M) — about 0.05-0.15 s for 65 537 slots (up to 655 members), 0.35 s
-  for 131 071 (1000 members) on CPython 3.11 — during which the reactor
-  waits, so weight changes on a big source-hash pool are best made rarely.
+  move only that member's clients; when it comes back, they return.
+- A change that alters the table (a member added or removed, a weight
+  set) is taken in at the next pick: if the members and weights are those
+  of the answering table (a reload that changed only ``maxconn``, a weight
+  set back), nothing is built. Otherwise a new table is built **in slices**
+  of about :data:`SLICE_BUDGET` seconds on the reactor
+  (:class:`~lbframe.schedulers.maglev.MaglevBuild`; a fill is O(M log M),
+  about 0.15 s of CPU for 131 071 slots and 0.6-0.9 s for 524 287 on
+  CPython 3.11) while **the old table keeps answering**, skipping members
+  that left the tier; the new one is swapped in whole when full. It is the
+  same table, slot for slot, as a build in one go: nodes still agree.
+- The first table (at start, or for a pool new in a reload) has no old one
+  to answer meanwhile: slots the build has filled already answer with their
+  final member, the others take the name-order fallback below, until the
+  table is full (deterministic, but weights are not honoured there).
+- Without a clock (``clock=None`` and the global reactor not running: a
+  script, a synchronous test) builds are done in one go at the pick.
   Slow start does not apply: the table uses the set weight.
 - When the slot's member cannot take this connection (at ``maxconn`` or
   excluded), the next slots of the table are tried in order, up to
@@ -39,7 +50,7 @@ within 1 %. A client address hashes (BLAKE2b, never Python's salted
   usable.
 - No context, or no client address: round robin over the usable members.
 
-Cost per pick: O(1) — one BLAKE2b of the address and one list index; O(n)
+Cost per pick: O(1) — one BLAKE2b of the address and two indexes; O(n)
 only when almost every member is full or excluded.
 """
 
