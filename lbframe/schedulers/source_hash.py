@@ -233,7 +233,9 @@ class SourceHash(SchedulerBase):
     """See the module's docstring. ``clock`` (an ``IReactorTime``) runs table
     builds in slices of ``budget`` seconds as measured by ``timer``; without
     one, the global reactor does while it runs, and builds are synchronous
-    when it does not (scripts, synchronous tests)."""
+    when it does not (scripts, synchronous tests). A test on a running
+    reactor that must not end with a slice pending (trial's dirty-reactor
+    check) calls :meth:`settle`, or passes a ``task.Clock``."""
 
     def __init__(self, pool=None, options=None, *, clock=None, timer=time.perf_counter,
                  budget: float = SLICE_BUDGET, steps: int = SLICE_STEPS):
@@ -306,7 +308,9 @@ class SourceHash(SchedulerBase):
 
     @property
     def building(self) -> bool:
-        """True while a table is being built (the old one answers)."""
+        """True while the answering table may not be the one the members and
+        weights call for: a change not yet looked at (the next pick does),
+        or a build under way (the old table answers meanwhile)."""
         return any(t.build is not None or t.dirty for t in self._tiers)
 
     # -- picking -------------------------------------------------------------
