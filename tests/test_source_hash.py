@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbframe.schedulers.maglev import MaglevBuild, maglev_table, table_size
-from lbframe.schedulers.source_hash import SourceHash
+from lbframe.schedulers.source_hash import SourceHash, key_hash
 from tests.helpers import member_spec
 from tests.test_schedulers_groups import KEYS, build, ctx, differences, set_state
 
@@ -316,5 +316,4 @@ class CooperativeTests(SynchronousTestCase):
 
 
 def hash_slot(host, size):
-    from lbframe.schedulers.source_hash import key_hash
     return key_hash(host) % size
