@@ -1,0 +1,123 @@
+"""RequestParser (lbframe/protocols/http/parser.py): a client's byte stream.
+
+The input is what a client sends on one connection; it is parsed once in a
+single read and once cut into reads (the cuts chosen from the input). Oracle:
+
+- the parser announces requests or raises :class:`HTTPError` with a 4xx/5xx
+  status; any other exception is a finding;
+- both runs announce the same events and end the same way (a parser whose
+  answer depends on how TCP cut the bytes is a desync);
+- every announced head is unambiguous: version 1.0/1.1, a token method
+  other than CONNECT, a target without spaces or controls within
+  ``max_request_line``, exactly one Host in 1.1 (at most one in 1.0),
+  header names tokens and values free of controls, at most one
+  Content-Length, Transfer-Encoding only as one exact ``chunked`` and never
+  with Content-Length or in 1.0, fields within ``max_head``;
+- events follow ``(request body* end)*`` with at most a last unfinished
+  message, or an ``upgrade`` after the end of a request that asked for one;
+- an announced message's body is what its framing says: exactly
+  Content-Length bytes, none when ``has_body`` is false;
+- a refused message was never partly forwarded: when the parser raises, the
+  message in progress was either not announced at all (refused in its head)
+  or announced with a body (refused in the body, which the data path cuts).
+"""
+
+from __future__ import annotations
+
+from fuzz.common import check, cuts, guarded, rng_for
+from fuzz.httpcheck import (MAX_HEAD, MAX_REQUEST_LINE, TCHARS, Recorder, check_fields,
+                            comparable, framing_headers)
+from lbframe.protocols.http.parser import HTTPError, RequestParser
+
+
+def run(pieces: list[bytes]) -> tuple[list, int | None]:
+    """Feed ``pieces`` as reads: (events, error status or None)."""
+    sink = Recorder()
+    parser = RequestParser(sink, max_request_line=MAX_REQUEST_LINE, max_head=MAX_HEAD)
+    for piece in pieces:
+        if sink.upgraded:
+            sink.add_rest(piece)
+            continue
+        try:
+            parser.feed(piece)
+        except HTTPError as e:
+            check(400 <= e.status <= 599, "http-error-status",
+                  lambda: f"HTTPError with status {e.status}")
+            return sink.events, e.status
+    return sink.events, None
+
+
+def check_head(head, keep_alive, has_body) -> int | None:
+    """The announced head is unambiguous; answers its Content-Length."""
+    what = f"request {head.method} {head.target!r} HTTP/{head.version}"
+    check(head.version in ("1.0", "1.1"), "http-version", what)
+    method = head.method.encode("latin-1")
+    check(bool(method) and TCHARS.issuperset(method) and head.method != "CONNECT",
+          "http-method", what)
+    target = head.target.encode("latin-1")
+    check(bool(target) and len(target) <= MAX_REQUEST_LINE
+          and not any(b <= 32 or b == 127 for b in target), "http-target", what)
+    hosts = sum(1 for n, _ in head.headers if n.lower() == b"host")
+    check(hosts == 1 or (hosts == 0 and head.version == "1.0"), "http-host",
+          lambda: f"{what} announced with {hosts} Host headers")
+    check_fields(head.headers, what)
+    length, chunked = framing_headers(head.headers, what)
+    check(not (chunked and head.version == "1.0"), "http-te-in-1.0", what)
+    check(has_body == (chunked or bool(length)), "http-has-body",
+          lambda: f"{what}: has_body={has_body} with Content-Length {length}, chunked {chunked}")
+    return length
+
+
+def check_events(events: list, error: int | None) -> None:
+    """The grammar of the events, body sizes, and where a refusal happened."""
+    i, n = 0, len(events)
+    while i < n:
+        kind = events[i][0]
+        check(kind == "request", "http-event-order", lambda: f"{kind} where a request was due")
+        _, head, keep_alive, has_body = events[i]
+        length = check_head(head, keep_alive, has_body)
+        i += 1
+        body = b""
+        if i < n and events[i][0] == "body":
+            check(has_body, "http-body-without-framing",
+                  lambda: f"body bytes after a head announced without a body: {head!r}")
+            body = events[i][1]
+            i += 1
+        if i == n:  # the last message is unfinished
+            if error is not None:
+                check(has_body, "http-refused-after-announcing",
+                      lambda: f"{error} raised after announcing {head!r} without a body: "
+                              "a refused message was forwarded")
+            if length is not None:
+                check(len(body) <= length, "http-body-length",
+                      lambda: f"{len(body)} body bytes for Content-Length {length}")
+            return
+        check(events[i][0] == "end", "http-event-order",
+              lambda: f"{events[i][0]} where the end of a message was due")
+        upgraded = i + 1 < n and events[i + 1][0] == "upgrade"
+        if length is not None:
+            check(len(body) == length, "http-upgrade-skips-body" if upgraded else
+                  "http-body-length",
+                  lambda: f"{len(body)} body bytes for Content-Length {length}"
+                          f"{' (an Upgrade request)' if upgraded else ''}: {head!r}")
+        trailers = events[i][1]
+        check(not trailers or any(nm.lower() == b"transfer-encoding" for nm, _ in head.headers),
+              "http-trailers-without-chunked", "trailers after a message that was not chunked")
+        check_fields(trailers, "trailer section")
+        i += 1
+        if upgraded:
+            check(i == n - 1, "http-event-order", "events after an upgrade")
+            check(any(nm.lower() == b"upgrade" for nm, _ in head.headers), "http-upgrade",
+                  lambda: f"upgrade after a request that offered none: {head!r}")
+            return
+
+
+@guarded("http")
+def TestOneInput(data: bytes) -> None:
+    whole = run([data])
+    split = run(cuts(data, rng_for(data)))
+    check(comparable(whole[0]) == comparable(split[0]) and whole[1] == split[1],
+          "http-split-dependent",
+          lambda: f"one read: {comparable(whole[0])} {whole[1]}; "
+                  f"cut reads: {comparable(split[0])} {split[1]}")
+    check_events(*whole)
