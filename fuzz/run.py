@@ -142,8 +142,8 @@ def main(argv=None) -> int:
         run_atheris(args.target, args.seconds, args.work, args.artifacts, extra)
     # libFuzzer ends the process itself: run it in a child, and clean up after it here
     with tempfile.TemporaryDirectory(prefix=f"fuzz-{args.target}-") as scratch:
-        return subprocess.call([sys.executable, "-m", "fuzz.run", *sys.argv[1:] if argv is None
-                                else argv, "--work", scratch], cwd=ROOT)
+        return subprocess.call([sys.executable, "-m", "fuzz.run", *(sys.argv[1:] if argv is None
+                                                        else argv), "--work", scratch], cwd=ROOT)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ single read and once cut into reads (the cuts chosen from the input). Oracle:
 
 - the parser announces requests or raises :class:`HTTPError` with a 4xx/5xx
   status; any other exception is a finding;
-- both runs announce the same events and end the same way (a parser whose
-  answer depends on how TCP cut the bytes is a desync);
+- both runs announce the same events and both refuse or neither does (a
+  parser whose answer depends on how TCP cut the bytes is a desync; the
+  status of a refusal may differ);
 - every announced head is unambiguous: version 1.0/1.1, a token method
   other than CONNECT, a target without spaces or controls within
   ``max_request_line``, exactly one Host in 1.1 (at most one in 1.0),
@@ -116,7 +117,10 @@ def check_events(events: list, error: int | None) -> None:
 def TestOneInput(data: bytes) -> None:
     whole = run([data])
     split = run(cuts(data, rng_for(data)))
-    check(comparable(whole[0]) == comparable(split[0]) and whole[1] == split[1],
+    # Both must refuse, or neither; the status may differ (a long target
+    # with a bad byte in it is a 414 when cut, a 400 when read whole).
+    check(comparable(whole[0]) == comparable(split[0])
+          and (whole[1] is None) == (split[1] is None),
           "http-split-dependent",
           lambda: f"one read: {comparable(whole[0])} {whole[1]}; "
                   f"cut reads: {comparable(split[0])} {split[1]}")
