@@ -31,6 +31,8 @@ KNOWN: set[str] = {
     "http-bytes-after-response",
     # issue 13 #2: the trailer section is not bounded by max_head
     "http-trailers-unbounded",
+    # a 104-199 response with Content-Length/chunked: llhttp reads a body, which is forwarded
+    "http-1xx-body",
     # an Upgrade request's Content-Length body is handed to the tunnel/next request
     "http-upgrade-skips-body",
     # issue 13 #7: a malformed endpoint string crashes the loader

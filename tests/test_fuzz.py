@@ -95,6 +95,9 @@ FINDINGS = [
     ("http_response", "finding-bytes-after-response", "http-bytes-after-response",
      "issue 13 #4: bytes after a complete response raise AttributeError in "
      "ResponseParser once the sink is cleared (lbframe/protocols/http, not fuzz's to fix)"),
+    ("http_response", "finding-1xx-body", "http-1xx-body",
+     "a 1xx other than 100-103 with Content-Length or chunked is read with a body (llhttp), "
+     "which is announced as body bytes; RFC 9110 15.2: a 1xx has none"),
     ("http_chunked", "finding-trailers-unbounded", "http-trailers-unbounded",
      "issue 13 #2: a trailer section is not bounded by max_head"),
     ("http_request", "finding-upgrade-skips-body", "http-upgrade-skips-body",

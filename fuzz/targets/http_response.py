@@ -12,7 +12,8 @@ Oracle:
   response;
 - both runs announce the same events up to the end of the response and
   refuse the same way;
-- events follow ``informational* response (body* end | upgrade)``;
+- events follow ``informational* response (body* end | upgrade)``: a 1xx
+  has no body (RFC 9110 §15.2), whatever its Content-Length says;
 - the announced head is unambiguous (version 1.0/1.1, header names tokens,
   values free of controls, framing headers as for requests, fields within
   ``max_head``), and the framing it is announced with is the one its head
@@ -80,6 +81,10 @@ def check_events(method: str, events: list, error: int | None) -> None:
         check(100 <= head.status < 200 and head.status != 101, "http-informational",
               lambda: f"informational() for status {head.status}")
         i += 1
+        # RFC 9110 §15.2: a 1xx ends with its head; it has no content.
+        check(i == n or events[i][0] != "body", "http-1xx-body",
+              lambda: f"a {head.status} response announced with {len(events[i][1])} body "
+                      "bytes (a 1xx has none: the bytes are the next response's)")
     if i == n:
         return
     check(events[i][0] == "response", "http-event-order",
