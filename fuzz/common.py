@@ -33,10 +33,14 @@ KNOWN: set[str] = {
     "http-trailers-unbounded",
     # a 104-199 response with Content-Length/chunked: llhttp reads a body, which is forwarded
     "http-1xx-body",
+    # a response with status 000-099 is accepted and forwarded
+    "http-status",
     # an Upgrade request's Content-Length body is handed to the tunnel/next request
     "http-upgrade-skips-body",
     # issue 13 #7: a malformed endpoint string crashes the loader
     "config-crash:IndexError:values.py:split_endpoint",
+    # an empty key twice in a section ("=0" twice): KeyError '' reporting the duplicate
+    "config-crash:KeyError:parser.py:read_sections",
     # issue 13 #6: an admin weight too large for a float (500), and weights over 256
     "admin-5xx:OverflowError:weighted.py:_reschedule",
     "admin-state-broken:OverflowError:metrics.py:render_metrics",

@@ -98,6 +98,9 @@ FINDINGS = [
     ("http_response", "finding-1xx-body", "http-1xx-body",
      "a 1xx other than 100-103 with Content-Length or chunked is read with a body (llhttp), "
      "which is announced as body bytes; RFC 9110 15.2: a 1xx has none"),
+    ("http_response", "finding-status-000", "http-status",
+     "a response with a status below 100 (HTTP/1.1 000) is accepted and forwarded; "
+     "RFC 9110 15: 100-599 (HAProxy: 502)"),
     ("http_chunked", "finding-trailers-unbounded", "http-trailers-unbounded",
      "issue 13 #2: a trailer section is not bounded by max_head"),
     ("http_request", "finding-upgrade-skips-body", "http-upgrade-skips-body",
@@ -105,6 +108,9 @@ FINDINGS = [
      "bytes go to the tunnel or are parsed as the next request"),
     ("site_ini", "finding-endpoint-equals", "config-crash:IndexError:values.py:split_endpoint",
      "issue 13 #7: listen = a=b crashes the loader with IndexError"),
+    ("site_ini", "finding-empty-key-twice", "config-crash:KeyError:parser.py:read_sections",
+     "an empty key twice in a section ('=0' on two lines) crashes the duplicate-key "
+     "report with KeyError ''"),
     ("admin_api", "finding-weight-overflow", "admin-5xx:OverflowError:weighted.py:_reschedule",
      "issue 13 #6: a weight too large for a float is a 500 and is stored"),
     ("admin_api", "finding-metrics-broken", "admin-state-broken:OverflowError:metrics.py:render_metrics",
