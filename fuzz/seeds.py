@@ -54,8 +54,6 @@ def http_seeds() -> None:
         "absolute_form": b"GET http://h/admin/../x HTTP/1.1\r\nHost: h\r\n\r\n",
         "expect_continue": b"PUT /f HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
                            b"Content-Length: 3\r\n\r\nabc",
-        "connection_lists_cl": b"POST / HTTP/1.1\r\nHost: h\r\nConnection: Content-Length\r\n"
-                               b"Content-Length: 35\r\n\r\nGET /admin HTTP/1.1\r\nHost: h\r\n\r\n",
         "upgrade_with_body": b"POST / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
                              b"Upgrade: x\r\nContent-Length: 2\r\n\r\nokGET / HTTP/1.1\r\n\r\n",
         "options_star": b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",

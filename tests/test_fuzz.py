@@ -95,6 +95,13 @@ FINDINGS = [
     ("http_response", "finding-bytes-after-response", "http-bytes-after-response",
      "issue 13 #4: bytes after a complete response raise AttributeError in "
      "ResponseParser once the sink is cleared (lbframe/protocols/http, not fuzz's to fix)"),
+    ("http_request", "finding-connection-lists-content-length", "http-forwarded-framing",
+     "issue 13 #1: Connection: Content-Length drops the Content-Length the body is framed "
+     "by; the member reads the body as another request"),
+    ("http_request", "finding-connection-lists-transfer-encoding", "http-forwarded-framing",
+     "issue 13 #1: Connection: Transfer-Encoding drops the chunked framing"),
+    ("http_request", "finding-connection-lists-host", "http-forwarded-refused",
+     "issue 13 #1: Connection: Host drops Host; the forwarded HTTP/1.1 request has none"),
     ("http_response", "finding-1xx-body", "http-1xx-body",
      "a 1xx other than 100-103 with Content-Length or chunked is read with a body (llhttp), "
      "which is announced as body bytes; RFC 9110 15.2: a 1xx has none"),

@@ -16,6 +16,8 @@ single read and once cut into reads (the cuts chosen from the input). Oracle:
   with Content-Length or in 1.0, fields within ``max_head``;
 - events follow ``(request body* end)*`` with at most a last unfinished
   message, or an ``upgrade`` after the end of a request that asked for one;
+- the head as forwarded to a member (``heads.request_bytes``) parses back
+  to the same request line, Host and framing;
 - an announced message's body is what its framing says: exactly
   Content-Length bytes, none when ``has_body`` is false;
 - a refused message was never partly forwarded: when the parser raises, the
@@ -28,6 +30,7 @@ from __future__ import annotations
 from fuzz.common import check, cuts, guarded, rng_for
 from fuzz.httpcheck import (MAX_HEAD, MAX_REQUEST_LINE, TCHARS, Recorder, check_fields,
                             comparable, framing_headers)
+from lbframe.protocols.http import heads
 from lbframe.protocols.http.parser import HTTPError, RequestParser
 
 
@@ -69,6 +72,39 @@ def check_head(head, keep_alive, has_body) -> int | None:
     return length
 
 
+def _hosts(head) -> list[bytes]:
+    return [v for n, v in head.headers if n.lower() == b"host"]
+
+
+def check_forwarded(head, has_body: bool, upgrade: bool) -> None:
+    """The head as the data path writes it to a member (heads.request_bytes,
+    with X-Forwarded-For) is read back by a fresh parser: it must be accepted
+    and mean the same request — method, target, version, Host, and above all
+    the same framing (a member that frames the body differently from us
+    reads part of it as another request)."""
+    raw = heads.request_bytes(head, "192.0.2.1", b"http", upgrade, False)
+    sink = Recorder()
+    try:
+        RequestParser(sink, max_request_line=1 << 20, max_head=1 << 20).feed(raw)
+    except HTTPError as e:
+        check(False, "http-forwarded-refused",
+              lambda: f"the head forwarded for {head!r} is refused ({e}): {raw!r}")
+        return
+    check(bool(sink.events) and sink.events[0][0] == "request", "http-forwarded-refused",
+          lambda: f"the head forwarded for {head!r} is incomplete: {raw!r}")
+    again, has_body_again = sink.events[0][1], sink.events[0][3]
+    what = f"{head.method} {head.target!r}"
+    check((again.method, again.target, again.version) == (head.method, head.target,
+                                                           head.version),
+          "http-forwarded-request-line", lambda: f"{what} forwarded as {raw!r}")
+    check(_hosts(again) == _hosts(head), "http-forwarded-host",
+          lambda: f"{what}: Host {_hosts(head)} forwarded as {_hosts(again)}: {raw!r}")
+    check(framing_headers(again.headers, what) == framing_headers(head.headers, what)
+          and has_body_again == has_body, "http-forwarded-framing",
+          lambda: f"{what} framed as {framing_headers(head.headers, what)} (has_body "
+                  f"{has_body}) is forwarded as {raw!r}")
+
+
 def check_events(events: list, error: int | None) -> None:
     """The grammar of the events, body sizes, and where a refusal happened."""
     i, n = 0, len(events)
@@ -77,6 +113,7 @@ def check_events(events: list, error: int | None) -> None:
         check(kind == "request", "http-event-order", lambda: f"{kind} where a request was due")
         _, head, keep_alive, has_body = events[i]
         length = check_head(head, keep_alive, has_body)
+        check_forwarded(head, has_body, any(e[0] == "upgrade" for e in events[i:i + 4]))
         i += 1
         body = b""
         if i < n and events[i][0] == "body":
