@@ -39,6 +39,11 @@ KNOWN: set[str] = {
     "http-1xx-body",
     # a response with status 000-099 is accepted and forwarded
     "http-status",
+    # ResponseParser.on_status adds 13 to the head size per piece of the reason phrase:
+    # a long reason read in small pieces is a 431
+    "http-split-head-size",
+    # control characters in a response's reason phrase are accepted and forwarded
+    "http-reason-control",
     # an Upgrade request's Content-Length body is handed to the tunnel/next request
     "http-upgrade-skips-body",
     # issue 13 #7: a malformed endpoint string crashes the loader

@@ -98,3 +98,11 @@ def check_fields(headers, what: str) -> None:
     size = sum(len(n) + len(v) + 4 for n, v in headers)
     check(size <= MAX_HEAD, "http-head-over-limit",
           lambda: f"{what} of {size} bytes of fields announced (limit {MAX_HEAD})")
+
+
+def split_name(whole_error, split_error) -> str:
+    """The finding name for two runs that disagree: a refusal for size in one
+    run only is its own finding (the size accounting depends on the reads)."""
+    if 431 in (whole_error, split_error) and whole_error != split_error:
+        return "http-split-head-size"
+    return "http-split-dependent"

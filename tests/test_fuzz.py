@@ -108,6 +108,12 @@ FINDINGS = [
     ("http_response", "finding-status-000", "http-status",
      "a response with a status below 100 (HTTP/1.1 000) is accepted and forwarded; "
      "RFC 9110 15: 100-599 (HAProxy: 502)"),
+    ("http_response", "finding-reason-pieces-431", "http-split-head-size",
+     "ResponseParser.on_status adds 13 bytes to the head size for every piece of the "
+     "reason phrase: a long reason arriving in small reads is refused (431), whole it passes"),
+    ("http_response", "finding-reason-control", "http-reason-control",
+     "control characters in a response's reason phrase are accepted and forwarded to the "
+     "client (RFC 9112 4: HTAB, SP, VCHAR, obs-text)"),
     ("http_chunked", "finding-trailers-unbounded", "http-trailers-unbounded",
      "issue 13 #2: a trailer section is not bounded by max_head"),
     ("http_request", "finding-upgrade-skips-body", "http-upgrade-skips-body",

@@ -28,7 +28,7 @@ single read and once cut into reads (the cuts chosen from the input). Oracle:
 from __future__ import annotations
 
 from fuzz.common import check, cuts, guarded, rng_for
-from fuzz.httpcheck import (MAX_HEAD, MAX_REQUEST_LINE, TCHARS, Recorder, check_fields,
+from fuzz.httpcheck import (split_name, MAX_HEAD, MAX_REQUEST_LINE, TCHARS, Recorder, check_fields,
                             comparable, framing_headers)
 from lbframe.protocols.http import heads
 from lbframe.protocols.http.parser import HTTPError, RequestParser
@@ -158,7 +158,7 @@ def TestOneInput(data: bytes) -> None:
     # with a bad byte in it is a 414 when cut, a 400 when read whole).
     check(comparable(whole[0]) == comparable(split[0])
           and (whole[1] is None) == (split[1] is None),
-          "http-split-dependent",
+          split_name(whole[1], split[1]),
           lambda: f"one read: {comparable(whole[0])} {whole[1]}; "
                   f"cut reads: {comparable(split[0])} {split[1]}")
     check_events(*whole)
