@@ -35,6 +35,7 @@ KNOWN: set[str] = {
     # the request (Content-Length, Transfer-Encoding, Host)
     "http-forwarded-framing",
     "http-forwarded-refused",
+    "http-forwarded-host",
     # a 104-199 response with Content-Length/chunked: llhttp reads a body, which is forwarded
     "http-1xx-body",
     # a response with status 000-099 is accepted and forwarded

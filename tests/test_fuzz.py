@@ -102,6 +102,8 @@ FINDINGS = [
      "issue 13 #1: Connection: Transfer-Encoding drops the chunked framing"),
     ("http_request", "finding-connection-lists-host", "http-forwarded-refused",
      "issue 13 #1: Connection: Host drops Host; the forwarded HTTP/1.1 request has none"),
+    ("http_request", "finding-connection-lists-host-10", "http-forwarded-host",
+     "issue 13 #1: Connection: Host drops the Host of an HTTP/1.0 request"),
     ("http_response", "finding-1xx-body", "http-1xx-body",
      "a 1xx other than 100-103 with Content-Length or chunked is read with a body (llhttp), "
      "which is announced as body bytes; RFC 9110 15.2: a 1xx has none"),
