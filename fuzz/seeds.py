@@ -145,6 +145,10 @@ def tls_seeds() -> None:
     }
     for name, data in made.items():
         _write("tls_client_hello", "made_" + name, bytes(data))
+    # a zero first byte: the rest builds a ClientHello (see the target)
+    for i, choices in enumerate([bytes(range(7, 250, 3)), bytes(range(255, 0, -1)) * 2,
+                                 b"\x05" * 120, bytes([3, 0, 1, 2, 3, 4, 5, 6]) * 30]):
+        _write("tls_client_hello", f"built_{i}", b"\0" + choices)
     made_server = {
         "default": server_hello(),
         "no_extensions": server_hello(extensions=None),

@@ -222,6 +222,20 @@ class OracleTests(SynchronousTestCase):
         seed = dict(corpus("tls_client_hello"))["made_default"]
         self.assertFinding("tls_client_hello", seed, "hello-fields")
 
+    def test_built_client_hellos_must_parse_back(self):
+        import attrs
+
+        from fuzz.targets import tls_client_hello
+        from lbframe.tls.hello import parse_client_hello
+
+        def no_versions(data):  # forgets supported_versions
+            hello = parse_client_hello(data)
+            return hello and attrs.evolve(hello, supported_versions=())
+        self.patch(tls_client_hello, "parse_client_hello", no_versions)
+        # version, random, no session id, 1 suite, no extra compression, 1 extension: 43
+        choices = b"\x03" + b"R" * 32 + b"\x00\x00\xc0\x2f\x00\x01\x01\x01\x03\x04"
+        self.assertFinding("tls_client_hello", b"\0" + choices, "hello-built")
+
     def test_server_hello_end_must_be_exact(self):
         import attrs
 
