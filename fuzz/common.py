@@ -27,8 +27,6 @@ import zlib
 #: names of findings reported and left to their owners (see the module docstring);
 #: each has a ``todo`` test in tests/test_fuzz.py and a ``finding-*`` corpus file
 KNOWN: set[str] = {
-    # issue 13 #4: bytes after a complete response, sink already cleared
-    "http-bytes-after-response",
     # issue 13 #2: the trailer section is not bounded by max_head
     "http-trailers-unbounded",
     # issue 13 #1: headers that Connection lists are dropped even when they frame or route

@@ -92,9 +92,6 @@ def _finding_test(target: str, name: str, finding: str, reason: str):
 
 #: (target, corpus file, finding name, why it is open)
 FINDINGS = [
-    ("http_response", "finding-bytes-after-response", "http-bytes-after-response",
-     "issue 13 #4: bytes after a complete response raise AttributeError in "
-     "ResponseParser once the sink is cleared (lbframe/protocols/http, not fuzz's to fix)"),
     ("http_request", "finding-connection-lists-content-length", "http-forwarded-framing",
      "issue 13 #1: Connection: Content-Length drops the Content-Length the body is framed "
      "by; the member reads the body as another request"),
