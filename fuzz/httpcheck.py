@@ -4,6 +4,8 @@ lbframe's docs promise it: a head that reaches a member is unambiguous)."""
 
 from __future__ import annotations
 
+import attrs
+
 from fuzz.common import check
 
 #: RFC 9110 tchar
@@ -11,6 +13,10 @@ TCHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGH
 #: limits the targets give the parsers: small, so that short inputs reach them
 MAX_REQUEST_LINE = 200
 MAX_HEAD = 1024
+
+
+def _copy(head):
+    return attrs.evolve(head, headers=list(head.headers))
 
 
 class Recorder:
@@ -22,14 +28,17 @@ class Recorder:
         self.upgraded = False
         self.ended = False
 
+    # Heads are copied when announced: the data path writes them out at
+    # once, so what counts is what they held then (a parser may go on
+    # appending to the list it announced, e.g. a 1xx's "trailers").
     def request(self, head, keep_alive, has_body):
-        self.events.append(("request", head, keep_alive, has_body))
+        self.events.append(("request", _copy(head), keep_alive, has_body))
 
     def response(self, head, keep_alive, framing):
-        self.events.append(("response", head, keep_alive, framing))
+        self.events.append(("response", _copy(head), keep_alive, framing))
 
     def informational(self, head):
-        self.events.append(("informational", head))
+        self.events.append(("informational", _copy(head)))
 
     def body(self, data):
         if self.events and self.events[-1][0] == "body":
