@@ -126,8 +126,8 @@ def _handshakes():
 
 
 def tls_seeds() -> None:
-    from tests.test_tls_hello import client_hello, ext_block, records, handshake, client_body, \
-        server_hello, sni, versions
+    from tests.test_tls_hello import (client_body, client_hello, handshake, records,
+                                      server_hello, sni, versions)
     for key, (client, server) in _handshakes().items():
         _write("tls_client_hello", "real_" + key, client, keep=True)
         _write("tls_server_hello", "real_" + key, server, keep=True)
@@ -158,7 +158,6 @@ def tls_seeds() -> None:
     }
     for name, data in made_server.items():
         _write("tls_server_hello", "made_" + name, bytes(data))
-    del ext_block
 
 
 def proxy_seeds() -> None:
