@@ -100,12 +100,13 @@ def framing_headers(headers, what: str) -> tuple[int | None, bool]:
     return length, bool(codings)
 
 
-def check_fields(headers, what: str) -> None:
+def check_fields(headers, what: str, too_big: str = "http-head-over-limit") -> None:
+    """Every field well-formed, all of them within ``MAX_HEAD`` (else ``too_big``)."""
     for name, value in headers:
         problem = field_problem(name, value)
         check(problem is None, "http-bad-field", lambda: f"{what}: {problem}")
     size = sum(len(n) + len(v) + 4 for n, v in headers)
-    check(size <= MAX_HEAD, "http-head-over-limit",
+    check(size <= MAX_HEAD, too_big,
           lambda: f"{what} of {size} bytes of fields announced (limit {MAX_HEAD})")
 
 

@@ -141,7 +141,7 @@ def check_events(events: list, error: int | None) -> None:
         trailers = events[i][1]
         check(not trailers or any(nm.lower() == b"transfer-encoding" for nm, _ in head.headers),
               "http-trailers-without-chunked", "trailers after a message that was not chunked")
-        check_fields(trailers, "trailer section")
+        check_fields(trailers, "trailer section", "http-trailers-unbounded")
         i += 1
         if upgraded:
             check(i == n - 1, "http-event-order", "events after an upgrade")
