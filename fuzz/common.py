@@ -27,13 +27,6 @@ import zlib
 #: names of findings reported and left to their owners (see the module docstring);
 #: each has a ``todo`` test in tests/test_fuzz.py and a ``finding-*`` corpus file
 KNOWN: set[str] = {
-    # issue 13 #2: the trailer section is not bounded by max_head
-    "http-trailers-unbounded",
-    # issue 13 #1: headers that Connection lists are dropped even when they frame or route
-    # the request (Content-Length, Transfer-Encoding, Host)
-    "http-forwarded-framing",
-    "http-forwarded-refused",
-    "http-forwarded-host",
     # a 104-199 response with Content-Length/chunked: llhttp reads a body, which is forwarded
     "http-1xx-body",
     # a response with status 000-099 is accepted and forwarded
@@ -45,16 +38,6 @@ KNOWN: set[str] = {
     "http-reason-control",
     # an Upgrade request's Content-Length body is handed to the tunnel/next request
     "http-upgrade-skips-body",
-    # issue 13 #7: a malformed endpoint string crashes the loader
-    "config-crash:IndexError:values.py:split_endpoint",
-    # an empty key twice in a section ("=0" twice): KeyError '' reporting the duplicate
-    "config-crash:KeyError:parser.py:read_sections",
-    # issue 13 #6: an admin weight too large for a float (500), and weights over 256
-    "admin-5xx:OverflowError:weighted.py:_reschedule",
-    "admin-state-broken:OverflowError:metrics.py:render_metrics",
-    "admin-weight-unbounded",
-    # deeply nested JSON in an admin body: RecursionError, a 500
-    "admin-5xx:RecursionError:api.py:read_json_object",
 }
 
 #: False, True (every known finding raises) or the set of those that do
