@@ -1,0 +1,7 @@
+"""One module per parser; each has ``TestOneInput(data: bytes)``.
+
+:data:`TARGETS` lists them in the order CI runs them.
+"""
+
+TARGETS = ("http_request", "http_response", "http_chunked", "tls_client_hello",
+           "tls_server_hello", "proxy_parse", "proxy_roundtrip", "site_ini", "admin_api")
