@@ -523,7 +523,7 @@ def versions() -> dict:
     except OSError:
         pass
     commit = first_line(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h %s"])
-    return {"nginx": first_line(["nginx", "-v"]), "python": sys.version.split()[0],
+    return {"nginx": first_line(["nginx", "-v"]).rpartition(" ")[2], "python": sys.version.split()[0],
             "kernel": platform.release(), "cpu": f"{cpu} × {os.cpu_count()}",
             "lbframe": commit[:90]}
 
