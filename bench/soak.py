@@ -422,6 +422,14 @@ def blame_window() -> float:
     return MONITOR["fall"] * MONITOR["interval"] + MONITOR["timeout"] + BLAME_MARGIN
 
 
+def logged_near(failures: list[dict], warnings: list[tuple[float, str]], wall: float) -> None:
+    """For each failure, lbframe's warnings within half a second of it (``wall``
+    turns the monotonic times into the log's wall-clock times)."""
+    for f in failures:
+        lo, hi = f["t0"] + wall - 0.5, f["t1"] + wall + 0.5
+        f["logged"] = [msg for when, msg in warnings if lo <= when <= hi][:3]
+
+
 def attribute(failures: list[dict], events: list[Event], start: float) -> None:
     """Mark each failure ``blame`` (the kill that explains it) or leave it None.
 
@@ -533,7 +541,7 @@ def read_log(path: Path) -> dict:
     levels = collections.Counter()
     messages = collections.Counter()
     stats = {"reloads": 0, "reload_refused": [], "member_state": 0, "tracebacks": [],
-             "not_json": 0}
+             "not_json": 0, "warnings": []}
     try:
         f = open(path, errors="replace")
     except OSError:
@@ -562,6 +570,12 @@ def read_log(path: Path) -> dict:
                                            + str(e["failure"])[-600:])
             if level in ("warn", "error", "critical"):
                 messages[re.sub(r"\d+", "N", str(e.get("message", "")))[:110]] += 1
+                try:
+                    when = datetime.datetime.fromisoformat(e["time"]).timestamp()
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if len(stats["warnings"]) < 200_000:
+                    stats["warnings"].append((when, str(e.get("message", ""))[:160]))
     return {"levels": dict(levels), "top": messages.most_common(5), **stats}
 
 
@@ -597,6 +611,7 @@ def run(args: argparse.Namespace, procs: B.Processes, tmp: Path) -> Outcome:
 
     # the load
     start = time.monotonic() + 1.0
+    wall = time.time() - time.monotonic()  # monotonic -> wall clock, for lbframe's log
     plan = {
         "start": start, "seconds": args.duration, "request_timeout": args.request_timeout,
         "big_size": BIG_SIZE,
@@ -688,8 +703,10 @@ def run(args: argparse.Namespace, procs: B.Processes, tmp: Path) -> Outcome:
     if lbframe_died:
         lbframe_died += "\n" + B.tail(lb_log, 15)
     attribute(failures, events, start)
+    log_stats = read_log(lb_log)
+    logged_near(failures, log_stats.pop("warnings"), wall)
     return Outcome(samples, events, failures, summary, lbframe_died, load_failed,
-                   (idle_before, idle_after), read_log(lb_log), info, started, reloads_sent,
+                   (idle_before, idle_after), log_stats, info, started, reloads_sent,
                    machine_start, machine_end)
 
 
@@ -797,13 +814,13 @@ def build_report(args: argparse.Namespace, o: Outcome) -> tuple[str, bool]:
     w(f"{len(o.failures):,} failed requests: {len(blamed):,} explained by a killed member, "
       f"**{len(unexplained):,} not**.\n")
     if o.failures:
-        kinds = collections.Counter((f["stream"], f["kind"], f["reused"], bool(f["blame"]))
-                                    for f in o.failures)
-        w("| stream | failure | on a reused connection | explained by a kill | count |")
-        w("| --- | --- | --- | --- | ---: |")
-        for (stream, kind, reused, ok), n in sorted(kinds.items()):
-            w(f"| {stream} | {kind} | {'yes' if reused else 'no'} | {'yes' if ok else '**no**'} "
-              f"| {n:,} |")
+        kinds = collections.Counter((f["stream"], f.get("request", "?"), f["kind"], f["reused"],
+                                     bool(f["blame"])) for f in o.failures)
+        w("| stream | request | failure | on a reused connection | explained by a kill | count |")
+        w("| --- | --- | --- | --- | --- | ---: |")
+        for (stream, request, kind, reused, ok), n in sorted(kinds.items()):
+            w(f"| {stream} | {request} | {kind} | {'yes' if reused else 'no'} | "
+              f"{'yes' if ok else '**no**'} | {n:,} |")
         w("")
     if unexplained:
         near = collections.Counter(re.sub(r"^[0-9.]+s after (\S+) .*", r"\1", f["after"])
@@ -812,9 +829,11 @@ def build_report(args: argparse.Namespace, o: Outcome) -> tuple[str, bool]:
           + ", ".join(f"{k} {v:,}" for k, v in near.most_common()) + ".\n")
         w("First unexplained failures:\n")
         for f in unexplained[:15]:
-            w(f"- {f['t1_rel']:.2f}s {f['stream']} ({f['worker']}): {f['kind']}"
-              f"{' — ' + f['detail'] if f['detail'] else ''}"
-              f"{', reused connection' if f['reused'] else ''}; {f['after']}")
+            said = ("; lbframe logged: " + " / ".join(f"`{m}`" for m in f["logged"])
+                    if f.get("logged") else "; lbframe logged nothing within 0.5 s")
+            w(f"- {f['t1_rel']:.2f}s {f['stream']} ({f['worker']}) {f.get('request', '?')}: "
+              f"{f['kind']}{' — ' + f['detail'] if f['detail'] else ''}"
+              f"{', reused connection' if f['reused'] else ''}; {f['after']}{said}")
         w("")
 
     # events

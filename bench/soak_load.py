@@ -56,6 +56,8 @@ CHUNKS = (b"c" * 1000, b"d" * 3000, b"e" * 100)
 # (weight, request kind) for the http streams and for the tcp streams
 HTTP_MIX = ((80, "get"), (5, "head"), (7, "post"), (4, "chunked"), (4, "big"))
 TCP_MIX = ((92, "get"), (8, "big"))
+REQUEST_NAMES = {"get": "GET", "head": "HEAD", "post": "POST (Content-Length body)",
+                 "chunked": "POST (chunked body)", "big": "GET 256 KiB"}
 
 
 class Failure(Exception):
@@ -255,18 +257,18 @@ class Worker:
                 conn.close()
                 self.conn = None
         except Failure as exc:
-            self.fail(t0, exc.kind, exc.detail, reused)
+            self.fail(t0, exc.kind, exc.detail, reused, kind)
         except TimeoutError:
             self.fail(t0, "timeout", f"no complete answer in {self.load.request_timeout:g}s",
-                      reused)
+                      reused, kind)
         except ConnectionResetError:
-            self.fail(t0, "reset", "", reused)
+            self.fail(t0, "reset", "", reused, kind)
         except (BrokenPipeError, ConnectionError) as exc:
-            self.fail(t0, "send failed", type(exc).__name__, reused)
+            self.fail(t0, "send failed", type(exc).__name__, reused, kind)
         except ssl.SSLError as exc:
-            self.fail(t0, "tls error", exc.reason or str(exc), reused)
+            self.fail(t0, "tls error", exc.reason or str(exc), reused, kind)
         except OSError as exc:
-            self.fail(t0, "socket error", exc.strerror or str(exc), reused)
+            self.fail(t0, "socket error", exc.strerror or str(exc), reused, kind)
         else:
             t1 = time.monotonic()
             self.stats.ok += 1
@@ -295,7 +297,7 @@ class Worker:
                 raise Failure("mismatch", f"tcp connection moved {self.conn.member} -> {member}")
         self.stats.members[member] += 1
 
-    def fail(self, t0: float, kind: str, detail: str, reused: bool) -> None:
+    def fail(self, t0: float, kind: str, detail: str, reused: bool, request: str) -> None:
         t1 = time.monotonic()
         member = self.conn.member if self.conn is not None else None
         if self.conn is not None:
@@ -305,7 +307,8 @@ class Worker:
         self.stats.per_second_failed[self.load.second(t1)] += 1
         self.load.failures.append({
             "t0": round(t0, 4), "t1": round(t1, 4), "stream": self.stats.name,
-            "worker": self.name, "kind": kind, "detail": detail, "reused": reused,
+            "worker": self.name, "request": REQUEST_NAMES[request], "kind": kind,
+            "detail": detail, "reused": reused,
             "pinned_member": member})
 
 
