@@ -861,13 +861,14 @@ def build_report(args: argparse.Namespace, o: Outcome) -> tuple[str, bool]:
         rss = window_median(o.samples, end_t, "rss_kib")
         fds = window_median(o.samples, end_t, "fds")
         conns = window_median(o.samples, end_t, "member_conns")
+        own = window_median(o.samples, end_t, "own_fds")
         f_in = [f for f in o.failures if c * args.cycle <= f["t1_rel"] < end_t]
         fb = sum(1 for f in f_in if f["blame"])
         first = prev or o.samples[0]
         span = max(1e-9, last.t - first.t)
         w(f"| {c + 1}{' (warm-up)' if c == 0 else ''} | {end_t:.0f}s | "
           f"{last.ok - (prev.ok if prev else 0):,} | {fb} / {len(f_in) - fb} | "
-          f"{rss / 1024:.1f} | {fds:.0f} | {conns:.0f} | {fds - conns:.0f} | "
+          f"{rss / 1024:.1f} | {fds:.0f} | {conns:.0f} | {own:.0f} | "
           f"{(last.cpu - first.cpu) / span:.0%} | "
           f"{(last.load_cpu - first.load_cpu) / span:.0%} |")
         prev = last
