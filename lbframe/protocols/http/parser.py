@@ -20,7 +20,12 @@ proxy must check on top (RFC 9112):
   at most the head limit, counted while the bytes arrive (a 431 for a
   request, a 502 for a response); trailer fields that frame or control the
   connection are refused;
-- ``CONNECT`` is refused (lbframe is a reverse proxy, not a forward one).
+- ``CONNECT`` is refused (lbframe is a reverse proxy, not a forward one),
+  and so is an ``Upgrade`` request with a body (llhttp hands over the
+  connection before the body);
+- a response's status is 100-599, its reason phrase free of control
+  characters but HTAB, and a 1xx other than 101 carries no Content-Length or
+  Transfer-Encoding (llhttp reads a body for 104-199 by them).
 
 A parser calls its *sink* as the message goes by; the data path decides what
 to forward. Errors are raised as :class:`HTTPError` carrying the status the
@@ -45,17 +50,17 @@ READ_SLACK = 64 * 1024
 _CHUNK_LINE_SLACK = 1024
 
 
-#: trailer fields refused: llhttp lets them change how it frames what
-#: follows on the connection (a trailer ``Connection: close`` or
-#: ``Transfer-Encoding: x`` makes it refuse the next message), so a message
-#: carrying one would break the next — another client's, on a pooled member
-#: connection. RFC 9110 §6.5.1 forbids them there anyway.
 #: head bytes of a status line besides its reason phrase: "HTTP/1.1 200 " and CRLF
 #: (the reason phrase may arrive in any number of ``on_status`` pieces)
 _STATUS_LINE_FIXED = 13
 #: control characters that may not appear in a reason phrase (HTAB may)
 _REASON_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
+#: trailer fields refused: llhttp lets them change how it frames what
+#: follows on the connection (a trailer ``Connection: close`` or
+#: ``Transfer-Encoding: x`` makes it refuse the next message), so a message
+#: carrying one would break the next — another client's, on a pooled member
+#: connection. RFC 9110 §6.5.1 forbids them there anyway.
 _FRAMING_TRAILERS = frozenset((b"transfer-encoding", b"content-length", b"connection",
                                b"proxy-connection"))
 
