@@ -26,19 +26,7 @@ import zlib
 
 #: names of findings reported and left to their owners (see the module docstring);
 #: each has a ``todo`` test in tests/test_fuzz.py and a ``finding-*`` corpus file
-KNOWN: set[str] = {
-    # a 104-199 response with Content-Length/chunked: llhttp reads a body, which is forwarded
-    "http-1xx-body",
-    # a response with status 000-099 is accepted and forwarded
-    "http-status",
-    # ResponseParser.on_status adds 13 to the head size per piece of the reason phrase:
-    # a long reason read in small pieces is a 431
-    "http-split-head-size",
-    # control characters in a response's reason phrase are accepted and forwarded
-    "http-reason-control",
-    # an Upgrade request's Content-Length body is handed to the tunnel/next request
-    "http-upgrade-skips-body",
-}
+KNOWN: set[str] = set()
 
 #: False, True (every known finding raises) or the set of those that do
 _strict: bool | set = False

@@ -5,8 +5,9 @@ and "Admin")."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
-from unittest import mock
+from unittest import SkipTest, mock
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -225,6 +226,30 @@ class TokenTests(SynchronousTestCase):
         ]:
             self.write_token(content)
             self.fails(message)
+
+    def test_device_refused_unread(self):
+        """/dev/zero never ends: refused as not a regular file, not read."""
+        if not os.path.exists("/dev/zero"):
+            raise SkipTest("no /dev/zero")
+        with open(self.site, "w") as f:
+            f.write("[lbframe]\nadmin = tcp:8404:interface=127.0.0.1\n"
+                    "admin_token_file = /dev/zero\n\n" + MINIMAL)
+        self.fails("token file '/dev/zero' is not a regular file")
+
+    def test_fifo_refused_without_blocking(self):
+        """A FIFO would block the open until a writer came: refused unopened."""
+        if not hasattr(os, "mkfifo"):
+            raise SkipTest("no FIFOs here")
+        os.mkfifo(self.token, 0o600)
+
+        def blocked(signum, frame):
+            raise AssertionError("loading the site blocked on the FIFO")
+        # Bounded: a blocking open fails the test instead of hanging the suite.
+        previous = signal.signal(signal.SIGALRM, blocked)
+        self.addCleanup(signal.signal, signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_REAL, 5)
+        self.addCleanup(signal.setitimer, signal.ITIMER_REAL, 0)
+        self.fails(f"token file {self.token!r} is not a regular file")
 
     def test_inline_token_checked_too(self):
         error = self.assertRaises(ConfigError, parse_site,

@@ -152,6 +152,26 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(run(RequestParser, [b"GET / HTTP/1.1\r\nHost: h\r\n" + pad * 30 +
                                              b"\r\n"])[1], None)
 
+    def test_reason_phrase_in_pieces_counts_as_whole(self):
+        """The status line's fixed part counts once, however many reads the
+        reason phrase takes (fuzz/corpus/http_response/fixed-reason-pieces-431)."""
+        response = b"HTTP/1.1 200 " + b"r" * 300 + b"\r\nContent-Length: 0\r\n\r\n"
+        whole = run(ResponseParser, [response], expect="GET", max_head=512)
+        self.assertIsNone(whole[1])
+        pieces = [response[i:i + 1] for i in range(len(response))]
+        self.assertEqual(run(ResponseParser, pieces, expect="GET", max_head=512), whole)
+
+    def test_member_head_over_the_limit_is_a_502(self):
+        """A member's oversized head is its fault: 502, as the docstring says
+        (and the reason phrase counts, read whole or in pieces)."""
+        pad = b"X-Pad: " + b"v" * 1000 + b"\r\n"
+        big = b"HTTP/1.1 200 OK\r\n" + pad * 5 + b"\r\n"
+        self.assertEqual(run(ResponseParser, [big], expect="GET", max_head=4096), ([], 502))
+        long_reason = b"HTTP/1.1 200 " + b"r" * 5000 + b"\r\n\r\n"
+        for pieces in ([long_reason], [long_reason[i:i + 100]
+                                       for i in range(0, len(long_reason), 100)]):
+            self.assertEqual(run(ResponseParser, pieces, expect="GET", max_head=4096), ([], 502))
+
     def test_endless_header_value_is_refused_with_bounded_memory(self):
         sink = Recorder()
         parser = RequestParser(sink, max_head=4096)
@@ -217,6 +237,26 @@ class RequestDetailTests(SynchronousTestCase):
                                              b"Upgrade: websocket\r\n\r\nTUNNEL", b"MORE"])
         self.assertIsNone(status)
         self.assertEqual(events[-1], ("upgrade", b"TUNNELMORE"))
+
+    def test_upgrade_without_body_still_upgrades(self):
+        """Only an Upgrade request with a body is refused (CorpusTests:
+        upgrade_with_body); Content-Length: 0 is no body."""
+        events, status = run(RequestParser, [b"POST /ws HTTP/1.1\r\nHost: h\r\n"
+                                             b"Connection: Upgrade\r\nUpgrade: x\r\n"
+                                             b"Content-Length: 0\r\n\r\nTUNNEL"])
+        self.assertIsNone(status)
+        self.assertEqual([e[0] for e in events], ["request", "end", "upgrade"])
+        self.assertEqual(events[-1], ("upgrade", b"TUNNEL"))
+
+    def test_status_range_and_reason_phrase(self):
+        """100-599 and a reason phrase with HTAB, SP, VCHAR, obs-text pass."""
+        for line in (b"HTTP/1.1 100 Continue", b"HTTP/1.1 599 x", b"HTTP/1.1 200 a\tb \x80\xff",
+                     b"HTTP/1.1 200 "):
+            events, status = run(ResponseParser, [line + b"\r\nContent-Length: 0\r\n\r\n"
+                                                  if not line.endswith(b"Continue") else
+                                                  line + b"\r\n\r\nHTTP/1.1 204 x\r\n\r\n"],
+                                 expect="GET")
+            self.assertIsNone(status, line)
 
     def test_head_response_has_no_body(self):
         events, status = run(ResponseParser, [b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n"],

@@ -142,6 +142,13 @@ CORPUS = [
     ("http20", b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505, "head"),
     ("http09", b"GET / HTTP/0.9\r\nHost: h\r\n\r\n", 505, "head"),
     ("http_version_lowercase", b"GET / http/1.1\r\nHost: h\r\n\r\n", 400, "head"),
+    # Upgrade with a body: llhttp hands over the connection before the body
+    # (fuzz/corpus/http_request/fixed-upgrade-skips-body): refused
+    ("upgrade_with_body", b"POST / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: x\r\n"
+                          b"Content-Length: 2\r\n\r\nokGET / HTTP/1.1\r\n\r\n", 400, "head"),
+    ("upgrade_with_chunked_body", b"POST / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
+                                  b"Upgrade: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  b"2\r\nok\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n", 400, "head"),
     ("connect", b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n", 501,
      "head"),
     ("unknown_method", b"FROB / HTTP/1.1\r\nHost: h\r\n\r\n", 501, "head"),
@@ -433,6 +440,24 @@ BAD_RESPONSES = [
     ("space_before_colon", b"HTTP/1.1 200 OK\r\nContent-Length : 6\r\n\r\nSECRET", "head"),
     ("http2_status_line", b"HTTP/2.0 200 OK\r\nContent-Length: 6\r\n\r\nSECRET", "head"),
     ("bad_status_code", b"HTTP/1.1 2000 OK\r\nContent-Length: 6\r\n\r\nSECRET", "head"),
+    # status outside 100-599 (fuzz/corpus/http_response/fixed-status-000)
+    ("status_000", b"HTTP/1.1 000 OK\r\nContent-Length: 6\r\n\r\nSECRET", "head"),
+    ("status_099", b"HTTP/1.1 099 OK\r\nContent-Length: 6\r\n\r\nSECRET", "head"),
+    ("status_600", b"HTTP/1.1 600 OK\r\nContent-Length: 6\r\n\r\nSECRET", "head"),
+    ("status_999", b"HTTP/1.1 999 OK\r\nContent-Length: 6\r\n\r\nSECRET", "head"),
+    # control characters in the reason phrase (fixed-reason-control)
+    ("reason_nul", b"HTTP/1.1 200 a\x00b\r\nContent-Length: 6\r\n\r\nSECRET", "head"),
+    ("reason_control", b"HTTP/1.1 200 a\x04b\r\nContent-Length: 6\r\n\r\nSECRET", "head"),
+    ("reason_escape", b"HTTP/1.1 200 a\x1b[2Jb\r\nContent-Length: 6\r\n\r\nSECRET", "head"),
+    ("reason_del", b"HTTP/1.1 200 a\x7fb\r\nContent-Length: 6\r\n\r\nSECRET", "head"),
+    # a 1xx has no content (fixed-1xx-body): framing headers in one are refused
+    ("informational_with_length", b"HTTP/1.1 150 X\r\nContent-Length: 6\r\n\r\nSECRET"
+                                  b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "head"),
+    ("informational_chunked", b"HTTP/1.1 150 X\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              b"6\r\nSECRET\r\n0\r\n\r\n"
+                              b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "head"),
+    ("continue_with_length", b"HTTP/1.1 100 Continue\r\nContent-Length: 6\r\n\r\nSECRET"
+                             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "head"),
     ("not_http", b"SSH-2.0-OpenSSH_9.6\r\nSECRET\r\n\r\n", "head"),
     ("chunk_size_not_hex", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                            b"zz\r\nSECRET\r\n0\r\n\r\n", "body"),

@@ -21,6 +21,7 @@ import io
 import ipaddress
 import os
 import re
+import stat
 import sys
 from functools import partial
 from typing import Callable, Iterable, Mapping, TypeVar
@@ -437,11 +438,33 @@ def _check_private(path: str, info: os.stat_result) -> None:
                          f"run chmod 600 {path}")
 
 
+def _read_token_file(path: str) -> bytes:
+    """At most ``MAX_TOKEN_FILE + 1`` bytes of a regular file.
+
+    Anything else is refused before it is read: ``/dev/zero`` never ends, a
+    FIFO blocks the open (and then the read) until some writer comes. The
+    open is non-blocking all the same, in case the path is swapped for a
+    FIFO between the ``stat`` and the ``open``; ``fstat`` then checks what
+    was actually opened."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"token file {path!r} is not a regular file")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ValueError(f"cannot read token file {path!r}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"token file {path!r} is not a regular file")
+        _check_private(path, info)
+        return handle.read(MAX_TOKEN_FILE + 1)
+
+
 def _token_file(base_dir: str, text: str) -> str:
-    path = _readable_file(base_dir, "token file")(text)
-    with open(path, "rb") as handle:
-        _check_private(path, os.fstat(handle.fileno()))
-        data = handle.read(MAX_TOKEN_FILE + 1)
+    path = _path(base_dir, text)
+    if os.path.isdir(path):
+        raise ValueError(f"token file {path!r} is a folder, not a file")
+    data = _read_token_file(path)
     if len(data) > MAX_TOKEN_FILE:
         raise ValueError(f"token file {path!r} is larger than {MAX_TOKEN_FILE} bytes")
     try:

@@ -20,7 +20,12 @@ proxy must check on top (RFC 9112):
   at most the head limit, counted while the bytes arrive (a 431 for a
   request, a 502 for a response); trailer fields that frame or control the
   connection are refused;
-- ``CONNECT`` is refused (lbframe is a reverse proxy, not a forward one).
+- ``CONNECT`` is refused (lbframe is a reverse proxy, not a forward one),
+  and so is an ``Upgrade`` request with a body (llhttp hands over the
+  connection before the body);
+- a response's status is 100-599, its reason phrase free of control
+  characters but HTAB, and a 1xx other than 101 carries no Content-Length or
+  Transfer-Encoding (llhttp reads a body for 104-199 by them).
 
 A parser calls its *sink* as the message goes by; the data path decides what
 to forward. Errors are raised as :class:`HTTPError` carrying the status the
@@ -28,6 +33,8 @@ client should get.
 """
 
 from __future__ import annotations
+
+import re
 
 import httptools
 
@@ -42,6 +49,12 @@ READ_SLACK = 64 * 1024
 #: section of the full ``max_head``
 _CHUNK_LINE_SLACK = 1024
 
+
+#: head bytes of a status line besides its reason phrase: "HTTP/1.1 200 " and CRLF
+#: (the reason phrase may arrive in any number of ``on_status`` pieces)
+_STATUS_LINE_FIXED = 13
+#: control characters that may not appear in a reason phrase (HTAB may)
+_REASON_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 #: trailer fields refused: llhttp lets them change how it frames what
 #: follows on the connection (a trailer ``Connection: close`` or
@@ -271,8 +284,15 @@ class RequestParser(_Base):
         hosts = self.hosts
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise HTTPError(400, "an HTTP/1.1 request needs exactly one Host header")
-        head = RequestHead(method, self.url.decode("latin-1"), version, self.headers)
         has_body = self.chunked or (self.length is not None and self.length > 0)
+        if has_body and parser.should_upgrade():
+            # llhttp hands over the connection right after such a head, body
+            # unread: the member would be told Content-Length: N while the
+            # N bytes went to the tunnel, or were parsed as the next request
+            # when it did not switch — a desync. Refused, as Upgrade with a
+            # body has no safe single framing here.
+            raise HTTPError(400, "an Upgrade request with a body")
+        head = RequestHead(method, self.url.decode("latin-1"), version, self.headers)
         self.sink.request(head, parser.should_keep_alive(), has_body)
 
     def on_message_complete(self):
@@ -376,10 +396,24 @@ class ResponseParser(_Base):
         super().on_message_begin()
         self.head_bytes = 0
         self.reason = b""
+        # The status line's fixed part ("HTTP/1.1 200 " and its CRLF), once:
+        # the reason phrase itself may come in any number of pieces.
+        self.head_size = _STATUS_LINE_FIXED
 
     def on_status(self, reason: bytes):
         self.reason += reason
-        self.head_size += len(reason) + 13
+        self.head_size += len(reason)
+        if self.head_size > self.max_head:
+            raise self._too_big()
+
+    def _too_big(self) -> HTTPError:
+        # A member's fault, not the client's: 502 (the data path answers 502
+        # for any bad response; the status says so where it is raised too).
+        return HTTPError(502, f"bad response: head over {self.max_head} bytes")
+
+    def _trailers_too_big(self) -> HTTPError:
+        return HTTPError(502, f"bad response: chunk framing or trailers over "
+                              f"{self.max_head} bytes")
 
     def on_headers_complete(self):
         parser = self.parser
@@ -391,6 +425,7 @@ class ResponseParser(_Base):
             self._headers_done()
         except HTTPError as e:
             raise HTTPError(502, f"bad response: {e.reason}") from None
+        self._check_status_line(status)
         if self.head_only or status < 200 or status in (204, 304):
             self.framing_open = False  # no body follows this head
         head = ResponseHead(status, self.reason.decode("latin-1"), version, self.headers)
@@ -415,6 +450,28 @@ class ResponseParser(_Base):
         self.sink.response(head, keep_alive, framing)
         if self.head_only:
             raise _HeadDone()
+
+    def _check_status_line(self, status: int) -> None:
+        """What llhttp lets through in a status line and a 1xx head.
+
+        - a status outside 100-599 (RFC 9110 §15): llhttp takes any three
+          digits, ``000`` too;
+        - a control character other than HTAB in the reason phrase (RFC 9112
+          §4: HTAB, SP, VCHAR, obs-text): llhttp takes NUL and the like, and
+          the reason phrase is written to the client as it came;
+        - a 1xx other than 101 with Content-Length or Transfer-Encoding: it has
+          no content (RFC 9110 §15.2, and §8.6 forbids the Content-Length),
+          but llhttp reads a body for 104-199 by those headers — the next
+          response's bytes would be taken for it (or, chunked, for its
+          trailers). Refused rather than guessed at.
+        """
+        if not 100 <= status <= 599:
+            raise HTTPError(502, f"bad response: status {status:03d}")
+        if _REASON_CONTROL.search(self.reason):
+            raise HTTPError(502, "bad response: a control character in the reason phrase")
+        if 100 <= status < 200 and status != 101 and (self.te or self.length is not None):
+            raise HTTPError(502, f"bad response: a {status} response with "
+                                 "Content-Length or Transfer-Encoding")
 
     def on_message_complete(self):
         if self.trailers is None:  # the end of a 1xx
