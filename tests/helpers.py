@@ -37,3 +37,31 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def serve_canned(response: bytes, backlog: int = 20) -> socket.socket:
+    """A member on 127.0.0.1 that reads a request and answers ``response`` on
+    every connection, then closes it — in a thread, so that it answers while a
+    test's reactor (or a subprocess under test) is busy. Close the returned
+    listening socket to stop it."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(backlog)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.settimeout(5)
+            try:
+                conn.recv(65536)
+                conn.sendall(response)
+            except OSError:
+                pass
+            conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return listener

@@ -13,7 +13,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import free_port
+from tests.helpers import free_port, serve_canned
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,26 +78,8 @@ class FdExhaustionTests(SynchronousTestCase):
 
     def setUp(self):
         # A member answering one HTTP response per connection, in a thread.
-        self.member = socket.socket()
-        self.member.bind(("127.0.0.1", 0))
-        self.member.listen(50)
+        self.member = serve_canned(RESPONSE, backlog=50)
         self.addCleanup(self.member.close)
-        import threading
-
-        def serve():
-            while True:
-                try:
-                    conn, _ = self.member.accept()
-                except OSError:
-                    return
-                conn.settimeout(5)
-                try:
-                    conn.recv(65536)
-                    conn.sendall(RESPONSE)
-                except OSError:
-                    pass
-                conn.close()
-        threading.Thread(target=serve, daemon=True).start()
         self.tport, self.hport = free_port(), free_port()
         self.log = open(os.path.join(os.path.abspath(self.mktemp()) + ".log"), "w+")
         self.addCleanup(self.log.close)

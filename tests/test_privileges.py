@@ -11,12 +11,12 @@ import grp
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import urllib.request
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.helpers import serve_canned
 from tests.test_quickstart import ROOT, TWISTD
 from tests.tlskit import cert_pem, make_ca, make_cert, write, write_bundle
 
@@ -42,25 +42,7 @@ def low_ports(count: int) -> list[int]:
 
 def serve_member() -> socket.socket:
     """A member answering one HTTP response per connection, in a thread."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(20)
-
-    def serve():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            conn.settimeout(5)
-            try:
-                conn.recv(65536)
-                conn.sendall(RESPONSE)
-            except OSError:
-                pass
-            conn.close()
-    threading.Thread(target=serve, daemon=True).start()
-    return listener
+    return serve_canned(RESPONSE)
 
 
 def uid_of(pid: int) -> tuple[int, int]:
