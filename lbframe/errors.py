@@ -70,3 +70,18 @@ def reject_unknown_options(options, what: str | None = None, known=()) -> None:
         if key not in known:
             where = f" for {what}" if what else ""
             raise OptionError(key, f"unknown key {key!r}{where}{did_you_mean(key, known)}")
+
+
+def describe_connect_error(failure) -> str:
+    """Operator-facing words for a failed connect (a Twisted ``Failure``), the
+    same from a monitor and from the data path: ``connect refused``,
+    ``connect timeout``, ``no route to host``, else ``connect failed: …``."""
+    from twisted.internet import error  # not at import: the config room stays free of Twisted
+
+    if failure.check(error.ConnectionRefusedError):
+        return "connect refused"
+    if failure.check(error.TimeoutError):
+        return "connect timeout"
+    if failure.check(error.NoRouteError):
+        return "no route to host"
+    return f"connect failed: {failure.getErrorMessage()}"

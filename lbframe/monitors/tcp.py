@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from twisted.internet import error, protocol
+from twisted.internet import protocol
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from zope.interface import implementer
 
 from lbframe import hookimpl
-from lbframe.errors import reject_unknown_options
+from lbframe.errors import describe_connect_error, reject_unknown_options
 from lbframe.interfaces import IMonitor
 from lbframe.monitors import CheckResult, check_port
-
-
-def describe_connect_error(failure) -> str:
-    """Operator-facing words for a failed connect."""
-    if failure.check(error.ConnectionRefusedError):
-        return "connect refused"
-    if failure.check(error.TimeoutError):
-        return "connect timeout"
-    if failure.check(error.NoRouteError):
-        return "no route to host"
-    return f"connect failed: {failure.getErrorMessage()}"
 
 
 def client_endpoint(reactor, host: str, port: int, timeout: float):

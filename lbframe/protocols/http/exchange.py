@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lbframe.balancer import Decision, RequestContext
+from lbframe.errors import describe_connect_error
 from lbframe.protocols.http import heads, pages
 from lbframe.protocols.http.members import Connect
 from lbframe.protocols.http.parser import HTTPError
@@ -342,7 +343,7 @@ class Exchange:
         self.connecting = None
         if self.done:
             return
-        self._member_failed(f"connect failed: {reason.getErrorMessage()}", may_retry=True)
+        self._member_failed(describe_connect_error(reason), may_retry=True)
 
     def _member_failed(self, why: str, may_retry: bool = False) -> None:
         """The member did not take the request: count it, and after a
