@@ -44,7 +44,9 @@ def makeService(options):
     try:
         runtime = load(options["config"], reactor)
     except (ConfigError, PluginError) as e:
-        raise usage.UsageError(str(e)) from None
+        # The one line ``lbframe check`` prints, on stderr, and exit status 1:
+        # a UsageError would make twistd print a traceback after it.
+        raise SystemExit(str(e)) from None
     twistd_options = getattr(options, "parent", None)
     from lbframe import privileges
 

@@ -123,3 +123,28 @@ class CLITests(SynchronousTestCase):
                           + GOOD.replace("interface=127.0.0.1", "interface=localhost"))
         rc, out, err = self.run_cli("check", path)
         self.assertEqual((rc, err), (0, ""))
+
+
+class TwistdConfigErrorTests(SynchronousTestCase):
+    """``twistd lbframe --config bad.ini`` says what ``lbframe check`` says,
+    in one line, and exits 1 — no traceback, nothing started."""
+
+    def test_same_line_as_check_and_status_1(self):
+        import subprocess
+
+        from tests.test_quickstart import ROOT, TWISTD
+
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        path = os.path.join(d, "bad.ini")
+        with open(path, "w") as f:
+            f.write(GOOD.replace("weighted", "wieghted"))
+        err = io.StringIO()
+        with redirect_stderr(err), redirect_stdout(io.StringIO()):
+            self.assertEqual(main(["check", path]), 1)
+        done = subprocess.run(TWISTD + ["-n", "--pidfile=", "lbframe", "--config", path],
+                              cwd=d, env=dict(os.environ, PYTHONPATH=ROOT),
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        self.assertEqual(done.stderr, err.getvalue())
+        self.assertNotIn("Traceback", done.stdout + done.stderr)

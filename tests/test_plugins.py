@@ -238,10 +238,8 @@ class PluginAPITests(SynchronousTestCase):
                       "tuple, e.g. (1, 0)", str(e))
 
     def test_refused_at_start_by_twistd(self):
-        """``twistd lbframe`` stops with the message (a UsageError), before
-        anything listens."""
-        from twisted.python import usage
-
+        """``twistd lbframe`` stops with the message (SystemExit: one line,
+        status 1), before anything listens."""
         from lbframe.tap import makeService
         path = self.plugin("(1, 9)")
         site = os.path.join(os.path.dirname(path), "site.ini")
@@ -249,8 +247,8 @@ class PluginAPITests(SynchronousTestCase):
             f.write("[lbframe]\nplugins = versioned.py\n[virtual web]\n"
                     "listen = tcp:0:interface=127.0.0.1\npool = web\n"
                     "[pool web]\nmember a = 127.0.0.1:1\n")
-        e = self.assertRaises(usage.UsageError, makeService, {"config": site})
-        self.assertIn("needs lbframe plugin API 1.9", str(e))
+        e = self.assertRaises(SystemExit, makeService, {"config": site})
+        self.assertIn("needs lbframe plugin API 1.9", str(e.code))
 
 
 class TraceHooksTests(SynchronousTestCase):
