@@ -58,14 +58,8 @@ TLS10, TLS11, TLS12, TLS13 = 0x0301, 0x0302, 0x0303, 0x0304
 HELLO_RETRY_RANDOM = bytes.fromhex(
     "CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
 
-_VERSION_NAMES = {0x0300: "SSL 3.0", TLS10: "TLS 1.0", TLS11: "TLS 1.1", TLS12: "TLS 1.2",
-                  TLS13: "TLS 1.3"}
 #: characters of a host name in SNI (an A-label form; '_' is seen in the wild)
 _HOST_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
-
-
-def version_name(version: int) -> str:
-    return _VERSION_NAMES.get(version, f"0x{version:04x}")
 
 
 class HelloError(ValueError):
