@@ -935,6 +935,20 @@ def check_tools(args) -> None:
         raise BenchError(f"missing: {', '.join(missing)} — apt-get install haproxy nginx-light wrk")
 
 
+def clean_up(procs, tmp: str, keep_tmp: bool) -> None:
+    """The end of a run, however it ends: signals ignored so that the
+    clean-up finishes, every process stopped, the scratch folder removed
+    (or kept and named, with ``--keep-tmp``)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.alarm(0)
+    procs.stop_all()
+    if keep_tmp:
+        log(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
@@ -1024,13 +1038,7 @@ def main(argv=None) -> int:
         log("interrupted; stopping everything")
         return 130
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # let the clean-up finish
-        procs.stop_all()
-        if args.keep_tmp:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(procs, tmp, args.keep_tmp)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -988,14 +987,7 @@ def main(argv=None) -> int:
         log(f"stopped ({exc}): {'hard deadline passed' if 'signal 14' in str(exc) else 'interrupted'}")
         return 130 if "signal 14" not in str(exc) else 2
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # let the clean-up finish
-        signal.alarm(0)
-        procs.stop_all()
-        if args.keep_tmp:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        B.clean_up(procs, tmp, args.keep_tmp)
 
 
 if __name__ == "__main__":
