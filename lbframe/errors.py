@@ -57,6 +57,20 @@ class PluginError(LBFrameError):
     """A plugin could not be loaded or registered (duplicate name, bad hook, ...)."""
 
 
+class ListenError(LBFrameError):
+    """A virtual server could not listen on one of its endpoints.
+
+    ``str(err)``: ``virtual web: cannot listen on tcp:80:interface=192.0.2.1:
+    Cannot assign requested address``.
+    """
+
+    def __init__(self, virtual: str, endpoint: str, why: str):
+        super().__init__(f"virtual {virtual}: cannot listen on {endpoint}: {why}")
+        self.virtual = virtual
+        self.endpoint = endpoint
+        self.why = why
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return `` (did you mean 'x'?)`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -13,6 +13,7 @@ Every name here needs its entry in ``docs/plugins/interfaces.md`` (a test
 fails otherwise).
 """
 
+from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 
@@ -59,6 +60,14 @@ class IMonitor(Interface):
         are results with ``ok=False`` and a ``reason``. The caller enforces
         the monitor's ``timeout`` by cancelling the Deferred, so the check
         must clean up on cancel."""
+
+    def idle():
+        """A Deferred that fires once nothing this monitor started is still
+        running (a ``script`` monitor's processes). Called when the site
+        stops, after every check was cancelled, so that stopping lbframe
+        leaves nothing behind. A monitor with nothing of its own returns
+        ``defer.succeed(None)`` (:class:`lbframe.monitoring.BaseMonitor` does).
+        """
 
 
 class IPersistenceMethod(Interface):
@@ -135,9 +144,61 @@ class IProtocol(Interface):
     (validating its keys), it makes the listening service at start."""
 
     def make_service(balancer, reactor):
-        """Return an ``IService`` that accepts on the virtual server's
+        """Return an :class:`IListener` that accepts on the virtual server's
         endpoints while running and serves each connection through
         ``balancer`` (a :class:`lbframe.balancer.Balancer`)."""
+
+
+class IListener(IService):
+    """The running side of one virtual server: its listening sockets and the
+    connections (or flows) accepted on them.
+
+    The site's service tree starts, reloads, drains and stops every listener
+    through these methods only, whatever its protocol (tcp, http, ssl, udp,
+    a third party's). :class:`lbframe.testing.ListenerContract` checks what
+    the docstrings promise.
+    """
+
+    def start_listening():
+        """Bind every endpoint of the virtual server. Returns a Deferred that
+        fires (with None) once all of them listen, or fails with
+        :class:`lbframe.errors.ListenError` naming the virtual server, the
+        endpoint and why (nothing is left bound then). Called from
+        ``privilegedStartService`` (before twistd drops root) and again from
+        ``startService``: a second call returns the first call's outcome.
+        An endpoint whose ``listen()`` answers asynchronously is fine."""
+
+    def addresses():
+        """The bound addresses, one ``IAddress`` (``.host``, ``.port``) per
+        listening socket, in the order of the ``listen`` key; empty when not
+        listening. Tests use it to find ports bound as ``:0``."""
+
+    def apply(balancer, protocol):
+        """A reload kept this virtual server's endpoints and protocol name:
+        connections (or flows) that start from now on use ``balancer``, and
+        the listener takes ``protocol``'s settings (limits, timeouts,
+        certificates) without closing its sockets. Established connections
+        finish with the decision they made."""
+
+    def stop_listening():
+        """Close the listening sockets; established connections go on.
+        Always returns a Deferred, firing once the sockets are closed (so
+        that a replacement may bind the same address)."""
+
+    def connection_count():
+        """Client connections (or live flows) still open, an ``int``."""
+
+    def close_all(reason):
+        """Close every connection still open; ``reason`` (a short phrase)
+        goes to their log lines."""
+
+    def pause_accepting():
+        """Stop taking new connections without closing the sockets (the
+        process-wide accept gate: ``[lbframe] max_connections`` or out of
+        descriptors); clients wait in the kernel's listen backlog."""
+
+    def resume_accepting():
+        """Take new connections again after :meth:`pause_accepting`."""
 
 
 class IRedundancyDriver(Interface):
