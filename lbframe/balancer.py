@@ -66,7 +66,7 @@ class Balancer:
     sorry_pool: PoolState | None = None
     #: (rule, PoolState) pairs in the virtual server's order; used by L7 protocols
     rules: Sequence = ()
-    #: the :class:`lbframe.persistence.profile.Profile` this virtual server names
+    #: the :class:`lbframe.profiles.Profile` this virtual server names
     persistence: object = None
 
     def choose(self, context: RequestContext, exclude=(), may_wait: bool = True
@@ -112,7 +112,7 @@ class Balancer:
             return None
         return profile.member_for(context, pool, exclude)
 
-    # -- persistence around the decision (lbframe.persistence.profile) ------
+    # -- persistence around the decision (lbframe.profiles) ---------------
 
     def prepare(self, context: RequestContext):
         """Call before :meth:`choose`: None, or a Deferred to wait for first

@@ -13,6 +13,23 @@ Two environment variables are for operators and plugin authors:
 - ``LBFRAME_TRACE_HOOKS=1`` logs every hook call and every registration
   (pluggy's hook-call monitoring) through :mod:`twisted.logger`.
 
+Registration goes through pluggy's own hook calls, so a ``hookwrapper``
+(old or new style) and ``LBFRAME_TRACE_HOOKS`` see it. pluggy hands every
+implementation of one call the same arguments, but the registry must know
+*which* plugin adds each name (a duplicate names both plugins; ``lbframe
+plugins`` lists the owner). So each registration hook is called once per
+plugin that implements it, through ``pm.subset_hook_caller``, with that
+plugin's :class:`Registrar` as ``registry``: the subset leaves out the other
+registering plugins and keeps every plugin that only wraps the hook, so a
+wrapper sees each plugin's registration as one call and reads whose it is
+from ``registry.plugin``. Two consequences, both refused or documented
+rather than left to surprise: a plugin that implements a registration hook
+under another name (``specname``) is refused, since pluggy's subset cannot
+leave it out; a plugin that both wraps and implements one registration hook
+wraps only its own call. A hook that raises is a :class:`PluginError` of one
+line naming the plugin, the hook and the error (or the wrapper's plugin,
+when a wrapper raised).
+
 A plugin may declare the plugin API it was written for,
 ``LBFRAME_PLUGIN_API = (1, 0)``; one that needs another major version, or a
 newer minor one than :data:`lbframe.PLUGIN_API`, is refused with a message
@@ -94,18 +111,25 @@ CONTRACT_NAMES = {
 @attrs.frozen
 class Registration:
     name: str
+    #: what lbframe calls to build one object (for monitors, possibly the
+    #: plugin's factory behind :func:`lbframe.monitoring.adapting_factory`)
     factory: Callable[..., Any]
     plugin: str
 
 
 class Registry:
-    """The factories of one kind, by name. Refuses duplicates."""
+    """The factories of one kind, by name, and which plugin added each.
+    Refuses duplicates, naming both plugins.
+
+    Plugins never hold this object: each plugin's registration hook gets
+    :meth:`for_plugin`'s :class:`Registrar`, which adds in that plugin's name.
+    """
 
     def __init__(self, kind: str, origins: dict[str, str] | None = None):
         self.kind = kind
         self.noun = KINDS[kind]
+        self.hook_name = f"lbframe_register_{kind}"
         self._entries: dict[str, Registration] = {}
-        self._current_plugin = "?"
         #: plugin name → origin ("built-in", "entry point", ...), for messages
         self._origins = origins if origins is not None else {}
 
@@ -115,13 +139,16 @@ class Registry:
             return f"the built-in plugin {plugin!r}"
         return f"plugin {plugin!r}" + (f" ({origin})" if origin else "")
 
-    def add(self, name: str, factory: Callable[..., Any]) -> None:
-        """Register ``factory`` under ``name``."""
+    def for_plugin(self, plugin: str) -> "Registrar":
+        """What ``plugin``'s registration hook receives as ``registry``."""
+        return Registrar(self, plugin)
+
+    def _add(self, plugin: str, name: str, factory: Callable[..., Any]) -> None:
         if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin {self._current_plugin!r} registered a {self.noun} "
+            raise PluginError(f"plugin {plugin!r} registered a {self.noun} "
                               f"with a bad name {name!r}")
         if not callable(factory):
-            raise PluginError(f"plugin {self._current_plugin!r} registered {self.noun} "
+            raise PluginError(f"plugin {plugin!r} registered {self.noun} "
                               f"{name!r} with a factory that is not callable: {factory!r}")
         if name in self._entries:
             first = self._entries[name].plugin
@@ -129,10 +156,14 @@ class Registry:
                     else "; remove one, or keep one out with LBFRAME_DISABLE_PLUGINS")
             raise PluginError(f"{self.noun} {name!r} is registered twice: by "
                               f"{self._describe(first)} and by "
-                              f"{self._describe(self._current_plugin)}{hint}")
-        self._entries[name] = Registration(name, factory, self._current_plugin)
+                              f"{self._describe(plugin)}{hint}")
+        if self.kind == "monitors":
+            from lbframe.monitoring import adapting_factory
+
+            factory = adapting_factory(factory, f"monitor type {name!r} of plugin {plugin!r}")
+        self._entries[name] = Registration(name, factory, plugin)
         if tracing():
-            log.info("plugin {plugin} registered {noun} {name!r}", plugin=self._current_plugin,
+            log.info("plugin {plugin} registered {noun} {name!r}", plugin=plugin,
                      noun=self.noun, name=name)
 
     def __contains__(self, name: str) -> bool:
@@ -157,6 +188,41 @@ class Registry:
         for reg in self._entries.values():
             out.setdefault(reg.plugin, []).append(reg.name)
         return out
+
+
+class Registrar:
+    """The ``registry`` one plugin's registration hook is called with: adds
+    to the kind's :class:`Registry` in that plugin's name. A hook wrapper
+    sees it too, and reads ``registry.plugin`` to know whose turn it is."""
+
+    __slots__ = ("_registry", "plugin")
+
+    def __init__(self, registry: Registry, plugin: str):
+        self._registry = registry
+        #: the name of the plugin whose hook is being called
+        self.plugin = plugin
+
+    @property
+    def kind(self) -> str:
+        return self._registry.kind
+
+    @property
+    def noun(self) -> str:
+        return self._registry.noun
+
+    def add(self, name: str, factory: Callable[..., Any]) -> None:
+        """Register ``factory`` under ``name``."""
+        self._registry._add(self.plugin, name, factory)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._registry
+
+    def names(self) -> list[str]:
+        """Every name registered so far, by any plugin."""
+        return self._registry.names()
+
+    def __repr__(self) -> str:
+        return f"<registry of {self.kind} for plugin {self.plugin!r}>"
 
 
 @attrs.define
@@ -293,6 +359,69 @@ def _register(pm: pluggy.PluginManager, plugin, name: str) -> None:
         raise PluginError(f"plugin {name!r} cannot be registered: {e}") from e
 
 
+def _is_wrapper(impl: pluggy.HookImpl) -> bool:
+    return bool(impl.hookwrapper or impl.wrapper)
+
+
+def _code(function):
+    return getattr(getattr(function, "__func__", function), "__code__", None)
+
+
+def _culprit(error: BaseException, impls) -> pluggy.HookImpl | None:
+    """The implementation among ``impls`` that ``error`` was raised in:
+    the innermost of their functions on its traceback (a wrapper's
+    generator frame is on it too)."""
+    codes = {_code(i.function): i for i in impls}
+    found = None
+    tb = error.__traceback__
+    while tb is not None:
+        found = codes.get(tb.tb_frame.f_code, found)
+        tb = tb.tb_next
+    return found
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())
+
+
+def _fill(pm: pluggy.PluginManager, registry: Registry) -> None:
+    """Call ``registry``'s registration hook once per plugin implementing
+    it, through pluggy, with that plugin's :class:`Registrar` (see the
+    module docstring for why one call per plugin)."""
+    hook = registry.hook_name
+    impls = getattr(pm.hook, hook).get_hookimpls()
+    # One call per plugin, in the order the plugins were loaded (built-ins,
+    # entry points, then ``plugins =``): a duplicate name blames the later.
+    registering: list = []
+    for impl in impls:
+        if not _is_wrapper(impl) and not any(p is impl.plugin for p in registering):
+            registering.append(impl.plugin)
+    names = {id(i.plugin): i.plugin_name for i in impls}
+    for plugin in registering:
+        if len(registering) > 1 and not hasattr(plugin, hook):
+            # pluggy's subset_hook_caller leaves out only plugins with an
+            # attribute of the hook's name: this one would run in every call.
+            raise PluginError(f"plugin {names[id(plugin)]!r} implements {hook} under another "
+                              f"name (specname); lbframe calls registration hooks one plugin "
+                              f"at a time: name the function {hook}")
+    for plugin in registering:
+        name = names[id(plugin)]
+        others = [p for p in registering if p is not plugin]
+        caller = pm.subset_hook_caller(hook, others)
+        try:
+            caller(registry=registry.for_plugin(name))
+        except PluginError:
+            raise
+        except Exception as e:
+            culprit = _culprit(e, caller.get_hookimpls())
+            if culprit is not None and culprit.plugin is not plugin:
+                where = (f"plugin {culprit.plugin_name!r} failed in its wrapper of {hook} "
+                         f"(around plugin {name!r})")
+            else:
+                where = f"plugin {name!r} failed in {hook}"
+            raise PluginError(_one_line(f"{where}: {e!r}")) from e
+
+
 def load_plugins(extra: Iterable[str] = (), base_dir: str | None = None,
                  entry_points: bool = True) -> Plugins:
     """Build a plugin manager and fill every registry.
@@ -369,20 +498,7 @@ def load_plugins(extra: Iterable[str] = (), base_dir: str | None = None,
 
     origins = {i.name: i.origin for i in infos}
     registries = {kind: Registry(kind, origins) for kind in KINDS}
-    for kind, registry in registries.items():
-        caller = getattr(pm.hook, f"lbframe_register_{kind}")
-        # Call each implementation ourselves so the registry knows which
-        # plugin is adding what (for duplicate errors and `lbframe plugins`).
-        for impl in caller.get_hookimpls():
-            registry._current_plugin = impl.plugin_name
-            kwargs = {"registry": registry}
-            try:
-                impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except PluginError:
-                raise
-            except Exception as e:
-                raise PluginError(f"plugin {impl.plugin_name!r} failed in "
-                                  f"lbframe_register_{kind}: {e!r}") from e
-        registry._current_plugin = "?"
+    for registry in registries.values():
+        _fill(pm, registry)
 
     return Plugins(pm, registries, infos)

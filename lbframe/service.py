@@ -20,8 +20,8 @@ from twisted.logger import Logger
 from lbframe.balancer import Balancer
 from lbframe.config.model import Site, Source
 from lbframe.errors import ConfigError, OptionError, PluginError
-from lbframe.monitors import MonitorRunner
-from lbframe.persistence.profile import build_profile
+from lbframe.monitoring import MonitorRunner
+from lbframe.profiles import build_profile
 from lbframe.plugins import Plugins, Registry
 from lbframe.rules import CompiledRule
 from lbframe.runtime import PoolState, VirtualState

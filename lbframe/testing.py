@@ -228,12 +228,13 @@ class MonitorDriver:
 
     def __init__(self, monitor, *members: MemberSpec | str, spec: Monitor | None = None,
                  reactor=None, seed: int = 0):
-        from lbframe.monitors import MonitorRunner
+        from lbframe.monitoring import MonitorRunner, as_monitor
         from lbframe.schedulers.round_robin import RoundRobin
 
         self.reactor = reactor if reactor is not None else MemoryReactorClock()
         self.spec = spec if spec is not None else Monitor("check", "plugin")
-        self.monitor = monitor
+        # As the monitor registry does: one without idle() gets BaseMonitor's.
+        self.monitor = monitor = as_monitor(monitor)
         self.pool = FakePool(RoundRobin, *(members or ("a",)))
         self.results: list[tuple[str, bool, str, float]] = []
         self.runner = MonitorRunner(self.reactor, random.Random(seed))
@@ -453,10 +454,12 @@ class MonitorContract(_OptionsContract):
 
     The checks: it provides :class:`~lbframe.interfaces.IMonitor`; a check
     of a member that refuses connections fires, within the monitor's
-    timeout, with a :class:`~lbframe.monitors.CheckResult` (never an
+    timeout, with a :class:`~lbframe.monitoring.CheckResult` (never an
     errback; a failure carries a reason); a check cancelled midway (the
     runner's timeout) fires and leaves nothing behind (trial fails a test
-    that leaves a connection, timer or process); it rejects an unknown key.
+    that leaves a connection, timer or process); ``idle()`` (the runner
+    waits for it at stop) returns a Deferred that fires once what the
+    checks started is gone; it rejects an unknown key.
 
     ``monitor_keys`` are :class:`lbframe.config.Monitor` fields for every
     check here (e.g. ``{"request_path": "/health"}``); ``refused_keys`` and
@@ -479,7 +482,22 @@ class MonitorContract(_OptionsContract):
 
     def test_contract_provides_imonitor(self):
         monitor, _ = self.contract_monitor(MemoryReactorClock())
+        if not callable(getattr(monitor, "idle", None)):
+            self.fail(f"{monitor!r} has no idle(): lbframe waits for it when the site stops; "
+                      "subclass lbframe.monitoring.BaseMonitor (nothing outlives a check) or "
+                      "return a Deferred firing once what the checks started is gone")
         self._verify(IMonitor, monitor)
+
+    def test_contract_idle_fires(self):
+        """``idle()`` of a fresh monitor fires (nothing was started): a
+        Deferred, not None, so the runner's stop can wait for it."""
+        monitor, _ = self.contract_monitor(MemoryReactorClock())
+        d = monitor.idle()
+        self.assertIsInstance(d, defer.Deferred, "idle() must return a Deferred")
+        fired = []
+        d.addBoth(fired.append)
+        self.assertEqual(fired, [None], "idle() of a monitor that ran no check must fire "
+                                        "at once, with None")
 
     def test_contract_rejects_unknown_key(self):
         spec = Monitor("contract", self.type_name, **self.monitor_keys)
@@ -490,16 +508,14 @@ class MonitorContract(_OptionsContract):
         pool = PoolState.build(Pool("contract", (member("m", port),)), _NoScheduler())
         return pool.members["m"]
 
-    @defer.inlineCallbacks
     def _idle(self, monitor):
-        if hasattr(monitor, "idle"):
-            yield monitor.idle()
+        return monitor.idle()
 
     @defer.inlineCallbacks
     def test_contract_refused_member_gives_a_result(self):
         from twisted.internet import reactor
 
-        from lbframe.monitors import CheckResult
+        from lbframe.monitoring import CheckResult
 
         monitor, spec = self.contract_monitor(**self.refused_keys)
         d = defer.maybeDeferred(monitor.check, self._member(closed_port()))

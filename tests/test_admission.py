@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbframe.config.model import Monitor, Pool
-from lbframe.monitors import MonitorRunner
+from lbframe.monitoring import MonitorRunner
 from lbframe.monitors.tcp import TCPMonitor
 from lbframe.runtime import PoolState
 from lbframe.schedulers.weighted import Weighted

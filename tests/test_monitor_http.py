@@ -25,7 +25,7 @@ from lbframe.config import parse_site
 from lbframe.config.model import Monitor, Source
 from lbframe.errors import OptionError
 from lbframe.interfaces import IMonitor
-from lbframe.monitors import CheckResult, MonitorRunner
+from lbframe.monitoring import CheckResult, MonitorRunner
 from lbframe.monitors._http_client import BODY_LIMIT
 from lbframe.monitors.http import HTTPMonitor, HTTPSMonitor
 from lbframe.plugins import load_plugins

@@ -21,7 +21,7 @@ from zope.interface.verify import verifyObject
 from lbframe.config.model import Address, MemberSpec, Monitor
 from lbframe.errors import OptionError
 from lbframe.interfaces import IMonitor
-from lbframe.monitors import CheckResult
+from lbframe.monitoring import CheckResult
 from lbframe.monitors import icmp
 from lbframe.monitors.icmp import (
     NO_SOCKET, PAYLOAD_MAGIC, ICMPMonitor, Pinger, Pingers, open_icmp_socket,

@@ -25,7 +25,7 @@ from zope.interface.verify import verifyObject
 from lbframe.config.model import Monitor
 from lbframe.errors import OptionError
 from lbframe.interfaces import IMonitor
-from lbframe.monitors import CheckResult, MonitorRunner
+from lbframe.monitoring import CheckResult, MonitorRunner
 from lbframe.monitors._dialogue import MAX_LINE, clip
 from lbframe.monitors.ftp import FTPMonitor
 from lbframe.monitors.pop3 import POP3Monitor

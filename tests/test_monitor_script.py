@@ -19,7 +19,7 @@ from zope.interface.verify import verifyObject
 from lbframe.config.model import Address, MemberSpec, Monitor
 from lbframe.errors import OptionError
 from lbframe.interfaces import IMonitor
-from lbframe.monitors import CheckResult, MonitorRunner
+from lbframe.monitoring import CheckResult, MonitorRunner
 from lbframe.monitors import script
 from lbframe.monitors.script import ScriptMonitor, last_line
 from lbframe.schedulers.round_robin import RoundRobin

@@ -10,13 +10,13 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbframe.config.model import Monitor
-from lbframe.monitors import CheckResult, MonitorRunner
+from lbframe.monitoring import BaseMonitor, CheckResult, MonitorRunner
 from lbframe.monitors.tcp import TCPMonitor
 from lbframe.schedulers.round_robin import RoundRobin
 from tests.helpers import free_port, member_spec, pool_state
 
 
-class ScriptedMonitor:
+class ScriptedMonitor(BaseMonitor):
     """Answers each check from a list of (ok, reason); None = never answers."""
 
     def __init__(self, answers):

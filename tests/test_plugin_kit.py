@@ -19,7 +19,7 @@ from zope.interface import implementer
 from lbframe.config.model import Monitor
 from lbframe.errors import ConfigError, PluginError
 from lbframe.interfaces import IMonitor, IScheduler
-from lbframe.monitors import CheckResult
+from lbframe.monitoring import CheckResult
 from lbframe.schedulers import SchedulerBase, usable
 from lbframe.schedulers.round_robin import RoundRobin
 from lbframe.testing import (FakePool, HTTPBackends, MonitorContract, MonitorDriver,

@@ -31,7 +31,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from lbframe.errors import OptionError
-from lbframe.monitors import CheckResult, check_port
+from lbframe.monitoring import CheckResult, check_port
 from lbframe.monitors.tcp import client_endpoint, describe_connect_error
 
 #: longest reply line accepted, in bytes (RFC 5321 allows 512, banners run longer)

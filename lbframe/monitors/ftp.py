@@ -14,11 +14,12 @@ from zope.interface import implementer
 from lbframe import hookimpl
 from lbframe.errors import OptionError, reject_unknown_options
 from lbframe.interfaces import IMonitor
+from lbframe.monitoring import BaseMonitor
 from lbframe.monitors._dialogue import check_line_safe, converse, match_greeting
 
 
 @implementer(IMonitor)
-class FTPMonitor:
+class FTPMonitor(BaseMonitor):
     def __init__(self, spec, options, reactor):
         reject_unknown_options(options, "monitor type ftp")
         if spec.user is not None and spec.password is None:

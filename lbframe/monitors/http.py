@@ -32,7 +32,7 @@ from lbframe import __version__, hookimpl
 from lbframe.config.values import parse_bool, parse_hostname
 from lbframe.errors import OptionError, did_you_mean
 from lbframe.interfaces import IMonitor
-from lbframe.monitors import CheckResult, check_port
+from lbframe.monitoring import BaseMonitor, CheckResult, check_port
 from lbframe.monitors._http_client import HEAD_LIMIT, BodyReader, BytesProducer, Exchange
 from lbframe.tls.client import NoVerify, describe_tls_error, load_ca, verify_error
 from lbframe.monitors.tcp import client_endpoint, describe_connect_error
@@ -48,7 +48,7 @@ TLS_KEYS = ("tls_verify", "tls_ca", "tls_server_name")
 
 
 @implementer(IMonitor)
-class HTTPMonitor:
+class HTTPMonitor(BaseMonitor):
     """``type = http``: plain HTTP/1.1 to the member (or ``port``)."""
 
     scheme = "http"

@@ -36,7 +36,7 @@ from zope.interface import implementer
 from lbframe import hookimpl
 from lbframe.errors import OptionError
 from lbframe.interfaces import IMonitor
-from lbframe.monitors import CheckResult
+from lbframe.monitoring import BaseMonitor, CheckResult
 from lbframe.monitors.icmp_packet import (
     DEST_UNREACHABLE_V4, ECHO_REPLY_V4, TIME_EXCEEDED_V4, Echo, Error, build_echo, parse,
 )
@@ -301,7 +301,7 @@ class _FirstAddress:
 
 
 @implementer(IMonitor)
-class ICMPMonitor:
+class ICMPMonitor(BaseMonitor):
     """Options: ``socket = auto | raw | dgram`` (default ``auto``)."""
 
     def __init__(self, spec, options, reactor, pingers: Pingers | None = None):

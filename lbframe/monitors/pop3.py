@@ -16,6 +16,7 @@ from zope.interface import implementer
 from lbframe import hookimpl
 from lbframe.errors import OptionError, reject_unknown_options
 from lbframe.interfaces import IMonitor
+from lbframe.monitoring import BaseMonitor
 from lbframe.monitors._dialogue import Failed, check_line_safe, clip, converse, match_greeting
 
 
@@ -30,7 +31,7 @@ async def status(client) -> str:
 
 
 @implementer(IMonitor)
-class POP3Monitor:
+class POP3Monitor(BaseMonitor):
     def __init__(self, spec, options, reactor):
         reject_unknown_options(options, "monitor type pop3")
         if spec.user is not None and spec.password is None:

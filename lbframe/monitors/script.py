@@ -31,7 +31,7 @@ from zope.interface import implementer
 from lbframe import hookimpl
 from lbframe.errors import OptionError
 from lbframe.interfaces import IMonitor
-from lbframe.monitors import CheckResult, check_port
+from lbframe.monitoring import BaseMonitor, CheckResult, check_port
 
 LEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "script_leader.py")
 #: bytes of output kept: the reason is taken from the end
@@ -108,7 +108,7 @@ class ScriptProcess(protocol.ProcessProtocol):
 
 
 @implementer(IMonitor)
-class ScriptMonitor:
+class ScriptMonitor(BaseMonitor):
     #: seconds between SIGTERM and SIGKILL for the script's processes
     kill_grace = 1.0
 

@@ -19,6 +19,7 @@ from lbframe import hookimpl
 from lbframe.config.values import parse_bool, parse_hostname
 from lbframe.errors import OptionError
 from lbframe.interfaces import IMonitor
+from lbframe.monitoring import BaseMonitor
 from lbframe.monitors._dialogue import Failed, converse, match_greeting
 
 #: the default EHLO name: says who is knocking in the server's log (F7g);
@@ -42,7 +43,7 @@ def _offers(ehlo, keyword: str) -> bool:
 
 
 @implementer(IMonitor)
-class SMTPMonitor:
+class SMTPMonitor(BaseMonitor):
     def __init__(self, spec, options, reactor):
         self.starttls = False
         self.ehlo = DEFAULT_EHLO

@@ -9,7 +9,7 @@ from zope.interface import implementer
 from lbframe import hookimpl
 from lbframe.errors import describe_connect_error, reject_unknown_options
 from lbframe.interfaces import IMonitor
-from lbframe.monitors import CheckResult, check_port
+from lbframe.monitoring import BaseMonitor, CheckResult, check_port
 
 
 def client_endpoint(reactor, host: str, port: int, timeout: float):
@@ -22,7 +22,7 @@ def client_endpoint(reactor, host: str, port: int, timeout: float):
 
 
 @implementer(IMonitor)
-class TCPMonitor:
+class TCPMonitor(BaseMonitor):
     def __init__(self, spec, options, reactor):
         reject_unknown_options(options, "monitor type tcp")
         self.spec = spec

@@ -1,6 +1,6 @@
 """Persistence (F6): methods that find a key in a request, stores that map keys to member names.
 
-A ``[persistence X]`` section becomes one :class:`lbframe.persistence.profile.Profile`
+A ``[persistence X]`` section becomes one :class:`lbframe.profiles.Profile`
 (a method and a store) shared by every virtual server that names it, so a
 session learned on the http virtual server is honoured on the https one (F6f).
 One module per method (``source_ip``, ``cookie_insert``, ``cookie_learn``,

@@ -25,7 +25,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbframe.config.model import Address, MemberSpec, Monitor
-from lbframe.monitors import MonitorRunner
+from lbframe.monitoring import MonitorRunner
 from lbframe.monitors.icmp import NO_SOCKET, ICMPMonitor, shared_pingers
 from lbframe.schedulers.round_robin import RoundRobin
 from tests.helpers import pool_state

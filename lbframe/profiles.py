@@ -1,4 +1,9 @@
-"""A ``[persistence X]`` profile at run time: one method, one store, shared.
+"""Persistence profiles: a ``[persistence X]`` section at run time, one
+method and one store, shared.
+
+Core, not a plugin: the methods and stores are plugins
+(``lbframe/persistence/``, ``plugins/lbframe-redis``); this module puts one
+of each together for the balancer.
 
 Every virtual server naming the profile gets the same :class:`Profile`, so a
 session learned on one (http on :80) is honoured on another (https on :443,
@@ -22,9 +27,11 @@ import attrs
 from twisted.logger import Logger
 
 from lbframe.errors import ConfigError, OptionError, did_you_mean
-from lbframe.persistence import NO_HEADERS
 
 log = Logger(namespace="lbframe.persistence")
+
+#: no headers to add to a response (the same empty tuple methods answer)
+NO_HEADERS: tuple = ()
 
 
 @attrs.define(slots=True, eq=False)
@@ -63,6 +70,20 @@ class Profile:
 
     def __len__(self) -> int:
         return len(self.store)
+
+    #: the counters /metrics reads, carried over a reload by :meth:`carry_counters_from`
+    COUNTERS = ("lookups", "hits", "replaced", "written")
+
+    def carry_counters_from(self, old: "Profile") -> bool:
+        """Continue ``old``'s counters when a reload carried its store (the
+        same table, so /metrics must not see a reset where nothing changed).
+        A profile with a new store starts from zero, as its table does.
+        Returns whether the counters were carried."""
+        if old is self or old.store is not self.store:
+            return False
+        for name in self.COUNTERS:
+            setattr(self, name, getattr(old, name))
+        return True
 
     def warn_once(self, what: str, message: str, **kw) -> None:
         if what not in self._warned:
