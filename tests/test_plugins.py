@@ -251,6 +251,161 @@ class PluginAPITests(SynchronousTestCase):
         self.assertIn("needs lbframe plugin API 1.9", str(e.code))
 
 
+OBSERVER_PLUGIN = """
+from lbframe import hookimpl
+
+seen = []
+
+@hookimpl(hookwrapper=True)
+def lbframe_register_schedulers(registry):
+    before = set(registry.names())
+    outcome = yield
+    seen.append(("old-style", registry.plugin, sorted(set(registry.names()) - before),
+                 outcome.exception))
+
+
+class NewStyle:
+    @hookimpl(wrapper=True)
+    def lbframe_register_schedulers(self, registry):
+        try:
+            return (yield)
+        finally:
+            seen.append(("new-style", registry.plugin))
+
+
+def lbframe_plugin_loaded():
+    pass
+"""
+
+RAISING_PLUGIN = """
+from lbframe import hookimpl
+
+@hookimpl
+def lbframe_register_protocols(registry):
+    raise ValueError("no such thing\\nsecond line")
+"""
+
+
+class RegistrationThroughPluggyTests(SynchronousTestCase):
+    """Registration hooks are called through pluggy, one call per plugin
+    with that plugin's registry: wrappers see every registration and whose
+    it is; errors name the plugin, the hook and the error in one line."""
+
+    write = PluginTests.write
+
+    def load(self, *texts: tuple[str, str]):
+        paths = [self.write(name, text) for name, text in texts]
+        for path in paths:
+            module = "lbframe_plugin_" + os.path.splitext(os.path.basename(path))[0]
+            self.addCleanup(sys.modules.pop, module, None)
+        return paths, load_plugins(paths, entry_points=False)
+
+    def test_hookwrappers_see_each_plugins_registration(self):
+        (observer, first), plugins = self.load(("observer.py", OBSERVER_PLUGIN),
+                                               ("first.py", SCHEDULER_PLUGIN.format(name="first")))
+        seen = sys.modules["lbframe_plugin_observer"].seen
+        old_style = {plugin: (names, error) for kind, plugin, *rest in seen
+                     if kind == "old-style" for names, error in [rest]}
+        self.assertEqual(old_style["lbframe.schedulers.weighted"], (["weighted"], None))
+        self.assertEqual(old_style[first], (["first"], None))
+        # Every plugin that registers schedulers, and no other, once each.
+        self.assertEqual(sorted(old_style), sorted(plugins.schedulers.by_plugin()))
+        self.assertEqual(len(old_style), len([s for s in seen if s[0] == "old-style"]))
+        self.assertEqual(plugins.schedulers.get("first").plugin, first)
+
+    def test_new_style_wrapper_on_a_plugin_object(self):
+        """A plugin that is an object (pm.register(instance)) with a
+        ``wrapper=True`` implementation sees the registrations too."""
+        import pluggy
+
+        path = self.write("observer2.py", OBSERVER_PLUGIN)
+        self.addCleanup(sys.modules.pop, "lbframe_plugin_observer2", None)
+        module = lbframe.plugins._load_file_plugin(path)
+        pm = pluggy.PluginManager(lbframe.PROJECT)
+        pm.add_hookspecs(lbframe.hookspecs)
+        import lbframe.schedulers.weighted as weighted
+        pm.register(weighted, name="weighted")
+        pm.register(module.NewStyle(), name="observer")
+        registry = Registry("schedulers")
+        lbframe.plugins._fill(pm, registry)
+        self.assertEqual(module.seen, [("new-style", "weighted")])
+        self.assertEqual(registry.by_plugin(), {"weighted": ["weighted"]})
+
+    def test_a_raising_hook_is_one_line_naming_plugin_hook_and_error(self):
+        path = self.write("raising.py", RAISING_PLUGIN)
+        self.addCleanup(sys.modules.pop, "lbframe_plugin_raising", None)
+        e = self.assertRaises(PluginError, load_plugins, [path], entry_points=False)
+        self.assertEqual(str(e), f"plugin '{path}' failed in lbframe_register_protocols: "
+                                 "ValueError('no such thing\\nsecond line')")
+        self.assertIsInstance(e.__cause__, ValueError)
+
+    def test_a_raising_wrapper_is_named_as_the_culprit(self):
+        path = self.write("vetoes.py", """
+            from lbframe import hookimpl
+
+            @hookimpl(hookwrapper=True)
+            def lbframe_register_schedulers(registry):
+                if registry.plugin.endswith("weighted"):
+                    raise RuntimeError("weighted is not allowed here")
+                yield
+        """)
+        self.addCleanup(sys.modules.pop, "lbframe_plugin_vetoes", None)
+        e = self.assertRaises(PluginError, load_plugins, [path], entry_points=False)
+        self.assertEqual(str(e), f"plugin '{path}' failed in its wrapper of "
+                                 "lbframe_register_schedulers (around plugin "
+                                 "'lbframe.schedulers.weighted'): "
+                                 "RuntimeError('weighted is not allowed here')")
+
+    def test_registry_is_the_plugins_own(self):
+        path = self.write("whoami.py", """
+            from lbframe import hookimpl
+            from lbframe.schedulers.round_robin import RoundRobin
+
+            @hookimpl
+            def lbframe_register_schedulers(registry):
+                assert "weighted" in registry  # what others added is visible
+                registry.add(registry.plugin.rsplit("/", 1)[-1], RoundRobin)
+        """)
+        self.addCleanup(sys.modules.pop, "lbframe_plugin_whoami", None)
+        plugins = load_plugins([path], entry_points=False)
+        self.assertEqual(plugins.schedulers.get("whoami.py").plugin, path)
+
+    def test_specname_on_a_registration_hook_is_refused(self):
+        path = self.write("renamed.py", """
+            from lbframe import hookimpl
+            from lbframe.schedulers.round_robin import RoundRobin
+
+            @hookimpl(specname="lbframe_register_schedulers")
+            def register(registry):
+                registry.add("renamed", RoundRobin)
+        """)
+        self.addCleanup(sys.modules.pop, "lbframe_plugin_renamed", None)
+        e = self.assertRaises(PluginError, load_plugins, [path], entry_points=False)
+        self.assertEqual(str(e), f"plugin '{path}' implements lbframe_register_schedulers "
+                                 "under another name (specname); lbframe calls registration "
+                                 "hooks one plugin at a time: name the function "
+                                 "lbframe_register_schedulers")
+
+    def test_check_and_twistd_print_the_one_line(self):
+        """``lbframe check`` prints it alone on stderr (status 1);
+        ``twistd lbframe`` stops with the same line (no traceback)."""
+        from lbframe.tap import makeService
+
+        path = self.write("raising.py", RAISING_PLUGIN)
+        self.addCleanup(sys.modules.pop, "lbframe_plugin_raising", None)
+        site = os.path.join(os.path.dirname(path), "site.ini")
+        with open(site, "w") as f:
+            f.write("[lbframe]\nplugins = raising.py\n[virtual web]\n"
+                    "listen = tcp:0:interface=127.0.0.1\npool = web\n"
+                    "[pool web]\nmember a = 127.0.0.1:1\n")
+        line = (f"plugin '{os.path.abspath(path)}' failed in lbframe_register_protocols: "
+                "ValueError('no such thing\\nsecond line')")
+        rc, out, err = PluginsCommandTests.run_cli(self, "check", site)
+        self.assertEqual((rc, out, err), (1, "", line + "\n"))
+        e = self.assertRaises(SystemExit, makeService, {"config": site})
+        self.assertEqual(e.code, line)
+
+
 class TraceHooksTests(SynchronousTestCase):
     def test_trace_logs_registrations_and_hook_calls(self):
         from twisted.logger import capturedLogs, formatEvent
@@ -263,6 +418,10 @@ class TraceHooksTests(SynchronousTestCase):
                                                       new="down", reason="test")
         lines = [formatEvent(e) for e in events]
         self.assertIn("plugin lbframe.schedulers.weighted registered scheduler 'weighted'", lines)
+        # Registration is a hook call like any other: the trace sees it.
+        self.assertIn("hook lbframe_register_schedulers(registry=<registry of schedulers for "
+                      "plugin 'lbframe.schedulers.weighted'>) -> lbframe.schedulers.weighted",
+                      lines)
         self.assertIn("hook lbframe_member_state_changed(pool='web', member='a', old='up', "
                       "new='down', reason='test') -> no plugin", lines)
         self.assertIn("hook lbframe_member_state_changed returned []", lines)
