@@ -228,6 +228,30 @@ class ContractCatchesBrokenMonitors(TestCase):
         self.assertEqual(len(result.failures), 1)
         self.assertIn("errbacked", result.failures[0])
 
+    def test_catches_a_monitor_without_idle(self):
+        """A monitor written before IMonitor.idle fails the contract with
+        what to do (lbframe still runs it, adapted; the kit says fix it)."""
+        case = type("Case", (MonitorContract, TestCase),
+                    {"factory": staticmethod(ErrbackingMonitor)})(
+            "test_contract_provides_imonitor")
+        result = _Result()
+        case.run(result)
+        self.assertEqual(len(result.failures), 1)
+        self.assertIn("has no idle()", result.failures[0])
+        self.assertIn("lbframe.monitoring.BaseMonitor", result.failures[0])
+
+    def test_catches_an_idle_that_is_not_a_deferred(self):
+        class NoneIdle(ErrbackingMonitor):
+            def idle(self):
+                return None
+
+        case = type("Case", (MonitorContract, TestCase),
+                    {"factory": staticmethod(NoneIdle)})("test_contract_idle_fires")
+        result = _Result()
+        case.run(result)
+        self.assertEqual(len(result.failures), 1)
+        self.assertIn("idle() must return a Deferred", result.failures[0])
+
 
 # -- the fakes --------------------------------------------------------------
 
