@@ -7,7 +7,9 @@ objects the factories made, never a hook per packet.
 
 None of these hooks is ``firstresult`` or historic: every implementation is
 called, in pluggy's order (last registered first), and a plugin registered
-after an event does not see it. Their reference, with examples, is
+after an event does not see it. A registration hook is called once per
+plugin implementing it, in load order, each with that plugin's registry
+(:class:`lbframe.plugins.Registrar`; why: :mod:`lbframe.plugins`). Their reference, with examples, is
 ``docs/plugins/hooks.md``; a test fails when a hook here is missing there.
 """
 
@@ -18,8 +20,9 @@ from lbframe import hookspec
 def lbframe_register_schedulers(registry):
     """Add scheduler factories: ``registry.add(name, factory)``.
 
-    Called once per plugin manager, at load time (``twistd lbframe``,
-    ``lbframe check``, ``lbframe plugins``), before any config is looked at.
+    Called once per plugin implementing it, at load time (``twistd
+    lbframe``, ``lbframe check``, ``lbframe plugins``), before any config is
+    looked at; ``registry.plugin`` names the plugin.
 
     ``factory(pool, options)`` is called once per ``[pool X]`` naming the
     scheduler, with the frozen :class:`lbframe.config.Pool` and a dict of the
@@ -37,7 +40,8 @@ def lbframe_register_monitors(registry):
     whose ``type`` is the name, with the frozen
     :class:`lbframe.config.Monitor`, the section's own keys and the reactor
     (for connections and time); it returns an
-    :class:`lbframe.interfaces.IMonitor`.
+    :class:`lbframe.interfaces.IMonitor` (:class:`lbframe.monitoring.BaseMonitor`
+    is a base class for it).
     """
 
 
