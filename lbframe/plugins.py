@@ -50,6 +50,7 @@ from twisted.logger import Logger
 
 from lbframe import PLUGIN_API, PROJECT, hookspecs
 from lbframe.errors import PluginError, did_you_mean
+from lbframe.monitoring import adapting_factory
 
 log = Logger(namespace="lbframe.plugins")
 
@@ -158,8 +159,6 @@ class Registry:
                               f"{self._describe(first)} and by "
                               f"{self._describe(plugin)}{hint}")
         if self.kind == "monitors":
-            from lbframe.monitoring import adapting_factory
-
             factory = adapting_factory(factory, f"monitor type {name!r} of plugin {plugin!r}")
         self._entries[name] = Registration(name, factory, plugin)
         if tracing():
