@@ -22,7 +22,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
@@ -80,6 +80,13 @@ class LegacyMonitor:
         return f"<LegacyMonitor {self.monitor!r}>"
 
 
+class _IProbe(Interface):
+    """What a monitor written before ``IMonitor.idle`` provides."""
+
+    def check(member):
+        """As :meth:`lbframe.interfaces.IMonitor.check`."""
+
+
 def as_monitor(obj, what: str = "monitor"):
     """``obj`` as an :class:`~lbframe.interfaces.IMonitor` provider: itself
     when it has ``check`` and ``idle``, a :class:`LegacyMonitor` around it
@@ -88,13 +95,12 @@ def as_monitor(obj, what: str = "monitor"):
     interface (:func:`zope.interface.verify.verifyObject`)."""
     if not callable(getattr(obj, "check", None)):
         raise TypeError(f"{what} built {obj!r}, which has no check(member) method")
-    if not callable(getattr(obj, "idle", None)):
-        obj = LegacyMonitor(obj)
+    legacy = not callable(getattr(obj, "idle", None))
     try:
-        verifyObject(IMonitor, obj, tentative=True)
+        verifyObject(_IProbe if legacy else IMonitor, obj, tentative=True)
     except Invalid as e:
         raise TypeError(f"{what} built {obj!r}, which does not provide IMonitor: {e}") from None
-    return obj
+    return LegacyMonitor(obj) if legacy else obj
 
 
 def adapting_factory(factory, what: str):

@@ -141,6 +141,15 @@ class LegacyMonitorTests(SynchronousTestCase):
         e = self.assertRaises(TypeError, as_monitor, TwoArgs(), "monitor type 'two'")
         self.assertIn("does not provide IMonitor", str(e))
 
+    def test_wrong_signature_of_a_legacy_monitor_is_an_error(self):
+        class NoMember:
+            def check(self):
+                pass
+
+        e = self.assertRaises(TypeError, as_monitor, NoMember(), "monitor type 'none'")
+        self.assertIn("monitor type 'none' built", str(e))
+        self.assertIn("does not provide IMonitor", str(e))
+
     def test_factory_of_a_class_with_idle_is_kept(self):
         self.assertIs(adapting_factory(TCPMonitor, "tcp"), TCPMonitor)
 
