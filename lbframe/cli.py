@@ -14,7 +14,7 @@ DEFAULT_ADMIN = "http://127.0.0.1:8404"
 def cmd_check(args) -> int:
     from twisted.internet.testing import MemoryReactorClock
 
-    from lbframe.tap import load
+    from lbframe.site import load
 
     try:
         runtime = load(args.config, MemoryReactorClock())

@@ -1,27 +1,12 @@
-"""Reload: compare two sites and carry the running state into the new one.
+"""What a reload changes: two :class:`~lbframe.config.Site` compared.
 
-A reload builds the new site's runtime first, the same way a start does
-(so a bad file is refused before anything changes), and only then applies
-the difference here:
+Pure functions over frozen config objects (no reactor, no running state),
+so :func:`lbframe.site.reload` can work the difference out in a thread
+while the reactor goes on serving, and apply only what changed.
 
-- a pool that keeps its name keeps its :class:`~lbframe.runtime.PoolState`
-  object, so connections in flight release their member where they took it;
-  members are added, removed or updated in place (a member whose address is
-  unchanged keeps its :class:`~lbframe.runtime.Member`: health, admin
-  state, counters and check results);
-- the scheduler is replaced only when the pool's scheduler settings changed;
-- a virtual server that keeps its name keeps its
-  :class:`~lbframe.runtime.VirtualState` (counters);
-- the new balancers are pointed at the carried objects;
-- monitor checks whose pool, member and monitor settings are unchanged keep
-  running on their own schedule; the others are replaced.
-
-Persistence stores, monitor objects and the redundancy driver of unchanged
-sections are carried by :func:`lbframe.service.build_runtime` itself (its
-``previous`` argument), because other objects are built around them.
-
-What this module does not do: listeners, the admin server and the service
-tree; :class:`lbframe.service.SiteService` owns those.
+Comparing two sites costs what is in them (a 5,000-member pool compares
+5,000 member specs); applying the result costs what changed. Specs compare
+without their file positions (``source`` is ``eq=False``).
 """
 
 from __future__ import annotations
@@ -34,172 +19,171 @@ from lbframe.runtime import PoolState
 
 
 @attrs.define
-class Changes:
-    """What a reload changed, by kind: ``{"added": [...], "removed": [...],
-    "changed": [...]}`` of names (members as ``POOL/MEMBER``)."""
+class Named:
+    """The names of one section kind that a reload added, changed or removed."""
 
-    kinds: dict[str, dict[str, list[str]]] = attrs.field(factory=dict)
+    added: list[str] = attrs.field(factory=list)
+    changed: list[str] = attrs.field(factory=list)
+    removed: list[str] = attrs.field(factory=list)
 
-    def note(self, kind: str, what: str, name: str) -> None:
-        self.kinds.setdefault(kind, {}).setdefault(what, []).append(name)
-
-    def as_dict(self) -> dict[str, dict[str, list[str]]]:
-        return {k: dict(v) for k, v in self.kinds.items() if v}
+    @classmethod
+    def of(cls, old: Mapping[str, Any], new: Mapping[str, Any]) -> "Named":
+        found = cls()
+        for name, spec in new.items():
+            if name not in old:
+                found.added.append(name)
+            elif old[name] != spec:
+                found.changed.append(name)
+        found.removed.extend(name for name in old if name not in new)
+        return found
 
     def __bool__(self) -> bool:
-        return any(self.kinds.values())
+        return bool(self.added or self.changed or self.removed)
+
+    def __contains__(self, name: str) -> bool:
+        """Added, changed or removed."""
+        return name in self.added or name in self.changed or name in self.removed
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {what: names for what, names in (("added", self.added), ("changed", self.changed),
+                                                 ("removed", self.removed)) if names}
+
+
+@attrs.define
+class Changes:
+    """Every difference between two sites, by section kind.
+
+    ``members`` holds, for each pool in both sites whose members differ,
+    which members were added, changed or removed; ``pool_settings`` the pools
+    whose settings other than members and monitors changed (a new scheduler,
+    and the protocols that read the pool, e.g. its TLS to members);
+    ``pool_monitors`` the pools whose list of monitors changed.
+    """
+
+    lbframe: bool = False
+    redundancy: bool = False
+    virtuals: Named = attrs.field(factory=Named)
+    pools: Named = attrs.field(factory=Named)
+    monitors: Named = attrs.field(factory=Named)
+    persistence: Named = attrs.field(factory=Named)
+    rules: Named = attrs.field(factory=Named)
+    members: dict[str, Named] = attrs.field(factory=dict)
+    pool_settings: set[str] = attrs.field(factory=set)
+    pool_monitors: set[str] = attrs.field(factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.lbframe or self.redundancy or self.virtuals or self.pools
+                    or self.monitors or self.persistence or self.rules)
+
+    def as_dict(self) -> dict[str, dict[str, list[str]]]:
+        """``{"members": {"added": ["web/b"]}, ...}``: what the ``reload`` log event carries."""
+        found: dict[str, dict[str, list[str]]] = {}
+        if self.lbframe:
+            found["lbframe"] = {"changed": ["[lbframe]"]}
+        for kind in ("virtuals", "pools"):
+            if getattr(self, kind):
+                found[kind] = getattr(self, kind).as_dict()
+        members = Named()
+        for pool, named in self.members.items():
+            for what in ("added", "changed", "removed"):
+                getattr(members, what).extend(f"{pool}/{m}" for m in getattr(named, what))
+        if members:
+            found["members"] = members.as_dict()
+        for kind in ("monitors", "persistence", "rules"):
+            if getattr(self, kind):
+                found[kind] = getattr(self, kind).as_dict()
+        if self.redundancy:
+            found["redundancy"] = {"changed": ["[redundancy]"]}
+        return found
 
     def summary(self) -> str:
-        """``pools: changed web; members: added web/d`` or ``nothing changed``."""
+        """``pools: changed web | members: added web/d``, or ``nothing changed``."""
         parts = []
-        for kind, whats in self.kinds.items():
-            words = [f"{what} {', '.join(names)}" for what, names in whats.items() if names]
-            if words:
-                parts.append(f"{kind}: {'; '.join(words)}")
+        for kind, whats in self.as_dict().items():
+            words = [f"{what} {', '.join(names)}" for what, names in whats.items()]
+            parts.append(f"{kind}: {'; '.join(words)}")
         return " | ".join(parts) if parts else "nothing changed"
 
 
-def diff_named(changes: Changes, kind: str, old: Mapping[str, Any], new: Mapping[str, Any]
-               ) -> None:
-    """Note the added, removed and changed names of two ``{name: spec}``
-    maps (specs compare without their file positions)."""
-    for name in new:
-        if name not in old:
-            changes.note(kind, "added", name)
-        elif old[name] != new[name]:
-            changes.note(kind, "changed", name)
-    for name in old:
-        if name not in new:
-            changes.note(kind, "removed", name)
-
-
 def diff_sites(old, new) -> Changes:
-    """Every section that differs between two :class:`~lbframe.config.Site`."""
-    changes = Changes()
-    if old.lbframe != new.lbframe:
-        changes.note("lbframe", "changed", "[lbframe]")
-    diff_named(changes, "virtuals", old.virtuals, new.virtuals)
-    diff_named(changes, "pools", old.pools, new.pools)
-    for name, pool in new.pools.items():
-        if name in old.pools:
-            diff_named(changes, "members", {f"{name}/{m.name}": m for m in old.pools[name].members},
-                       {f"{name}/{m.name}": m for m in pool.members})
-    diff_named(changes, "monitors", old.monitors, new.monitors)
-    diff_named(changes, "persistence", old.persistence, new.persistence)
-    diff_named(changes, "rules", old.rules, new.rules)
-    if old.redundancy != new.redundancy:
-        changes.note("redundancy", "changed", "[redundancy]")
+    """Every section that differs between two :class:`~lbframe.config.Site`;
+    members are compared only in pools whose spec differs."""
+    changes = Changes(lbframe=old.lbframe != new.lbframe,
+                      redundancy=old.redundancy != new.redundancy,
+                      virtuals=Named.of(old.virtuals, new.virtuals),
+                      pools=Named.of(old.pools, new.pools),
+                      monitors=Named.of(old.monitors, new.monitors),
+                      persistence=Named.of(old.persistence, new.persistence),
+                      rules=Named.of(old.rules, new.rules))
+    for name in changes.pools.changed:
+        before, after = old.pools[name], new.pools[name]
+        if before.members != after.members:
+            changes.members[name] = Named.of({m.name: m for m in before.members},
+                                             {m.name: m for m in after.members})
+        if pool_settings(before) != pool_settings(after):
+            changes.pool_settings.add(name)
+        if before.monitors != after.monitors:
+            changes.pool_monitors.add(name)
     return changes
 
 
-def scheduler_settings(pool_spec) -> Any:
-    """The part of a pool's settings a scheduler may read: everything but
-    its members and monitors. When it changes, the pool gets a new scheduler."""
+def pool_settings(pool_spec) -> Any:
+    """A pool's settings without its members and monitors: what its
+    scheduler (and a protocol sending to it) may read. When they change,
+    the pool gets a new scheduler."""
     return attrs.evolve(pool_spec, members=(), monitors=())
 
 
-def merge_pool(old: PoolState, new: PoolState, plugins) -> None:
-    """Make ``old`` (running) look like ``new`` (just built), keeping the
-    Member objects of members whose address did not change."""
-    old_spec, spec = old.spec, new.spec
+#: the name this had before it also covered protocols
+scheduler_settings = pool_settings
+
+
+def merge_members(pool: PoolState, spec, members: Named | None) -> list:
+    """Make the running ``pool`` hold the members of ``spec`` (its new
+    spec), touching only the ``members`` a reload added, changed or removed:
+    a member whose address is unchanged keeps its
+    :class:`~lbframe.runtime.Member` (health, admin state, counters, checks).
+    ``members`` None: compare every member (when the difference is not known).
+    Returns the Member objects it made (added, or re-addressed)."""
     wanted = {m.name: m for m in spec.members}
-    for name in [n for n in old.members if n not in wanted]:
-        old.remove_member(name)
-    for name, mspec in wanted.items():
-        member = old.members.get(name)
-        if member is None:
-            old.add_member(mspec)
-        elif member.spec.address != mspec.address:
-            old.remove_member(name)
-            old.add_member(mspec)
-        elif member.spec != mspec:
-            old.update_member(mspec)
+    made = []
+    if members is None:
+        members = Named.of({m.name: m.spec for m in pool.members.values()}, wanted)
+    for name in members.removed:
+        pool.remove_member(name)
+    for name in members.changed:
+        mspec = wanted[name]
+        if pool.members[name].spec.address != mspec.address:
+            pool.remove_member(name)
+            made.append(pool.add_member(mspec))
+        else:
+            pool.update_member(mspec)
+    for name in members.added:
+        made.append(pool.add_member(wanted[name]))
     # The file's order, for the status page and the CLI table.
-    old.members = {name: old.members[name] for name in wanted}
-    old.spec = spec
-    if scheduler_settings(old_spec) != scheduler_settings(spec):
+    if members.removed or members.added or list(pool.members) != list(wanted):
+        pool.members = {name: pool.members[name] for name in wanted}
+    pool.spec = spec
+    return made
+
+
+def merge_pool(old: PoolState, new: PoolState, plugins) -> None:
+    """Make ``old`` (running) look like ``new`` (just built from the new
+    spec), keeping the Member objects of members whose address did not
+    change; ``new`` is stopped. (Kept for callers holding two pools;
+    :func:`lbframe.site.apply` merges from the spec alone.)"""
+    old_spec, spec = old.spec, new.spec
+    merge_members(old, spec, None)
+    if pool_settings(old_spec) != pool_settings(spec):
         factory = plugins.schedulers.get(spec.scheduler).factory
         old.replace_scheduler(factory(spec, dict(spec.options)))
-    # State-change listeners call the new plugins' hooks.
     old.on_state_change[:] = new.on_state_change
-    for member in old.members.values():
-        for monitor in [m for m in member.checks if m not in spec.monitors]:
-            old.forget_check(member, monitor)
+    forget_dropped_checks(old)
     new.stop()
 
 
-def _repoint(value, pools: Mapping[str, PoolState]):
-    """``value`` with PoolState objects replaced by the carried ones of the
-    same name (a PoolState, or a sequence of pairs such as ``rules``)."""
-    if isinstance(value, PoolState):
-        return pools.get(value.name, value)
-    if isinstance(value, (tuple, list)):
-        items = [_repoint(v, pools) for v in value]
-        return type(value)(items) if isinstance(value, list) else tuple(items)
-    return value
-
-
-def repoint_balancer(balancer, pools: Mapping[str, PoolState], virtuals: Mapping) -> None:
-    """Point a just-built balancer at the carried pools and virtual state."""
-    balancer.virtual = virtuals.get(balancer.virtual.name, balancer.virtual)
-    for field in attrs.fields(type(balancer)) if attrs.has(type(balancer)) else ():
-        if field.name == "virtual":
-            continue
-        value = getattr(balancer, field.name)
-        new_value = _repoint(value, pools)
-        if new_value is not value:
-            setattr(balancer, field.name, new_value)
-
-
-def carry_runtime(old, new) -> Changes:
-    """Move the running state of ``old`` into ``new`` (both
-    :class:`~lbframe.service.SiteRuntime`); ``new`` is the runtime from now
-    on. Returns what changed."""
-    changes = diff_sites(old.site, new.site)
-    for name, pool in list(new.pools.items()):
-        running = old.pools.get(name)
-        if running is not None:
-            merge_pool(running, pool, new.plugins)
-            new.pools[name] = running
-    for name, virtual in list(new.virtuals.items()):
-        running = old.virtuals.get(name)
-        if running is not None:
-            running.spec = virtual.spec
-            new.virtuals[name] = running
-    for balancer in new.balancers.values():
-        repoint_balancer(balancer, new.pools, new.virtuals)
-    for name, pool in old.pools.items():
-        if name not in new.pools:
-            pool.stop()
-    return changes
-
-
-def update_checks(runner, new) -> tuple[int, int]:
-    """Make a :class:`~lbframe.monitors.MonitorRunner` run the checks of
-    ``new``: checks whose pool, member, monitor settings and monitor object
-    are unchanged go on on their schedule; the others stop, and the new ones
-    start. Returns (kept, started)."""
-    wanted = {}
-    for pool in new.pools.values():
-        for mname in pool.spec.monitors:
-            for member in pool.members.values():
-                wanted[(pool.name, member.name, mname)] = (pool, member)
-    kept = set()
-    for check in list(runner.checks):
-        key = (check.pool.name, check.member.name, check.spec.name)
-        target = wanted.get(key)
-        spec = new.site.monitors.get(check.spec.name)
-        if (target is not None and target[0] is check.pool and target[1] is check.member
-                and spec == check.spec and new.monitors.get(spec.name) is check.monitor):
-            check.spec = spec  # equal, but carries the new file position
-            kept.add(key)
-            continue
-        check.stop()
-        runner.checks.remove(check)
-    started = 0
-    for key, (pool, member) in wanted.items():
-        if key not in kept:
-            mname = key[2]
-            runner.add(pool, member, new.site.monitors[mname], new.monitors[mname])
-            started += 1
-    return len(kept), started
+def forget_dropped_checks(pool: PoolState) -> None:
+    """Check results of monitors the pool no longer names stop counting."""
+    for member in pool.members.values():
+        for monitor in [m for m in member.checks if m not in pool.spec.monitors]:
+            pool.forget_check(member, monitor)

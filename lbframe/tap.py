@@ -1,4 +1,8 @@
-"""``twistd lbframe --config site.ini``: options and the service maker."""
+"""``twistd lbframe --config site.ini``: options and the service maker.
+
+The twistd layer only: reading, building, starting and reloading the site
+are :mod:`lbframe.site`'s.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ import os
 from twisted.python import usage
 
 from lbframe.errors import ConfigError, PluginError
+from lbframe.site import load, make_service
+
+__all__ = ["Options", "makeService", "load"]
 
 
 class Options(usage.Options):
@@ -23,30 +30,16 @@ class Options(usage.Options):
             raise usage.UsageError(f"{self['config']}: no such file")
 
 
-def load(path: str, reactor, previous=None):
-    """Read ``path``, load its plugins and build its runtime; raises
-    ConfigError or PluginError. ``previous``: the running site's runtime,
-    on reload (see :func:`lbframe.service.build_runtime`)."""
-    from lbframe.config import load_site
-    from lbframe.plugins import load_plugins
-    from lbframe.service import build_runtime
-
-    site = load_site(path)
-    plugins = load_plugins(site.lbframe.plugins, base_dir=os.path.dirname(os.path.abspath(path)))
-    return build_runtime(site, plugins, reactor, previous=previous)
-
-
 def makeService(options):
     from twisted.internet import reactor
 
-    from lbframe.service import SiteService
-
     try:
-        runtime = load(options["config"], reactor)
+        svc = make_service(options["config"], reactor, signals=True)
     except (ConfigError, PluginError) as e:
         # The one line ``lbframe check`` prints, on stderr, and exit status 1:
         # a UsageError would make twistd print a traceback after it.
         raise SystemExit(str(e)) from None
+    runtime = svc.runtime
     twistd_options = getattr(options, "parent", None)
     from lbframe import privileges
 
@@ -55,7 +48,6 @@ def makeService(options):
         if privileges.uses_raw_icmp(runtime.site):
             # Raw sockets need root (or CAP_NET_RAW): open them before --uid.
             privileges.keep_icmp_sockets(reactor)
-    svc = SiteService(runtime, reactor, config_path=options["config"], signals=True)
     if runtime.site.lbframe.log_format == "json":
         from lbframe.logs import twistd_observer
 

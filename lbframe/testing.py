@@ -693,7 +693,7 @@ class RunningSite:
         self.path = path
 
     def port(self, virtual: str) -> int:
-        svc = self.service.getServiceNamed(f"virtual:{virtual}")
+        svc = self.service.listeners[virtual]
         return svc.sockets[0].getsockname()[1]
 
     def pool(self, name: str) -> PoolState:
@@ -711,8 +711,7 @@ def start_site(config: str, directory: str, *, name: str = "site.ini", reactor=N
     start it. Listen on ``tcp:0:interface=127.0.0.1`` and ask
     :meth:`RunningSite.port`. Stop it with ``self.addCleanup(site.stop)``.
     Raises ConfigError/PluginError as ``lbframe check`` would report them."""
-    from lbframe.service import SiteService
-    from lbframe.tap import load
+    from lbframe.site import make_service
 
     if reactor is None:
         from twisted.internet import reactor
@@ -724,7 +723,7 @@ def start_site(config: str, directory: str, *, name: str = "site.ini", reactor=N
     path = os.path.join(directory, name)
     with open(path, "w") as f:
         f.write(config)
-    service = SiteService(load(path, reactor), reactor, config_path=path)
+    service = make_service(path, reactor)
     service.startService()
     return RunningSite(service, path)
 

@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
 from lbframe.service import SiteService
-from lbframe.tap import load
+from lbframe.site import load, reload as reload_site
 from tests.helpers import free_port
 from tests.httpkit import HTTPSiteMixin
 from tests.test_http_tls import https_get
@@ -55,7 +55,7 @@ pool = p
 
         bport, b = self.member("b")
         self.write_site({"a": aport, "b": bport})
-        self.assertTrue(svc.reload())
+        self.assertTrue(reload_site(svc))
         # The same client connection goes on, through the new balancer.
         for i in range(4):
             client.transport.write(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % (i + 2))
@@ -66,7 +66,7 @@ pool = p
 
         with open(self.path, "w") as f:
             f.write("[virtual web]\nlisten = nonsense\n")
-        self.assertFalse(svc.reload())
+        self.assertFalse(reload_site(svc))
         client.transport.write(b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n")
         responses = yield client.wait_responses(6)
         self.assertEqual(responses[-1].status, 200)
@@ -81,7 +81,7 @@ pool = p
         yield self.wait_until(lambda: len(a.requests) == 1)
         bport, b = self.member("b")
         self.write_site({"b": bport})  # a is removed
-        self.assertTrue(svc.reload())
+        self.assertTrue(reload_site(svc))
         a.live[0].transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
         responses = yield client.wait_responses(1)
         self.assertEqual(responses[0].body, b"slow")
@@ -105,7 +105,7 @@ pool = p
 
         key, cert = make_cert(ca, "new.test")
         write_bundle(os.path.join(folder, "default.pem"), key, cert, ca)
-        self.assertTrue(svc.reload())
+        self.assertTrue(reload_site(svc))
         self.assertIs(svc.listeners["web"], listener)
         got = yield threads.deferToThread(https_get, self.vport, None, ca_file)
         self.assertEqual(got["subject"], "new.test")
@@ -113,7 +113,7 @@ pool = p
         # An expired certificate is refused at reload: the old one stays.
         key, cert = make_cert(ca, "expired.test", expired=True)
         write_bundle(os.path.join(folder, "default.pem"), key, cert, ca)
-        self.assertFalse(svc.reload())
+        self.assertFalse(reload_site(svc))
         got = yield threads.deferToThread(https_get, self.vport, None, ca_file)
         self.assertEqual(got["subject"], "new.test")
 

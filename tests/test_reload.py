@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from lbframe.cli import main as cli_main
 from lbframe.service import SiteService
-from lbframe.tap import load
+from lbframe.site import make_service, reload as reload_site
 from tests.helpers import free_port
 
 BULK_SIZE = 48 * 1024 * 1024
@@ -185,14 +185,14 @@ class ReloadCase(TestCase):
 
     def start(self, text: str, **kw) -> SiteService:
         self.write(text)
-        svc = SiteService(load(self.path, reactor), reactor, config_path=self.path, **kw)
+        svc = make_service(self.path, reactor, **kw)
         svc.startService()
         self.addCleanup(svc.stopService)
         return svc
 
     def reload(self, svc: SiteService, text: str) -> bool:
         self.write(text)
-        return svc.reload()
+        return reload_site(svc)
 
     def logged(self, event: str) -> list[dict]:
         return [e for e in self.events if e.get("lbframe_event") == event]
@@ -396,7 +396,7 @@ class CarryStateTests(ReloadCase):
         svc = self.start(site(vport, {"a": 1001}))
         runtime = svc.runtime
         self.write("[virtual web]\nlisten = tcp:1:interface=127.0.0.1\npool = nowhere\n")
-        self.assertFalse(svc.reload())
+        self.assertFalse(reload_site(svc))
         self.assertIs(svc.runtime, runtime)
         [event] = self.logged("reload_refused")
         self.assertIn("site.ini:3: [virtual web] pool:", event["error"])

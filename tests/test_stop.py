@@ -14,6 +14,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbframe.config.model import Global
+from lbframe.site import reload as reload_site
 from tests.helpers import free_port
 from tests.test_quickstart import run_twistd, wait_for_port
 from tests.test_reload import (BULK_SIZE, ReloadCase, SlowReader, bulk_digest, connect,
@@ -34,7 +35,7 @@ class InProcessStopTests(ReloadCase):
         self.assertFalse(stopped.called, "stop waits for the connection")
         self.assertTrue(refused(vport), "no new connections once stopping")
         self.assertTrue(svc.stopping)
-        self.assertFalse(svc.reload(), "no reload while stopping")
+        self.assertFalse(reload_site(svc), "no reload while stopping")
 
         total = yield reader.read_all()
         self.assertEqual(total, BULK_SIZE)

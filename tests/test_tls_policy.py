@@ -575,7 +575,7 @@ member a = 127.0.0.1:{self.mport}
     @defer.inlineCallbacks
     def test_reload_reads_the_ocsp_response_and_the_policy(self):
         from lbframe.service import SiteService
-        from lbframe.tap import load
+        from lbframe.site import load, reload as reload_site
 
         self.mport, _ = self.member("a")
         self.write_site()
@@ -589,13 +589,13 @@ member a = 127.0.0.1:{self.mport}
         # Only the response file is new: a reload staples it.
         write(os.path.join(self.folder, "default.pem.ocsp"),
               make_ocsp_response(self.ca, self.cert))
-        self.assertTrue(svc.reload())
+        self.assertTrue(reload_site(svc))
         ok, out = yield threads.deferToThread(s_client, self.vport, "-status", "-tls1_2")
         self.assertTrue(ok, out)
         self.assertIn("Cert Status: good", out)
 
         self.write_site("ssl_min_version = TLSv1.3")
-        self.assertTrue(svc.reload())
+        self.assertTrue(reload_site(svc))
         ok, out = yield threads.deferToThread(s_client, self.vport, "-status", "-tls1_2")
         self.assertFalse(ok, out)
         ok, out = yield threads.deferToThread(s_client, self.vport, "-status", "-tls1_3")
@@ -604,6 +604,6 @@ member a = 127.0.0.1:{self.mport}
 
         # A bad cipher string at reload is refused; the running policy stays.
         self.write_site("ssl_min_version = TLSv1.3\nssl_ciphers = NOPE")
-        self.assertFalse(svc.reload())
+        self.assertFalse(reload_site(svc))
         ok, out = yield threads.deferToThread(s_client, self.vport, "-tls1_2")
         self.assertFalse(ok, out)

@@ -96,6 +96,10 @@ class AdminService(StreamServerEndpointService):
     def set_runtime(self, runtime) -> None:
         self.context.runtime = runtime
 
+    def set_token(self, token: str | None) -> None:
+        """A reload changed ``admin_token`` (the endpoint is the same)."""
+        self.context.auth = Auth(token or None, everything=self.context.auth.everything)
+
     def startService(self) -> None:
         super().startService()
         if getattr(self.context, "rates", None) is not None:
