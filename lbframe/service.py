@@ -18,10 +18,13 @@ import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 
 from lbframe.balancer import Balancer
 from lbframe.config.model import Site, Source
 from lbframe.errors import ConfigError, OptionError
+from lbframe.interfaces import IListener
 from lbframe.monitoring import MonitorRunner
 from lbframe.profiles import build_profile
 from lbframe.plugins import Plugins, Registry
@@ -202,7 +205,7 @@ class SiteService(service.MultiService):
         self.reload_pending = None
         self.reload_again = False
         #: listener services by virtual server name
-        self.listeners: dict[str, Any] = {}
+        self.listeners: dict[str, IListener] = {}
         #: listeners of removed or re-bound virtual servers, finishing their connections
         self.retiring: set = set()
         site = runtime.site
@@ -232,7 +235,7 @@ class SiteService(service.MultiService):
     def setServiceParent(self, parent):
         # twistd's application: it logs through an ILogObserver component
         # set on it, when there is one (twisted.application.app.AppLogger).
-        if self.log_observer is not None and hasattr(parent, "setComponent"):
+        if self.log_observer is not None and isinstance(parent, Componentized):
             from twisted.logger import ILogObserver
             parent.setComponent(ILogObserver, self.log_observer)
         return super().setServiceParent(parent)
@@ -248,17 +251,48 @@ class SiteService(service.MultiService):
         super().privilegedStartService()
         # Bind before twistd drops root (--uid): ports below 1024.
         for listener in self.listeners.values():
-            _listener_privileged_start(listener)
+            listener.privilegedStartService()
+        self._listen_or_exit()
 
     def startService(self) -> None:
         super().startService()
         for listener in self.listeners.values():
             listener.startService()
+        self._listen_or_exit()
         self.stopping = False
         if self.signals and self.on_hup is not None:
             import signal
             self._old_hup = signal.signal(signal.SIGHUP, self._on_hup)
         self.runtime.plugins.hook.lbframe_site_started(site=self.runtime.site)
+
+    _listen_asked = False
+
+    def _listen_or_exit(self) -> None:
+        """Ask every listener how its binding went (once, whichever of
+        privilegedStartService and startService runs first), as Twisted's
+        ``StreamServerEndpointService`` does: a failure known now ends
+        ``twistd`` with its one line (``virtual web: cannot listen on
+        ENDPOINT: why``) and status 1, no traceback; a failure known later
+        (an endpoint whose ``listen()`` answers asynchronously) is logged
+        with the same line and stops the process, since a site missing a
+        virtual server is not what the operator started."""
+        if self._listen_asked:
+            return
+        self._listen_asked = True
+        for listener in self.listeners.values():
+            outcome: list = []
+            d = listener.start_listening()
+            d.addBoth(outcome.append)
+            if outcome and isinstance(outcome[0], Failure):
+                raise SystemExit(outcome[0].getErrorMessage())
+            if not outcome:
+                listener.start_listening().addErrback(self._failed_later)
+
+    def _failed_later(self, failure: Failure) -> None:
+        log.error("{error}", error=failure.getErrorMessage(), lbframe_event="listener_failed")
+        if self.running and not self.stopping:
+            log.error("stopping: a virtual server cannot listen", lbframe_event="stopping")
+            self.reactor.callLater(0, self.reactor.stop)
 
     def _on_hup(self, signum, frame) -> None:
         # Signal handlers run between bytecodes: do the work on the reactor.
@@ -281,7 +315,7 @@ class SiteService(service.MultiService):
             self._old_hup = None
         grace = self.runtime.site.lbframe.stop_grace
         listeners = list(self.listeners.values()) + list(self.retiring)
-        open_now = sum(_connections(s) for s in listeners)
+        open_now = sum(s.connection_count() for s in listeners)
         if open_now:
             log.info("stopping: {count} connections open, waiting up to {grace:g}s for them",
                      count=open_now, grace=grace, lbframe_event="stopping")
@@ -311,7 +345,7 @@ class SiteService(service.MultiService):
     @staticmethod
     def _stop_listening(listeners) -> defer.Deferred:
         """Fires when every one of ``listeners`` has closed its listening sockets."""
-        waits = [defer.maybeDeferred(_listener_stop_listening, s) for s in listeners]
+        waits = [s.stop_listening() for s in listeners]
         return defer.gatherResults(waits, consumeErrors=True)
 
     def _wait_connections(self, closed: defer.Deferred, listeners, grace: float,
@@ -321,7 +355,7 @@ class SiteService(service.MultiService):
         done: defer.Deferred = defer.Deferred()
 
         def poll():
-            left = {s: _connections(s) for s in listeners}
+            left = {s: s.connection_count() for s in listeners}
             total = sum(left.values())
             if total and clock.seconds() < deadline:
                 clock.callLater(min(DRAIN_POLL, max(0.0, deadline - clock.seconds())), poll)
@@ -331,7 +365,7 @@ class SiteService(service.MultiService):
                          lbframe_event="connections_closed")
                 for s, n in left.items():
                     if n:
-                        _listener_close_all(s, reason)
+                        s.close_all(reason)
             done.callback(total)
 
         closed.addBoth(lambda _: poll())
@@ -352,25 +386,26 @@ class SiteService(service.MultiService):
     def apply_listener(self, name: str, balancer, protocol) -> None:
         """A reload kept virtual ``name``'s endpoints and protocol name: new
         connections use ``balancer``, the listener takes ``protocol``'s settings."""
-        _listener_apply(self.listeners[name], balancer, protocol)
+        self.listeners[name].apply(balancer, protocol)
 
-    def add_listener(self, name: str, protocol, balancer) -> None:
+    def add_listener(self, name: str, protocol, balancer) -> defer.Deferred:
         """Start listening for virtual ``name`` (a reload added or re-bound
-        it). A bind failure is logged and the rest of the site keeps serving."""
+        it). A bind failure, now or later, is logged with its one line
+        (``virtual web: cannot listen on ENDPOINT: why``) and the rest of
+        the site keeps serving. Fires when the listener listens (or failed)."""
         listener = protocol.make_service(balancer, self.reactor)
-        try:
-            _listener_privileged_start(listener)
-            listener.startService()
-        except BaseException as e:  # noqa: B036 - a bind failure is SystemExit today
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            log.error("virtual {virtual}: cannot start its listener after the reload, "
-                      "it is not serving: {error}", virtual=name, error=str(e),
-                      lbframe_event="listener_failed")
-            if listener.running:
-                listener.stopService()
-            return
         self.listeners[name] = listener
+        listener.privilegedStartService()
+        listener.startService()
+
+        def failed(f):
+            log.error("{error}; it is not serving after the reload", error=f.getErrorMessage(),
+                      virtual=name, lbframe_event="listener_failed")
+            if self.listeners.get(name) is listener:
+                del self.listeners[name]
+            return listener.stopService()
+
+        return listener.start_listening().addErrback(failed)
 
     def retire_listener(self, name: str, grace: float) -> defer.Deferred:
         """Stop virtual ``name``'s listener accepting; stop it once its
@@ -392,28 +427,3 @@ class SiteService(service.MultiService):
         result: defer.Deferred = defer.Deferred()
         closed.addBoth(lambda r: result.callback(None))
         return result
-
-
-# -- listeners before IListener (replaced once every protocol provides it) ---
-
-def _listener_privileged_start(listener) -> None:
-    listener.privilegedStartService()
-
-
-def _listener_stop_listening(listener):
-    return listener.stop_listening() if hasattr(listener, "stop_listening") else None
-
-
-def _connections(listener) -> int:
-    return listener.connection_count() if hasattr(listener, "connection_count") else 0
-
-
-def _listener_close_all(listener, reason) -> None:
-    if hasattr(listener, "close_all"):
-        listener.close_all(reason)
-
-
-def _listener_apply(listener, balancer, protocol) -> None:
-    listener.set_balancer(balancer)
-    if hasattr(listener, "set_protocol"):
-        listener.set_protocol(protocol)
