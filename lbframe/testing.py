@@ -694,7 +694,7 @@ class RunningSite:
 
     def port(self, virtual: str) -> int:
         svc = self.service.listeners[virtual]
-        return svc.sockets[0].getsockname()[1]
+        return svc.addresses()[0].port
 
     def pool(self, name: str) -> PoolState:
         return self.runtime.pools[name]
