@@ -67,7 +67,7 @@ class Changes:
     monitors: Named = attrs.field(factory=Named)
     persistence: Named = attrs.field(factory=Named)
     rules: Named = attrs.field(factory=Named)
-    members: dict[str, Named] = attrs.field(factory=dict)
+    members: dict[str, "MemberChanges"] = attrs.field(factory=dict)
     pool_settings: set[str] = attrs.field(factory=set)
     pool_monitors: set[str] = attrs.field(factory=set)
 
@@ -118,8 +118,7 @@ def diff_sites(old, new) -> Changes:
     for name in changes.pools.changed:
         before, after = old.pools[name], new.pools[name]
         if before.members != after.members:
-            changes.members[name] = Named.of({m.name: m for m in before.members},
-                                             {m.name: m for m in after.members})
+            changes.members[name] = MemberChanges.of_pools(before, after)
         if pool_settings(before) != pool_settings(after):
             changes.pool_settings.add(name)
         if before.monitors != after.monitors:
@@ -138,31 +137,61 @@ def pool_settings(pool_spec) -> Any:
 scheduler_settings = pool_settings
 
 
-def merge_members(pool: PoolState, spec, members: Named | None) -> list:
+@attrs.define
+class MemberChanges(Named):
+    """:class:`Named` for the members of one pool, with what applying it
+    needs so that it never has to look at the unchanged members: the specs
+    of the added and changed ones, and the new order when adding at the end
+    and removing in place do not give the file's order."""
+
+    specs: dict = attrs.field(factory=dict)
+    order: list | None = None
+
+    @classmethod
+    def of_pools(cls, before, after) -> "MemberChanges":
+        old = {m.name: m for m in before.members}
+        new = {m.name: m for m in after.members}
+        found = cls()
+        for name, spec in new.items():
+            if name not in old:
+                found.added.append(name)
+            elif old[name] != spec:
+                found.changed.append(name)
+            else:
+                continue
+            found.specs[name] = spec
+        found.removed.extend(name for name in old if name not in new)
+        gone = set(found.removed)
+        expected = [name for name in old if name not in gone] + found.added
+        if expected != list(new):
+            found.order = list(new)
+        return found
+
+
+def merge_members(pool: PoolState, spec, members: MemberChanges | None) -> list:
     """Make the running ``pool`` hold the members of ``spec`` (its new
     spec), touching only the ``members`` a reload added, changed or removed:
     a member whose address is unchanged keeps its
     :class:`~lbframe.runtime.Member` (health, admin state, counters, checks).
     ``members`` None: compare every member (when the difference is not known).
     Returns the Member objects it made (added, or re-addressed)."""
-    wanted = {m.name: m for m in spec.members}
-    made = []
     if members is None:
-        members = Named.of({m.name: m.spec for m in pool.members.values()}, wanted)
+        members = MemberChanges.of_pools(attrs.evolve(pool.spec, members=tuple(
+            m.spec for m in pool.members.values())), spec)
+    made = []
     for name in members.removed:
         pool.remove_member(name)
     for name in members.changed:
-        mspec = wanted[name]
+        mspec = members.specs[name]
         if pool.members[name].spec.address != mspec.address:
             pool.remove_member(name)
             made.append(pool.add_member(mspec))
         else:
             pool.update_member(mspec)
     for name in members.added:
-        made.append(pool.add_member(wanted[name]))
-    # The file's order, for the status page and the CLI table.
-    if members.removed or members.added or list(pool.members) != list(wanted):
-        pool.members = {name: pool.members[name] for name in wanted}
+        made.append(pool.add_member(members.specs[name]))
+    if members.order is not None:  # the file's order, for the status page and the CLI table
+        pool.members = {name: pool.members[name] for name in members.order}
     pool.spec = spec
     return made
 
