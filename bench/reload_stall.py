@@ -24,8 +24,9 @@ applied on the reactor). A control row keeps the reactor idle for one second:
 the machine's own noise floor.
 
 Each row gives the longest heartbeat gap minus the 1 ms period (the stall),
-over the rounds, and the reload's own split from its ``reload`` log event:
-reading (parse + plugins + compare) and applying. Run it against an older
+over the rounds, the reload's own split from its ``reload`` log event
+(reading: parse + plugins + compare; applying), and how many full garbage
+collections ran meanwhile (each one walks every object of the process). Run it against an older
 checkout with ``PYTHONPATH=that/checkout``: when :mod:`lbframe.site` is not
 there it reloads with ``SiteService.reload()`` (the one way there was).
 
@@ -36,6 +37,7 @@ Only the standard library, Twisted and lbframe; one listening socket on
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import shutil
@@ -65,6 +67,18 @@ def site_text(n: int, weight: int = 1, extra: bool = False) -> str:
     return "".join(lines)
 
 
+class FullCollections:
+    """Counts the garbage collector's full (generation 2) collections."""
+
+    def __init__(self):
+        self.count = 0
+        gc.callbacks.append(self.seen)
+
+    def seen(self, phase, info):
+        if phase == "start" and info["generation"] == 2:
+            self.count += 1
+
+
 class Heartbeat:
     """A beat every BEAT seconds; keeps the longest gap between two beats."""
 
@@ -82,6 +96,15 @@ class Heartbeat:
     def reset(self):
         self.worst = 0.0
         self.last = time.perf_counter()
+
+
+def spin(seconds: float) -> None:
+    """Pure Python work (what a worker thread reading a file does to the
+    GIL), without lbframe."""
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += sum(range(100))
 
 
 def sleep(seconds: float) -> defer.Deferred:
@@ -112,7 +135,7 @@ class Reloader:
             self.events.append(event)
 
     def ways(self) -> list[str]:
-        return ["on the reactor", "read in a thread"] if self.site else ["before (on the reactor)"]
+        return ["read in a thread", "on the reactor"] if self.site else ["before (on the reactor)"]
 
     def reload(self, way: str) -> defer.Deferred:
         if self.site is None:
@@ -133,16 +156,24 @@ def run(args, rows):
         r = Reloader(path)
         r.svc.startService()
         rows.append(("start (load + build + listen)", "", (time.perf_counter() - began) * 1e3,
-                     None, None))
+                     None, None, None))
         beat = Heartbeat()
         beat.loop.start(BEAT)
+        collections = FullCollections()
         yield sleep(0.2)
         beat.reset()
         yield sleep(1.0)
-        rows.append(("nothing happens (noise floor, 1 s)", "", beat.worst * 1e3, None, None))
+        rows.append(("nothing happens (noise floor, 1 s)", "", beat.worst * 1e3, None, None, None))
+        # Control: Python work in a thread, no lbframe, as long as a read.
+        from twisted.internet import threads
+        beat.reset()
+        yield threads.deferToThread(spin, 0.25)
+        rows.append(("250 ms of Python in a thread (control, no lbframe)", "", beat.worst * 1e3,
+                     None, None, None))
         for way in r.ways():
             for change in ("nothing", "one weight", "weight + member"):
                 worst, reads, applies = 0.0, [], []
+                collections.count = 0
                 for i in range(args.rounds):
                     if change == "nothing":
                         text = site_text(args.members)
@@ -167,7 +198,7 @@ def run(args, rows):
                     else:
                         applies.append(event["ms"])
                 rows.append((change, way, worst * 1e3, max(reads) if reads else None,
-                             max(applies)))
+                             max(applies), collections.count))
         members = r.svc.runtime.pools["p"].members
         assert len(members) >= args.members, len(members)
         beat.loop.stop()
@@ -191,11 +222,13 @@ def main(argv=None) -> int:
     print(f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs; "
           f"{args.members} members, heartbeat every {BEAT * 1e3:.0f} ms; worst of "
           f"{args.rounds} reloads per row.\n")
-    print("| reload | how | longest stall (ms) | reading, worst (ms) | applying, worst (ms) |")
-    print("| --- | --- | ---: | ---: | ---: |")
-    for change, way, stall, read, apply_ in rows:
+    print("| reload | how | longest stall (ms) | reading, worst (ms) | applying, worst (ms) "
+          "| full GC runs |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for change, way, stall, read, apply_, full in rows:
         cells = ["" if v is None else f"{v:.1f}" for v in (read, apply_)]
-        print(f"| {change} | {way} | {stall:.1f} | {cells[0]} | {cells[1]} |")
+        print(f"| {change} | {way} | {stall:.1f} | {cells[0]} | {cells[1]} | "
+              f"{'' if full is None else full} |")
     return 0
 
 
