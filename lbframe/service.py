@@ -201,9 +201,9 @@ class SiteService(service.MultiService):
         self._stopped = None  # while stopping: Deferreds of callers that asked again
         self._old_hup = None
         #: a reload reading in a thread (lbframe.site.reload_in_thread), and
-        #: whether another was asked for meanwhile
+        #: the callers that asked for another meanwhile
         self.reload_pending = None
-        self.reload_again = False
+        self.reload_waiters: list[defer.Deferred] = []
         #: listener services by virtual server name
         self.listeners: dict[str, IListener] = {}
         #: listeners of removed or re-bound virtual servers, finishing their connections

@@ -113,16 +113,18 @@ def reload(svc: SiteService, path: str | None = None) -> bool:
 def reload_in_thread(svc: SiteService, path: str | None = None) -> defer.Deferred:
     """:func:`reload`, with the reading and the comparing done in a worker
     thread (they cost what the file holds); :func:`apply` runs on the
-    reactor. Fires with True when applied. A reload asked for while one
-    reads runs once more after it (the file may have changed again).
+    reactor. Fires with True when applied. Reloads asked for while one
+    reads make one more after it (the file may have changed again), and
+    fire with its outcome.
 
     The garbage collector waits meanwhile: the thread makes tens of
     thousands of objects, and a full collection they set off would hold
     the reactor longer than the reload (see :func:`settle_heap`)."""
     path = path or svc.config_path
     if svc.reload_pending is not None:
-        svc.reload_again = True
-        return svc.reload_pending
+        waiter: defer.Deferred = defer.Deferred()
+        svc.reload_waiters.append(waiter)
+        return waiter
     if not _may_reload(svc, path):
         return defer.succeed(False)
     old_site = svc.runtime.site
@@ -150,9 +152,9 @@ def reload_in_thread(svc: SiteService, path: str | None = None) -> defer.Deferre
         settle_heap()
         if collecting:
             gc.enable()
-        if svc.reload_again:
-            svc.reload_again = False
-            reload_in_thread(svc, path)
+        waiters, svc.reload_waiters = svc.reload_waiters, []
+        if waiters:  # asked for while this one read: the file may have changed again
+            reload_in_thread(svc, path).addBoth(_fire_all, waiters)
         return result
 
     collecting = gc.isenabled()
@@ -163,6 +165,11 @@ def reload_in_thread(svc: SiteService, path: str | None = None) -> defer.Deferre
     if not d.called:
         svc.reload_pending = d
     return d
+
+
+def _fire_all(result, waiters) -> None:
+    for waiter in waiters:
+        waiter.callback(result)
 
 
 def _may_reload(svc: SiteService, path) -> bool:

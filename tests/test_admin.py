@@ -27,8 +27,8 @@ from lbframe.persistence.memory import MemoryStore
 from lbframe.plugins import load_plugins
 from lbframe.service import build_runtime
 from tests.helpers import free_port
-from tests.test_reload import BULK_SIZE, ReloadCase, SlowReader, ask, bulk_digest, connect
-from tests.test_reload import site as reload_site
+from tests.test_site import BULK_SIZE, ReloadCase, SlowReader, ask, bulk_digest, connect
+from tests.test_site import site as reload_site
 
 TOKEN = "s3cret-token"
 

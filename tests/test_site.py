@@ -1,4 +1,6 @@
-"""Reload (SIGHUP): a diff applied to the running site, state carried over.
+"""The site's lifecycle (lbframe.site): start, and reload (SIGHUP) as a
+difference applied to the running site, state carried over; a reload
+touches only what changed; listen failures at start and on reload.
 
 Real sockets on 127.0.0.1 and the real reactor: backends are Twisted
 servers that answer ``name`` with their name and ``bulk`` with
@@ -8,6 +10,7 @@ servers that answer ``name`` with their name and ``bulk`` with
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import io
 import os
@@ -15,15 +18,18 @@ import signal
 import socket
 import tempfile
 
+from twisted.application import service
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.interfaces import IPullProducer
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from lbframe.cli import main as cli_main
+from lbframe.interfaces import IListener
 from lbframe.service import SiteService
-from lbframe.site import make_service, reload as reload_site
+from lbframe.site import make_service, reload as reload_site, reload_in_thread
 from tests.helpers import free_port
 
 BULK_SIZE = 48 * 1024 * 1024
@@ -518,3 +524,366 @@ class AdminReloadTests(ReloadCase):
         answer = yield deferToThread(change_member, url, "two", "web", "b", "drain")
         self.assertEqual(answer["state"], "draining")
         self.assertEqual(svc.runtime.pools["web"].members["b"].state, "draining")
+
+
+# -- persistence stores and profiles -----------------------------------------
+
+PLUGIN = '''
+from zope.interface import implementer
+from lbframe import hookimpl
+from lbframe.interfaces import IPersistenceStore
+
+LOG = {log!r}
+
+
+@implementer(IPersistenceStore)
+class Store:
+    asynchronous = False
+
+    def __init__(self, url, profile, reactor):
+        self.label = f"{{profile.name}}/{{profile.timeout:g}}"
+        self.table = {{}}
+
+    def __len__(self):
+        return len(self.table)
+
+    def get(self, key):
+        return self.table.get(key)
+
+    def set(self, key, name):
+        self.table[key] = name
+
+    def touch(self, key):
+        pass
+
+    def delete(self, key):
+        self.table.pop(key, None)
+
+    def close(self):
+        with open(LOG, "a") as f:
+            f.write(self.label + "\\n")
+
+
+@hookimpl
+def lbframe_register_persistence_stores(registry):
+    registry.add("remote", lambda url, profile, reactor: Store(url, profile, reactor))
+'''
+
+
+class DroppedStoreTests(ReloadCase):
+    """A reload that drops a persistence store (its section changed or went
+    away) closes it, so a remote store's connection does not outlive it."""
+
+    def text(self, vport, timeout, with_profile=True):
+        plugin = os.path.join(self.dir, "remotestore.py")
+        extra = f"[lbframe]\nplugins = {plugin}\n"
+        profile = (f"[persistence p]\nmethod = source-ip\nstore = remote://127.0.0.1:1\n"
+                   f"timeout = {timeout}\n") if with_profile else ""
+        text = site(vport, {"a": 1001}, extra=profile).replace("[lbframe]\n", extra)
+        if with_profile:
+            text = text.replace("pool = web\n", "pool = web\npersistence = p\n", 1)
+        return text
+
+    def closed(self):
+        try:
+            with open(self.log) as f:
+                return f.read().split()
+        except FileNotFoundError:
+            return []
+
+    def test_changed_and_removed_profiles_close_their_stores(self):
+        self.log = os.path.join(self.dir, "closed.log")
+        with open(os.path.join(self.dir, "remotestore.py"), "w") as f:
+            f.write(PLUGIN.format(log=self.log))
+        vport = free_port()
+        svc = self.start(self.text(vport, "30m"))
+        self.assertTrue(self.reload(svc, self.text(vport, "30m")))
+        self.assertEqual(self.closed(), [])  # unchanged: carried, still open
+        self.assertTrue(self.reload(svc, self.text(vport, "10m")))
+        self.assertEqual(self.closed(), ["p/1800"])
+        self.assertTrue(self.reload(svc, self.text(vport, "10m", with_profile=False)))
+        self.assertEqual(self.closed(), ["p/1800", "p/600"])
+
+
+class ProfileCarryTests(ReloadCase):
+    """A reload that keeps a persistence section keeps its profile: the
+    store's table and the counters /metrics shows."""
+
+    def text(self, vport, timeout):
+        profile = f"[persistence sticky]\nmethod = source-ip\ntimeout = {timeout}\n"
+        return site(vport, {"a": 1001, "b": 1002}, extra=profile).replace(
+            "pool = web\n", "pool = web\npersistence = sticky\n", 1)
+
+    def test_counters_survive_an_unchanged_profile_and_reset_with_a_changed_one(self):
+        from lbframe.balancer import RequestContext
+
+        vport = free_port()
+        svc = self.start(self.text(vport, "30m"))
+        balancer = svc.runtime.balancers["web"]
+        for _ in range(3):
+            balancer.choose(RequestContext("192.0.2.1", 1000, "web"))
+        profile = balancer.persistence
+        self.assertEqual((profile.lookups, profile.hits), (3, 2))
+        self.assertTrue(self.reload(svc, self.text(vport, "30m")))
+        self.assertIs(svc.runtime.balancers["web"].persistence, profile)
+        self.assertEqual((profile.lookups, profile.hits), (3, 2))
+        self.assertTrue(self.reload(svc, self.text(vport, "10m")))
+        changed = svc.runtime.balancers["web"].persistence
+        self.assertIsNot(changed, profile)
+        self.assertIsNot(changed.store, profile.store)
+        self.assertEqual(changed.lookups, 0)
+
+
+# -- a reload costs what changed ------------------------------------------------
+
+MONITORED = """
+[monitor alive]
+type = tcp
+interval = 1h
+"""
+
+
+def spy_on(scheduler) -> list[tuple[str, str]]:
+    """Record every event ``scheduler`` is told: (method, member name)."""
+    seen = []
+    for method in ("member_added", "member_removed", "member_changed"):
+        real = getattr(scheduler, method)
+
+        def told(member, real=real, method=method):
+            seen.append((method, member.name))
+            return real(member)
+
+        setattr(scheduler, method, told)
+    return seen
+
+
+class WhatChangedTests(ReloadCase):
+    """The one reload function (lbframe.site.apply) touches what the
+    difference names and nothing else."""
+
+    def many(self, vport, n, weight7=1, extra=None):
+        members = {f"m{i}": 2000 + i for i in range(n)}
+        if extra:
+            members[extra] = 1999
+        text = site(vport, members, extra_pool="monitor = alive", extra=MONITORED)
+        return text.replace("member m7 = 127.0.0.1:2007", f"member m7 = 127.0.0.1:2007 weight={weight7}")
+
+    def test_nothing_changed_touches_nothing(self):
+        vport = free_port()
+        svc = self.start(self.many(vport, 50))
+        runtime = svc.runtime
+        pool = runtime.pools["web"]
+        scheduler, members = pool.scheduler, dict(pool.members)
+        checks = [(c, c.call) for c in svc.monitor_runner.checks]
+        listener = svc.listeners["web"]
+        address = listener.addresses()
+        balancer, monitor = runtime.balancers["web"], runtime.monitors["alive"]
+        redundancy = svc.redundancy_service
+        applied = []
+        real_apply = listener.apply
+        listener.apply = lambda b, p: (applied.append(b), real_apply(b, p))
+        seen = spy_on(scheduler)
+
+        self.assertTrue(self.reload(svc, self.many(vport, 50)))
+        self.assertIs(pool.scheduler, scheduler, "no scheduler rebuilt")
+        self.assertEqual(seen, [], "the scheduler was told nothing")
+        self.assertIs(svc.runtime.pools["web"], pool)
+        self.assertEqual(pool.members, members)
+        for name, member in members.items():
+            self.assertIs(pool.members[name], member)
+        self.assertEqual([(c, c.call) for c in svc.monitor_runner.checks], checks,
+                         "no check restarted (same checks, same scheduled calls)")
+        self.assertIs(svc.runtime.monitors["alive"], monitor)
+        self.assertIs(svc.listeners["web"], listener, "no listener re-bound")
+        self.assertEqual(listener.addresses(), address)
+        self.assertIs(svc.runtime.balancers["web"], balancer, "no balancer rebuilt")
+        # The listener is handed its same balancer and its protocol built
+        # again (a reload reads certificate files again): nothing it serves changes.
+        self.assertEqual(applied, [balancer])
+        self.assertIs(svc.redundancy_service, redundancy)
+        [event] = self.logged("reload")
+        self.assertEqual(event["changes"], {})
+        self.assertEqual(event["summary"], "nothing changed")
+        self.assertEqual((event["checks_kept"], event["checks_started"]), (50, 0))
+
+    def test_one_weight_and_one_member_touch_those_two(self):
+        vport = free_port()
+        svc = self.start(self.many(vport, 400))
+        pool = svc.runtime.pools["web"]
+        scheduler = pool.scheduler
+        seen = spy_on(scheduler)
+        before = {c: c.call for c in svc.monitor_runner.checks}
+
+        self.assertTrue(self.reload(svc, self.many(vport, 400, weight7=3, extra="new")))
+        self.assertIs(pool.scheduler, scheduler)
+        self.assertEqual(sorted({name for _, name in seen}), ["m7", "new"])
+        self.assertEqual(pool.members["m7"].weight, 3)
+        self.assertEqual(list(pool.members)[-1], "new")
+        after = svc.monitor_runner.checks
+        self.assertEqual(len(after), 401)
+        for check in after:
+            if check.member.name != "new":
+                self.assertIn(check, before)
+                self.assertIs(check.call, before[check], "its schedule goes on")
+        [event] = self.logged("reload")
+        self.assertEqual(event["changes"]["members"], {"added": ["web/new"], "changed": ["web/m7"]})
+        self.assertEqual((event["checks_kept"], event["checks_started"]), (400, 1))
+
+        # And back: the member goes, its check stops, the others go on.
+        self.assertTrue(self.reload(svc, self.many(vport, 400)))
+        self.assertNotIn("new", pool.members)
+        self.assertEqual(len(svc.monitor_runner.checks), 400)
+        self.assertNotIn("new", {c.member.name for c in svc.monitor_runner.checks})
+
+    def test_a_config_error_found_while_building_changes_nothing(self):
+        """The parser accepts the file; a plugin refuses it (an unknown
+        scheduler): nothing of the file is applied, its members neither."""
+        vport = free_port()
+        svc = self.start(site(vport, {"a": 1001}))
+        runtime, pool = svc.runtime, svc.runtime.pools["web"]
+        self.assertFalse(self.reload(svc, site(vport, {"a": 1001, "d": 1004},
+                                                 scheduler="no-such-scheduler")))
+        self.assertIs(svc.runtime, runtime)
+        self.assertEqual(list(pool.members), ["a"])
+        self.assertEqual(pool.spec.scheduler, "round-robin")
+        [event] = self.logged("reload_refused")
+        self.assertIn("no-such-scheduler", event["error"])
+
+
+class ReloadInThreadTests(ReloadCase):
+    """SIGHUP's way: read and compare in a worker thread, apply on the reactor."""
+
+    @defer.inlineCallbacks
+    def test_applies_refuses_and_runs_again_when_asked_meanwhile(self):
+        pa, _ = self.backend("a")
+        pb, _ = self.backend("b")
+        vport = free_port()
+        svc = self.start(site(vport, {"a": pa}))
+        self.write(site(vport, {"a": pa, "b": pb}))
+        self.assertTrue((yield reload_in_thread(svc)))
+        self.assertEqual(list(svc.runtime.pools["web"].members), ["a", "b"])
+
+        self.write("[virtual web]\nlisten = tcp:1\n")
+        self.assertFalse((yield reload_in_thread(svc)))
+        self.assertEqual(list(svc.runtime.pools["web"].members), ["a", "b"])
+        self.assertEqual(len(self.logged("reload_refused")), 1)
+
+        self.write(site(vport, {"b": pb}))
+        first = reload_in_thread(svc)
+        second, third = reload_in_thread(svc), reload_in_thread(svc)
+        self.assertIsNot(second, first)
+        # Written (whole, as editors save) while the first one reads: the
+        # second (one more reload, for both callers) sees it.
+        with open(self.path + ".new", "w") as f:
+            f.write(site(vport, {"a": pa}))
+        os.replace(self.path + ".new", self.path)
+        results = yield defer.gatherResults([first, second, third])
+        self.assertEqual(results, [True, True, True])
+        self.assertEqual(list(svc.runtime.pools["web"].members), ["a"])
+        self.assertEqual((yield ask(vport)), "a")
+        self.assertIsNone(svc.reload_pending)
+        self.assertTrue(gc.isenabled(), "the collector runs again after a reload")
+
+
+# -- listening ----------------------------------------------------------------
+
+class ListenFailureTests(ReloadCase):
+    def busy_port(self) -> int:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        self.addCleanup(s.close)
+        return s.getsockname()[1]
+
+    def test_a_busy_port_at_start_is_one_line_and_exit_status_1(self):
+        port = self.busy_port()
+        self.write(site(port, {"a": 1001}))
+        svc = make_service(self.path, reactor)
+        e = self.assertRaises(SystemExit, svc.privilegedStartService)
+        self.assertEqual(str(e), f"virtual web: cannot listen on tcp:{port}:"
+                                 f"interface=127.0.0.1: Address already in use")
+        self.assertNotEqual(e.code, 0)
+
+    @defer.inlineCallbacks
+    def test_a_busy_port_on_reload_is_logged_and_the_rest_serves(self):
+        pa, _ = self.backend("a")
+        vport, aport, busy = free_port(), free_port(), self.busy_port()
+        api = "[virtual api]\nlisten = tcp:{}:interface=127.0.0.1\npool = web\n"
+        svc = self.start(site(vport, {"a": pa}, extra=api.format(aport)))
+        self.assertTrue(self.reload(svc, site(vport, {"a": pa}, extra=api.format(busy))))
+        yield deferLater(0)
+        [event] = self.logged("listener_failed")
+        self.assertIn(f"virtual api: cannot listen on tcp:{busy}:interface=127.0.0.1: "
+                      "Address already in use", event["log_format"].format(**event))
+        self.assertNotIn("api", svc.listeners)
+        self.assertTrue(refused(aport), "the old endpoint was retired")
+        self.assertEqual((yield ask(vport)), "a", "the rest of the site serves")
+
+
+@implementer(IListener)
+class LateListener(service.Service):
+    """A listener whose endpoint answers later (as StreamServerEndpointService allows)."""
+
+    def __init__(self):
+        self.binding = defer.Deferred()
+        self.outcome = []
+        self.binding.addBoth(self._settle)
+        self.waiters = []
+
+    def _settle(self, result):
+        self.outcome.append(result)
+        for d in self.waiters:
+            (d.errback if isinstance(result, Failure) else d.callback)(result)
+
+    def start_listening(self):
+        d = defer.Deferred()
+        if self.outcome:
+            r = self.outcome[0]
+            (d.errback if isinstance(r, Failure) else d.callback)(r)
+        else:
+            self.waiters.append(d)
+        return d
+
+    def addresses(self):
+        return []
+
+    def apply(self, balancer, protocol):
+        pass
+
+    def stop_listening(self):
+        return defer.succeed(None)
+
+    def connection_count(self):
+        return 0
+
+    def close_all(self, reason):
+        pass
+
+    def pause_accepting(self):
+        pass
+
+    def resume_accepting(self):
+        pass
+
+
+class LateListenFailureTests(ReloadCase):
+    def test_a_late_failure_at_start_is_logged_and_stops_the_process(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from lbframe.errors import ListenError
+        from lbframe.service import SiteService
+        from lbframe.site import load
+
+        self.write(site(free_port(), {"a": 1001}))
+        clock = MemoryReactorClock()
+        svc = SiteService(load(self.path, clock), clock, config_path=self.path)
+        late = svc.listeners["web"] = LateListener()
+        svc.privilegedStartService()
+        svc.startService()
+        self.assertFalse(clock.hasStopped, "listening is still under way")
+        late.binding.errback(ListenError("web", "tcp:80", "Permission denied"))
+        [event] = self.logged("listener_failed")
+        self.assertEqual(event["error"], "virtual web: cannot listen on tcp:80: Permission denied")
+        clock.advance(0)
+        self.assertTrue(clock.hasStopped)
