@@ -161,8 +161,11 @@ class MemberChanges(Named):
                 continue
             found.specs[name] = spec
         found.removed.extend(name for name in old if name not in new)
-        gone = set(found.removed)
-        expected = [name for name in old if name not in gone] + found.added
+        # merge_members removes in place and appends what it adds: first
+        # the re-addressed members (a new Member each), then the added ones.
+        moved = [name for name in found.changed if old[name].address != new[name].address]
+        gone = set(found.removed) | set(moved)
+        expected = [name for name in old if name not in gone] + moved + found.added
         if expected != list(new):
             found.order = list(new)
         return found
