@@ -122,7 +122,8 @@ class Reloader:
             site = None
         self.site = site
         if site is not None:
-            self.svc = site.make_service(path, reactor)
+            # As under twistd: the process is the site's.
+            self.svc = site.make_service(path, reactor, own_process=True)
         else:
             from lbframe.service import SiteService
             from lbframe.tap import load

@@ -231,6 +231,9 @@ class SiteService(service.MultiService):
 
     #: set by ``twistd lbframe`` for ``log_format = json`` (see setServiceParent)
     log_observer = None
+    #: the process is this site's (``twistd lbframe``): lbframe.site may tune
+    #: its garbage collector (lbframe.site.settle_heap)
+    own_process = False
 
     def setServiceParent(self, parent):
         # twistd's application: it logs through an ILogObserver component

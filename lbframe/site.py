@@ -63,12 +63,19 @@ def load(path: str, reactor) -> SiteRuntime:
     return build_runtime(site, plugins, reactor)
 
 
-def make_service(path: str, reactor, *, signals: bool = False) -> SiteService:
+def make_service(path: str, reactor, *, signals: bool = False,
+                 own_process: bool = False) -> SiteService:
     """The service tree of the site in ``path``, not started; with
-    ``signals``, SIGHUP reloads it (:func:`reload_in_thread`)."""
+    ``signals``, SIGHUP reloads it (:func:`reload_in_thread`). With
+    ``own_process`` (``twistd lbframe``: the process is the site's), the
+    site's objects are kept out of the garbage collector's full walks after
+    start and after every reload (:func:`settle_heap`); a test or a program
+    embedding lbframe keeps its collector as it is."""
     svc = SiteService(load(path, reactor), reactor, config_path=path, signals=signals)
     svc.on_hup = lambda: reload_in_thread(svc)
-    settle_heap()
+    svc.own_process = own_process
+    if own_process:
+        settle_heap()
     return svc
 
 
@@ -106,7 +113,8 @@ def reload(svc: SiteService, path: str | None = None) -> bool:
     except (ConfigError, PluginError) as e:
         return _refused(e, path)
     applied = _apply_and_log(svc, site, plugins, changes, path, time.monotonic() - began)
-    settle_heap()
+    if svc.own_process:
+        settle_heap()
     return applied
 
 
@@ -149,7 +157,8 @@ def reload_in_thread(svc: SiteService, path: str | None = None) -> defer.Deferre
 
     def done(result):
         svc.reload_pending = None
-        settle_heap()
+        if svc.own_process:
+            settle_heap()
         if collecting:
             gc.enable()
         waiters, svc.reload_waiters = svc.reload_waiters, []

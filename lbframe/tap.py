@@ -34,7 +34,7 @@ def makeService(options):
     from twisted.internet import reactor
 
     try:
-        svc = make_service(options["config"], reactor, signals=True)
+        svc = make_service(options["config"], reactor, signals=True, own_process=True)
     except (ConfigError, PluginError) as e:
         # The one line ``lbframe check`` prints, on stderr, and exit status 1:
         # a UsageError would make twistd print a traceback after it.
