@@ -805,6 +805,24 @@ class ListenFailureTests(ReloadCase):
                                  f"interface=127.0.0.1: Address already in use")
         self.assertNotEqual(e.code, 0)
 
+    def test_twistd_with_a_busy_port_prints_one_line_and_exits_1(self):
+        import subprocess
+
+        from tests.test_quickstart import ROOT, TWISTD
+
+        port = self.busy_port()
+        self.write(site(port, {"a": 1001}))
+        done = subprocess.run(TWISTD + ["-n", "--pidfile=", "lbframe", "--config", self.path],
+                              cwd=self.dir, env=dict(os.environ, PYTHONPATH=ROOT),
+                              capture_output=True, text=True, timeout=60)
+        output = done.stdout + done.stderr
+        self.assertEqual(done.returncode, 1, output)
+        # twistd has started logging by then: its stderr goes to the log.
+        line = f"virtual web: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use"
+        self.assertEqual(output.count(line), 1, output)
+        self.assertTrue(output.rstrip().endswith(line), output)
+        self.assertNotIn("Traceback", output)
+
     @defer.inlineCallbacks
     def test_a_busy_port_on_reload_is_logged_and_the_rest_serves(self):
         pa, _ = self.backend("a")
