@@ -376,15 +376,28 @@ class SiteService(service.MultiService):
 
     # -- what a reload changes (lbframe.site.apply) ----------------------------
 
-    def replace_child(self, old, new) -> None:
+    def replace_child(self, old, new) -> bool:
         """Put child service ``new`` where ``old`` was (either may be None):
-        ``old`` is stopped, ``new`` started when the site runs."""
+        ``old`` is stopped, ``new`` started when the site runs. A ``new``
+        that cannot start (the admin server's port is taken) is logged and
+        left out; the rest of the site goes on. True when ``new`` runs."""
         if old is not None:
             d = self.removeService(old)
             if d is not None:
                 d.addErrback(lambda f: log.failure("stopping {name}", f, name=old.name))
-        if new is not None:
+        if new is None:
+            return False
+        try:
             new.setServiceParent(self)
+        except Exception as e:
+            log.error("{name}: cannot start after the reload, it is not running: {error}",
+                      name=new.name, error=str(e), lbframe_event="service_failed")
+            if new.parent is self:
+                d = new.disownServiceParent()
+                if d is not None:
+                    d.addErrback(lambda f: None)  # it never started
+            return False
+        return True
 
     def apply_listener(self, name: str, balancer, protocol) -> None:
         """A reload kept virtual ``name``'s endpoints and protocol name: new

@@ -346,8 +346,7 @@ def apply(svc: SiteService, site: Site, plugins: Plugins, changes: Changes) -> t
         svc.admin.set_runtime(new)
     else:
         admin = svc.make_admin(new) if after.admin else None
-        svc.replace_child(svc.admin, admin)
-        svc.admin = admin
+        svc.admin = admin if svc.replace_child(svc.admin, admin) else None
 
     _close_dropped_stores(old.persistence_stores, stores)
     svc.runtime = new

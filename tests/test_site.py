@@ -824,6 +824,27 @@ class ListenFailureTests(ReloadCase):
         self.assertNotIn("Traceback", output)
 
     @defer.inlineCallbacks
+    def test_an_admin_port_taken_on_reload_is_logged_and_the_site_serves(self):
+        pa, _ = self.backend("a")
+        vport, aport, busy = free_port(), free_port(), self.busy_port()
+
+        def text(port):
+            return site(vport, {"a": pa}).replace(
+                "[lbframe]\n", f"[lbframe]\nadmin = tcp:{port}:interface=127.0.0.1\n")
+
+        svc = self.start(text(aport))
+        self.assertTrue(self.reload(svc, text(busy)))
+        [event] = self.logged("service_failed")
+        self.assertIn("admin: cannot start after the reload", event["log_format"].format(**event))
+        self.assertIsNone(svc.admin)
+        self.assertNotIn("admin", svc.namedServices)
+        self.assertEqual((yield ask(vport)), "a")
+        # The next reload that fixes it starts it.
+        self.assertTrue(self.reload(svc, text(aport)))
+        self.assertIsNotNone(svc.admin)
+        self.assertTrue(svc.admin.running)
+
+    @defer.inlineCallbacks
     def test_a_busy_port_on_reload_is_logged_and_the_rest_serves(self):
         pa, _ = self.backend("a")
         vport, aport, busy = free_port(), free_port(), self.busy_port()
