@@ -253,8 +253,8 @@ def apply(svc: SiteService, site: Site, plugins: Plugins, changes: Changes) -> t
             profiles[name] = old.profiles[name]  # its counters go on
         else:
             profiles[name] = build_profile(spec, plugins, reactor, store=stores[name])
-            if name in old.profiles and stores[name] is old.profiles[name].store:
-                _carry_profile_counters(old.profiles[name], profiles[name])
+            if name in old.profiles:  # its store kept: its counters too
+                profiles[name].carry_counters_from(old.profiles[name])
 
     rules = {name: old.rules[name] if name in old.rules and name not in changes.rules
              else CompiledRule.compile(spec) for name, spec in site.rules.items()}
@@ -352,13 +352,6 @@ def apply(svc: SiteService, site: Site, plugins: Plugins, changes: Changes) -> t
     svc.runtime = new
     plugins.hook.lbframe_site_reloaded(old=old.site, new=site)
     return kept, started
-
-
-def _carry_profile_counters(old, new) -> None:
-    """A profile rebuilt around the store a reload kept (its method plugin
-    was loaded afresh) keeps its counters, so /metrics sees no reset."""
-    new.lookups, new.hits = old.lookups, old.hits
-    new.replaced, new.written = old.replaced, old.written
 
 
 def _update_checks(runner, new: SiteRuntime, recheck: set[str], new_members,
