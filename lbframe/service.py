@@ -208,6 +208,8 @@ class SiteService(service.MultiService):
         self.listeners: dict[str, IListener] = {}
         #: listeners of removed or re-bound virtual servers, finishing their connections
         self.retiring: set = set()
+        #: virtual server name → the re-binding under way (see _in_turn)
+        self._rebinding: dict[str, defer.Deferred] = {}
         site = runtime.site
 
         runner = MonitorRunner(reactor)
@@ -399,16 +401,63 @@ class SiteService(service.MultiService):
             return False
         return True
 
+    def listener_settled(self, name: str) -> bool:
+        """Virtual ``name`` has a listener and no re-binding of it is under way."""
+        return name in self.listeners and name not in self._rebinding
+
     def apply_listener(self, name: str, balancer, protocol) -> None:
         """A reload kept virtual ``name``'s endpoints and protocol name: new
         connections use ``balancer``, the listener takes ``protocol``'s settings."""
         self.listeners[name].apply(balancer, protocol)
 
-    def add_listener(self, name: str, protocol, balancer) -> defer.Deferred:
-        """Start listening for virtual ``name`` (a reload added or re-bound
-        it). A bind failure, now or later, is logged with its one line
-        (``virtual web: cannot listen on ENDPOINT: why``) and the rest of
-        the site keeps serving. Fires when the listener listens (or failed)."""
+    def rebind_listener(self, name: str, protocol, balancer, grace: float) -> defer.Deferred:
+        """Give virtual ``name`` a new listener (its endpoints or protocol
+        changed, or it is new, or it failed to bind before): the old one
+        retires and the new one binds once the old one's sockets are closed
+        (it may bind the same address). Fires when that is done."""
+
+        def rebind():
+            closed = (self.retire_listener(name, grace) if name in self.listeners
+                      else defer.succeed(None))
+            return closed.addCallback(lambda _: self._add_listener(name, protocol, balancer))
+
+        return self._in_turn(name, rebind)
+
+    def remove_listener(self, name: str, grace: float) -> defer.Deferred:
+        """A reload removed virtual ``name``: its listener retires."""
+        return self._in_turn(name, lambda: self.retire_listener(name, grace)
+                             if name in self.listeners else None)
+
+    def _in_turn(self, name: str, step) -> defer.Deferred:
+        """Run ``step`` (which may return a Deferred) once the steps asked
+        before for listener ``name`` are done: a reload that comes while an
+        earlier one still waits for a socket to close acts after it."""
+        previous = self._rebinding.get(name)
+        done: defer.Deferred = defer.Deferred()
+        self._rebinding[name] = done
+
+        def run(_=None):
+            d = defer.maybeDeferred(step)
+            d.addErrback(lambda f: log.failure("listener of virtual {virtual}", f, virtual=name))
+            d.addBoth(finished)
+            return None
+
+        def finished(_):
+            if self._rebinding.get(name) is done:
+                del self._rebinding[name]
+            done.callback(None)
+
+        if previous is None:
+            run()
+        else:
+            previous.addCallback(run)
+        return done
+
+    def _add_listener(self, name: str, protocol, balancer) -> defer.Deferred:
+        """Start listening for virtual ``name``. A bind failure, now or
+        later, is logged with its one line (``virtual web: cannot listen on
+        ENDPOINT: why``) and the rest of the site keeps serving. Fires when
+        the listener listens (or failed)."""
         listener = protocol.make_service(balancer, self.reactor)
         self.listeners[name] = listener
         listener.privilegedStartService()

@@ -322,18 +322,14 @@ def apply(svc: SiteService, site: Site, plugins: Plugins, changes: Changes) -> t
     # (new or same) balancer and protocol, without closing a socket.
     grace = site.lbframe.stop_grace
     for name in changes.virtuals.removed:
-        svc.retire_listener(name, grace)
+        svc.remove_listener(name, grace)
     for name, after in site.virtuals.items():
         before = old.site.virtuals.get(name)
-        if (name in svc.listeners and before is not None and before.listen == after.listen
+        if (svc.listener_settled(name) and before is not None and before.listen == after.listen
                 and before.protocol == after.protocol and same("protocols", after.protocol)):
             svc.apply_listener(name, balancers[name], protocols[name])
-            continue
-        closed = (svc.retire_listener(name, grace) if name in svc.listeners
-                  else defer.succeed(None))
-        # The new listener may bind an address the old one had: once it is closed.
-        closed.addCallback(lambda _, name=name: svc.add_listener(name, protocols[name],
-                                                                 balancers[name]))
+        else:
+            svc.rebind_listener(name, protocols[name], balancers[name], grace)
 
     if redundancy is not old.redundancy:
         svc.replace_child(svc.redundancy_service, redundancy.service)

@@ -496,6 +496,30 @@ def deferLater(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
+class ListenerTurnTests(ReloadCase):
+    @defer.inlineCallbacks
+    def test_a_reload_while_a_listener_is_still_closing_acts_after_it(self):
+        """An endpoint whose close answers later (stop_listening's Deferred):
+        a second reload that moves the virtual server again waits its turn,
+        so exactly one listener is left, on the last endpoint."""
+        pa, _ = self.backend("a")
+        v1, v2, v3 = free_port(), free_port(), free_port()
+        svc = self.start(site(v1, {"a": pa}))
+        first = svc.listeners["web"]
+        real, gate = first.stop_listening, defer.Deferred()
+        first.stop_listening = lambda: real().addCallback(lambda _: gate)
+        self.assertTrue(self.reload(svc, site(v2, {"a": pa})))
+        self.assertNotIn("web", svc.listeners, "the new one waits for the old one's close")
+        self.assertTrue(self.reload(svc, site(v3, {"a": pa})))
+        gate.callback(None)
+        yield deferLater(0)
+        self.assertEqual([a.port for a in svc.listeners["web"].addresses()], [v3])
+        self.assertEqual((yield ask(v3)), "a")
+        self.assertTrue(refused(v2), "the listener of the first reload was retired in turn")
+        self.assertTrue(refused(v1))
+        self.assertEqual(svc._rebinding, {})
+
+
 class AdminReloadTests(ReloadCase):
     @defer.inlineCallbacks
     def test_admin_follows_the_reload(self):
