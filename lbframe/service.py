@@ -16,6 +16,7 @@ import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from lbframe.balancer import Balancer
 from lbframe.config.model import Site, Source
@@ -229,8 +230,25 @@ class SiteService(service.MultiService):
 
     # -- start and stop ----------------------------------------------------
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen_or_exit()
+
+    def _listen_or_exit(self) -> None:
+        """A listener that could not bind ends ``twistd`` with its one line
+        (SystemExit, status 1); one that fails later is logged."""
+        for name, svc in self.listeners.items():
+            outcome = []
+            svc.start_listening().addBoth(outcome.append)
+            if not outcome:
+                svc.start_listening().addErrback(lambda f: log.error(
+                    "{error}", error=f.getErrorMessage(), lbframe_event="listener_failed"))
+            elif isinstance(outcome[0], Failure):
+                raise SystemExit(f"lbframe: {outcome[0].getErrorMessage()}")
+
     def startService(self) -> None:
         super().startService()
+        self._listen_or_exit()
         self.stopping = False
         if self.signals and self.config_path:
             import signal
@@ -384,17 +402,18 @@ class SiteService(service.MultiService):
 
     def _start_listener(self, name: str, proto, balancer) -> None:
         svc = proto.make_service(balancer, self.reactor)
-        try:
-            svc.setServiceParent(self)
-        except BaseException as e:  # noqa: B036 - a bind failure is SystemExit
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            log.error("virtual {virtual}: cannot start its listener after the reload, "
-                      "it is not serving: {error}", virtual=name, error=str(e),
-                      lbframe_event="listener_failed")
-            self._detach(svc)
-            return
+        svc.setServiceParent(self)
         self.listeners[name] = svc
+
+        def failed(f):
+            log.error("virtual {virtual}: cannot start its listener after the reload, "
+                      "it is not serving: {error}", virtual=name, error=f.getErrorMessage(),
+                      lbframe_event="listener_failed")
+            if self.listeners.get(name) is svc:
+                del self.listeners[name]
+            self._detach(svc)
+
+        svc.start_listening().addErrback(failed)
 
     def _retire(self, name: str, grace: float) -> defer.Deferred:
         """Stop a listener accepting; remove it once its connections are done

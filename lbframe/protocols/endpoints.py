@@ -24,6 +24,8 @@ class TCPBind:
     port: int
     backlog: int
     family: int
+    #: the ``listen`` endpoint string it came from (error messages name it)
+    description: str = attrs.field(default="", eq=False)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else f"{self.host}:{self.port}"
@@ -43,11 +45,12 @@ def tcp_bind(description: str) -> TCPBind:
     except (TypeError, ValueError, OSError) as e:
         raise OptionError("listen", f"bad endpoint {description!r}: {e}") from None
     if isinstance(ep, endpoints.TCP6ServerEndpoint):
-        return TCPBind(ep._interface or "::", ep._port, ep._backlog, socket.AF_INET6)
+        return TCPBind(ep._interface or "::", ep._port, ep._backlog, socket.AF_INET6,
+                       description)
     if isinstance(ep, endpoints.TCP4ServerEndpoint):
         host = ep._interface or "0.0.0.0"
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return TCPBind(host, ep._port, ep._backlog, family)
+        return TCPBind(host, ep._port, ep._backlog, family, description)
     raise OptionError("listen", f"endpoint {description!r}: this protocol accepts on "
                                 "tcp: and tcp6: endpoints")
 

@@ -15,6 +15,8 @@ from _socket import socket as raw_socket
 from errno import EAGAIN, ECONNREFUSED, EINPROGRESS
 
 from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -22,12 +24,13 @@ from zope.interface import implementer
 from lbframe import hookimpl
 from lbframe.accesslog import access_log_for, access_log_setting
 from lbframe.balancer import Balancer, Decision, RequestContext
-from lbframe.errors import reject_unknown_options
-from lbframe.interfaces import IProtocol
+from lbframe.errors import ListenError, reject_unknown_options
+from lbframe.interfaces import IListener, IProtocol
 from lbframe.protocols import proxy_protocol
 from lbframe.protocols.accept import ONE_CLIENT, AcceptGate, SourceCounts
 from lbframe.protocols.engine import RelayEngine
 from lbframe.protocols.endpoints import TCPBind, listening_socket, sockaddr_of, tcp_bind
+from lbframe.protocols.listening import ListenOutcome, reported_elsewhere
 from lbframe.protocols.relay import Relay
 from lbframe.protocols.timeouts import TimerWheel
 
@@ -321,6 +324,14 @@ class _Acceptor:
         pass
 
 
+def _address(sockname):
+    """The ``IAddress`` of a bound TCP socket's ``getsockname()``."""
+    if len(sockname) == 4:
+        return IPv6Address("TCP", sockname[0], sockname[1])
+    return IPv4Address("TCP", sockname[0], sockname[1])
+
+
+@implementer(IListener)
 class TCPVirtualServer(service.Service):
     """Listens on a virtual server's endpoints; one :class:`Connection` each."""
 
@@ -353,11 +364,21 @@ class TCPVirtualServer(service.Service):
         self.gate = gate if gate is not None else AcceptGate.for_reactor(reactor)
         #: connections per client address (``max_connections_per_source``)
         self.sources = SourceCounts(self.virtual.name)
+        #: the binding's outcome (start_listening), None when not bound
+        self._outcome: ListenOutcome | None = None
+        #: whether we hold the relay engine (registered with the reactor)
+        self.engine_held = False
         self.setName(f"virtual:{self.virtual.name}")
 
-    def _bind(self) -> None:
-        if self.sockets:
-            return
+    # -- IListener ------------------------------------------------------------
+
+    def start_listening(self) -> defer.Deferred:
+        """Bind every endpoint (once: later calls get the first outcome)."""
+        if self._outcome is None:
+            self._outcome = ListenOutcome(self._bind())
+        return self._outcome.deferred()
+
+    def _bind(self) -> defer.Deferred:
         sockets = []
         for bind in self.binds:
             try:
@@ -365,62 +386,94 @@ class TCPVirtualServer(service.Service):
             except OSError as e:
                 for s in sockets:
                     s.close()
-                # SystemExit: twistd prints the message and exits 1, no traceback.
-                raise SystemExit(f"lbframe: virtual {self.virtual.name}: cannot listen on "
-                                 f"{bind}: {e.strerror}") from None
+                return defer.fail(ListenError(self.virtual.name, bind.description or str(bind),
+                                              e.strerror or str(e)))
         self.sockets = sockets
+        return defer.succeed(sockets)
+
+    def addresses(self) -> list:
+        """One ``IPv4Address``/``IPv6Address`` per listening socket."""
+        return [_address(s.getsockname()) for s in self.sockets]
 
     def privilegedStartService(self) -> None:
         # Bind (and open the access log) here, so that ports below 1024 and
-        # root-owned log folders work before twistd drops root (--uid).
-        self._bind()
+        # root-owned log folders work before twistd drops root (--uid). A
+        # failure is the site service's to report (start_listening again).
+        self.start_listening().addErrback(reported_elsewhere)
         if self.access_log_setting is not None:
             access_log_for(*self.access_log_setting)
         super().privilegedStartService()
 
     def startService(self) -> None:
-        self._bind()
         super().startService()
         if self.access_log_setting is not None:
             self.access_log = access_log_for(*self.access_log_setting)
-        if hasattr(self.io, "acquire"):
+        self.gate.configure(self.max_connections)
+        outcome = self.start_listening()
+        outcome.addCallbacks(self._accepting, reported_elsewhere)
+
+    def _accepting(self, _) -> None:
+        """Bound: accept on every socket."""
+        if not self.running or not self.sockets or self.acceptors:
+            return
+        if not self.engine_held:
+            # Once per listener: the relay engine is shared by the process.
+            self.engine_held = True
             self.io.acquire()
         self.acceptors = [_Acceptor(self, s) for s in self.sockets]
         for acceptor in self.acceptors:
             self.io.addReader(acceptor)
-        self.gate.configure(self.max_connections)
         self.gate.add(self)
         log.info("virtual {virtual} listening on {where}", virtual=self.virtual.name,
                  where=", ".join(str(self.bound_address(s)) for s in self.sockets))
 
     def stopService(self):
-        self.stop_listening()
+        closed = self.stop_listening()
         self.close_all("stopping")
-        if self.running and hasattr(self.io, "release"):
-            # Once: the relay engine is shared by every listener of the process.
+        if self.engine_held:
+            self.engine_held = False
             self.io.release()
         self.timeouts.stop()
-        return super().stopService()
+        super().stopService()
+        return closed
 
-    # -- the listener-service API (reload and graceful stop) ----------------
+    def apply(self, balancer: Balancer, protocol) -> None:
+        """A reload kept our endpoints: connections accepted from now on
+        use ``balancer`` (established ones finish with the decision they
+        made), and we take ``protocol``'s ``access_log`` and ``[lbframe]
+        max_connections`` settings."""
+        self._use_balancer(balancer)
+        self.max_connections = protocol.max_connections
+        self.gate.configure(self.max_connections)
+        setting = protocol.access_log
+        self.access_log_setting = setting
+        self.access_log = access_log_for(*setting) if setting is not None else None
 
-    def set_balancer(self, balancer: Balancer) -> None:
-        """Connections accepted from now on use ``balancer`` (a reload that
-        kept this virtual server's endpoints); established ones finish with
-        the decision they made."""
+    def _use_balancer(self, balancer: Balancer) -> None:
         self.balancer = balancer
         self.virtual = balancer.virtual
         spec = self.virtual.spec
         self.idle_step = min(spec.timeout_client, spec.timeout_server) / 4
 
-    def stop_listening(self) -> None:
-        """Close the listening sockets; established connections go on."""
+    def set_balancer(self, balancer: Balancer) -> None:
+        """Deprecated: :meth:`apply` (kept until the site service calls it)."""
+        self._use_balancer(balancer)
+
+    def set_protocol(self, protocol) -> None:
+        """Deprecated: :meth:`apply` (kept until the site service calls it)."""
+        self.apply(self.balancer, protocol)
+
+    def stop_listening(self) -> defer.Deferred:
+        """Close the listening sockets; established connections go on. The
+        sockets are closed when this returns (the Deferred has fired)."""
+        self._outcome = None
         self.gate.remove(self)
         for acceptor in self.acceptors:
             self.io.removeReader(acceptor)
         for s in self.sockets:
             s.close()
         self.acceptors, self.sockets = [], []
+        return defer.succeed(None)
 
     def connection_count(self) -> int:
         """Client connections still open."""
@@ -508,15 +561,6 @@ class TCPVirtualServer(service.Service):
             "total_ms": (self.clock.seconds() - conn.started) * 1000.0,
             "outcome": reason,
         })
-
-    def set_protocol(self, protocol) -> None:
-        """A reload kept our endpoints: take the new ``access_log`` and
-        ``[lbframe] max_connections`` settings."""
-        self.max_connections = getattr(protocol, "max_connections", None)
-        self.gate.configure(self.max_connections)
-        setting = getattr(protocol, "access_log", None)
-        self.access_log_setting = setting
-        self.access_log = access_log_for(*setting) if setting is not None else None
 
     def connection_closed(self, conn: Connection, reason: str) -> None:
         if conn.tick is not None:

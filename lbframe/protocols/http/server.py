@@ -3,9 +3,8 @@
 It owns what the virtual server's connections share: the listening ports
 (any Twisted server endpoint, so ``ssl:`` terminates TLS here), the member
 connections kept alive for reuse, one timer wheel for every connection's
-timeouts, and the access log. It implements the listener API the service
-uses for reload and graceful stop: ``set_balancer``, ``stop_listening``,
-``connection_count`` and ``close_all``.
+timeouts, and the access log. It is an :class:`lbframe.interfaces.IListener`
+(what the site service uses to start, reload and drain it).
 """
 
 from __future__ import annotations
@@ -17,12 +16,16 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from lbframe.accesslog import access_log_for
+from lbframe.errors import ListenError
+from lbframe.interfaces import IListener
 from lbframe.protocols.accept import AcceptGate, GatedPort, SourceCounts
 from lbframe.protocols.endpoints import tcp_bind
 from lbframe.protocols.http.client import ClientConnection
 from lbframe.protocols.http.members import IdleConnections
+from lbframe.protocols.listening import ListenOutcome, reported_elsewhere, why_not
 from lbframe.protocols.timeouts import TimerWheel
 
 log = Logger(namespace="lbframe.http")
@@ -112,6 +115,7 @@ class _ClientFactory(Factory):
         return conn
 
 
+@implementer(IListener)
 class HTTPVirtualServer(service.Service):
     def __init__(self, balancer, settings: HTTPSettings, reactor, clock=None,
                  gate: AcceptGate | None = None):
@@ -137,73 +141,93 @@ class HTTPVirtualServer(service.Service):
         self.idle = IdleConnections(self.clock, settings.member_keepalive,
                                     settings.member_idle_timeout)
         self.connections: set[ClientConnection] = set()
-        self.ports: list = []
+        #: the binding's outcome (start_listening), None when not bound
+        self._outcome: ListenOutcome | None = None
         self.stopping = False
         self.access_log = None
         self.setName(f"virtual:{self.virtual.name}")
 
-    # -- listening -----------------------------------------------------------
+    # -- IListener ----------------------------------------------------------------
 
-    def _listen(self) -> None:
-        if self.ports:
-            return
-        ports = []
-        for listener in self.settings.listen:
-            description = listener.description
+    def start_listening(self) -> defer.Deferred:
+        """Listen on every endpoint (once: later calls get the first
+        outcome). An endpoint whose ``listen()`` answers later is waited for."""
+        if self._outcome is None:
+            self._outcome = ListenOutcome(self._listen())
+        return self._outcome.deferred()
+
+    def _listen(self) -> defer.Deferred:
+        listeners = self.settings.listen
+        attempts = []
+        for listener in listeners:
             scheme = b"http" if listener.tls is None else b"https"
-            outcome = []
-            listener.listen(self.reactor, _ClientFactory(self, scheme),
-                            self.gate).addBoth(outcome.append)
-            result = outcome[0] if outcome else None
-            if isinstance(result, Failure) or result is None:
-                for port in ports:
-                    port.stopListening()
-                why = result.getErrorMessage() if isinstance(result, Failure) else "no answer"
-                # SystemExit: twistd prints the message and exits 1, no traceback.
-                raise SystemExit(f"lbframe: virtual {self.virtual.name}: cannot listen on "
-                                 f"{description}: {why}")
-            ports.append(result)
-        self.ports = ports
+            attempts.append(defer.maybeDeferred(listener.listen, self.reactor,
+                                                _ClientFactory(self, scheme), self.gate))
+        done = defer.DeferredList(attempts, consumeErrors=True)
+        return done.addCallback(self._listened, listeners)
+
+    def _listened(self, results, listeners):
+        ports = [port for ok, port in results if ok]
+        failed = [(listener, failure) for listener, (ok, failure) in zip(listeners, results)
+                  if not ok]
+        if not failed:
+            return ports
+        listener, failure = failed[0]
+        error = ListenError(self.virtual.name, listener.description, why_not(failure))
+        # Nothing stays bound: close the endpoints that did listen first.
+        closing = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports],
+                                      consumeErrors=True)
+        return closing.addBoth(lambda _: Failure(error))
+
+    @property
+    def ports(self) -> list:
+        """The listening ports (none until bound, or once stopped)."""
+        outcome = self._outcome
+        return outcome.value if outcome is not None and outcome.succeeded else []
 
     def privilegedStartService(self) -> None:
-        # Bind (and open the access log) before twistd drops root (--uid).
-        self._listen()
+        # Bind (and open the access log) before twistd drops root (--uid). A
+        # failure is the site service's to report (start_listening again).
+        self.start_listening().addErrback(reported_elsewhere)
         access_log_for(self.settings.access_log, self.settings.access_log_json)
         super().privilegedStartService()
 
     def startService(self) -> None:
-        self._listen()
         super().startService()
         self.stopping = False
         self.access_log = access_log_for(self.settings.access_log, self.settings.access_log_json)
         self.idle.start()
         self.gate.configure(self.settings.max_connections_process)
-        self.gate.add(self)
+        listening = self.start_listening()
+        listening.addCallbacks(self._accepting, reported_elsewhere, callbackArgs=(self._outcome,))
+
+    def _accepting(self, _, outcome) -> None:
+        """Bound (maybe later than startService): take part in the accept gate."""
+        if not self.running or outcome is not self._outcome:
+            return  # stopped (or stopped and started again) meanwhile
+        self.gate.add(self)  # (which pauses us if the gate is closed)
         log.info("virtual {virtual} (http) listening on {where}", virtual=self.virtual.name,
                  where=", ".join(str(p.getHost()) for p in self.ports))
 
     def stopService(self):
-        self.stop_listening()
+        closed = self.stop_listening()
         self.close_all("stopping")
         self.idle.stop()
         self.timeouts.stop()
-        return super().stopService()
+        super().stopService()
+        return closed
 
     def addresses(self) -> list:
         """Where we listen (``IAddress`` per port): tests use the port numbers."""
         return [p.getHost() for p in self.ports]
 
-    # -- the listener API (reload, graceful stop) ---------------------------------
-
-    def set_balancer(self, balancer) -> None:
-        """Requests that start from now on use ``balancer`` (reload)."""
+    def apply(self, balancer, protocol) -> None:
+        """A reload kept our endpoints: requests that start from now on use
+        ``balancer``; we take the new protocol's settings (limits, timeouts,
+        sorry page, member TLS) and certificates, keeping the listening
+        sockets (their TLS options are swapped in place)."""
         self.balancer = balancer
         self.virtual = balancer.virtual
-
-    def set_protocol(self, protocol) -> None:
-        """A reload kept our endpoints: take the new protocol's settings
-        (limits, timeouts, sorry page, member TLS) and certificates, keeping
-        the listening sockets (their TLS options are swapped in place)."""
         new = protocol.settings
         for old_listener, new_listener in zip(self.settings.listen, new.listen):
             if old_listener.tls is not None and new_listener.tls is not None:
@@ -220,16 +244,35 @@ class HTTPVirtualServer(service.Service):
         self.idle.idle_timeout = new.member_idle_timeout
         self.access_log = access_log_for(new.access_log, new.access_log_json)
 
-    def stop_listening(self):
+    def set_balancer(self, balancer) -> None:
+        """Deprecated: :meth:`apply` (kept until the site service calls it)."""
+        self.balancer = balancer
+        self.virtual = balancer.virtual
+
+    def set_protocol(self, protocol) -> None:
+        """Deprecated: :meth:`apply` (kept until the site service calls it)."""
+        self.apply(self.balancer, protocol)
+
+    def stop_listening(self) -> defer.Deferred:
         """Stop accepting; established connections finish their current
-        request and close (``Connection: close`` on their next response)."""
-        ports, self.ports = self.ports, []
+        request and close (``Connection: close`` on their next response).
+        Fires once the ports are closed (after a ``listen()`` still under
+        way has answered)."""
+        outcome, self._outcome = self._outcome, None
         self.stopping = True
         self.gate.remove(self)
         for conn in list(self.connections):
             if not conn.exchanges:
                 conn.close()
-        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+        if outcome is None:
+            return defer.succeed(None)
+        d = outcome.deferred()
+
+        def close(_):
+            return defer.gatherResults([defer.maybeDeferred(p.stopListening)
+                                        for p in outcome.value])
+
+        return d.addCallbacks(close, lambda _: None)
 
     def connection_count(self) -> int:
         return len(self.connections)
@@ -248,7 +291,8 @@ class HTTPVirtualServer(service.Service):
 
     def resume_accepting(self) -> None:
         for port in self.ports:
-            if getattr(port, "connected", True) and not getattr(port, "disconnecting", False):
+            # (a port whose stopListening is under way stays stopped)
+            if port.connected and not port.disconnecting:
                 port.startReading()
 
     # -- connections -----------------------------------------------------------
