@@ -219,8 +219,9 @@ class Side:
 class Relay:
     """Relays between a client socket and a member socket.
 
-    ``io`` is where sockets are registered for readiness: the reactor, or
-    the :class:`lbframe.protocols.engine.RelayEngine` that stands in for it.
+    ``io`` is where sockets are registered for readiness: an
+    :class:`lbframe.protocols.engine.IRelayIO` (the process's
+    ``RelayEngine``, or ``ReactorIO`` around a reactor).
 
     ``on_close(relay, reason)`` is called once, when both sockets are closed.
     """
@@ -301,16 +302,11 @@ class Relay:
             return
         self.closed = True
         self.close_reason = reason
-        io = self.io
-        forget = getattr(io, "forget", None)
+        forget = self.io.forget
         for side in (self.client, self.member):
             if side is None:
                 continue
-            if forget is not None:
-                forget(side)  # closing the socket takes it out of epoll
-            else:
-                io.removeReader(side)
-                io.removeWriter(side)
+            forget(side)  # (closing the socket takes it out of the engine's epoll)
             side.pending = None
             if not side.eof:
                 _drain(side.sock)

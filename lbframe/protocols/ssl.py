@@ -134,7 +134,7 @@ class SSLProtocol:
 
     def __init__(self, virtual, options, site=None):
         reject_unknown_options(options, "protocol ssl")
-        if getattr(virtual, "certificates", None) is not None:
+        if virtual.certificates is not None:
             raise OptionError("certificates", "protocol ssl passes TLS through to the members, "
                                               "which hold the certificates; to terminate TLS "
                                               "here use protocol http with certificates")

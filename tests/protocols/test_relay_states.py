@@ -6,6 +6,7 @@ from __future__ import annotations
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from lbframe.protocols.engine import ReactorIO
 from lbframe.protocols.relay import Relay
 from tests.test_relay import _pair, pump
 
@@ -25,7 +26,7 @@ class ReadStateTests(SynchronousTestCase):
         m_lb, m_app = _pair()
         self.addCleanup(c_app.close)
         self.addCleanup(m_app.close)
-        relay = relay_class(reactor, c_lb, lambda r, why: None)
+        relay = relay_class(ReactorIO(reactor), c_lb, lambda r, why: None)
         if relay_class is _TimedRelay:
             relay.firsts = 0
         relay.set_member(m_lb, peeker=peeker)
