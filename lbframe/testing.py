@@ -27,7 +27,8 @@ What is here:
   missing.
 - Contract tests, mixins for a trial test case, that every built-in passes
   too: :class:`SchedulerContract`, :class:`MonitorContract`,
-  :class:`PersistenceMethodContract`, :class:`PersistenceStoreContract`.
+  :class:`PersistenceMethodContract`, :class:`PersistenceStoreContract`;
+  :class:`ListenerContract` for a protocol's listener (real sockets).
 - :func:`start_site`, :class:`HTTPBackends` and :func:`fetch`: a tiny real
   site on 127.0.0.1, loaded exactly as ``twistd lbframe`` loads one, for an
   end-to-end test.
