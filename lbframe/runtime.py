@@ -89,6 +89,27 @@ class Member:
     def address(self) -> Address:
         return self.spec.address
 
+    # Counters the data path reports without its pool (see PoolState's
+    # connection_opened/connection_closed for those the pool must know).
+
+    def relayed(self, bytes_in: int, bytes_out: int) -> None:
+        """``bytes_in`` went from a client to this member, ``bytes_out``
+        back (http counts an exchange's bytes when it ends, which may be
+        after its connection was closed with ``connection_closed``)."""
+        self.bytes_in += bytes_in
+        self.bytes_out += bytes_out
+
+    def misbehaved(self) -> None:
+        """The member broke the protocol (a malformed response, bytes nobody
+        asked for): counted in ``failures``, not for passive health (the
+        caller logs it; ``PoolState.member_failed`` is for failures that are)."""
+        self.failures += 1
+
+    def remember_sockaddr(self, sockaddr: tuple) -> tuple:
+        """Keep the (family, sockaddr) the first connect resolved; returns it."""
+        self.sockaddr = sockaddr
+        return sockaddr
+
     @property
     def priority(self) -> int:
         return self.spec.priority
@@ -511,22 +532,37 @@ class PoolState:
                 return
 
     # -- connections (hot path: keep lean) -------------------------------
+    #
+    # The data path (tcp, ssl, http) accounts a member's connections, bytes
+    # and failures through these methods, member_failed and the Member's
+    # relayed/misbehaved only: the pool owns its members' state, and its
+    # scheduler and passive health are told as they change.
 
-    def take(self, member: Member) -> None:
+    def connection_opened(self, member: Member) -> None:
+        """A connection (or an http request) to ``member`` starts."""
         member.active += 1
         member.total += 1
         self.scheduler.connection_taken(member)
         if member.passive.probe == PROBE_READY:
             self._probe_sent(member)
 
-    def release(self, member: Member) -> None:
+    def connection_closed(self, member: Member, bytes_in: int = 0, bytes_out: int = 0) -> None:
+        """It ended, having relayed ``bytes_in`` from the client to
+        ``member`` and ``bytes_out`` back."""
         member.active -= 1
+        if bytes_in or bytes_out:
+            member.bytes_in += bytes_in
+            member.bytes_out += bytes_out
         if not member.removed:
             self.scheduler.connection_released(member)
         if member.passive.probe == PROBE_SENT:
             self._probe_ended(member)
         if self.queue:
             self.wake_waiters()
+
+    #: the words schedulers' tests use
+    take = connection_opened
+    release = connection_closed
 
 
 @attrs.define(eq=False)

@@ -27,7 +27,8 @@ What is here:
   missing.
 - Contract tests, mixins for a trial test case, that every built-in passes
   too: :class:`SchedulerContract`, :class:`MonitorContract`,
-  :class:`PersistenceMethodContract`, :class:`PersistenceStoreContract`.
+  :class:`PersistenceMethodContract`, :class:`PersistenceStoreContract`;
+  :class:`ListenerContract` for a protocol's listener (real sockets).
 - :func:`start_site`, :class:`HTTPBackends` and :func:`fetch`: a tiny real
   site on 127.0.0.1, loaded exactly as ``twistd lbframe`` loads one, for an
   end-to-end test.
@@ -679,6 +680,347 @@ class PersistenceStoreContract:
             clock.advance(40)
             self.assertEqual((yield defer.maybeDeferred(store.get, "used")), "a")
         self.assertIsNone((yield defer.maybeDeferred(store.get, "idle")))
+
+
+# -- the listener contract (IListener) -------------------------------------
+
+class _ContractMember(protocol.Protocol):
+    """A member that answers a request (a complete HTTP head) with a tiny
+    HTTP/1.0 response carrying its name, at once or, while its factory's
+    ``hold`` is set, when the test says :meth:`_ContractMembers.release`."""
+
+    def connectionMade(self):
+        self.data = b""
+        self.factory.connections.append(self)
+
+    def dataReceived(self, data):
+        self.data += data
+        if b"\r\n\r\n" not in self.data:
+            return
+        if self.factory.hold:
+            self.factory.held.append(self)
+        else:
+            self.answer()
+
+    def answer(self):
+        body = self.factory.name.encode()
+        self.transport.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close"
+                             b"\r\n\r\n%s" % (len(body), body))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.factory.connections.remove(self)
+
+
+class _ContractClient(protocol.Protocol):
+    """A client of the listener: sends ``first`` once connected, collects
+    what comes back, ``done`` fires with it when the connection ends."""
+
+    def __init__(self, first: bytes):
+        self.first = first
+        self.data = b""
+        self.done = defer.Deferred()
+
+    def connectionMade(self):
+        if self.first:
+            self.transport.write(self.first)
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.done.callback(self.data)
+
+
+class ListenerContract:
+    """What every virtual server's listener must do
+    (:class:`~lbframe.interfaces.IListener`), checked with real sockets on
+    127.0.0.1. Mix into ``twisted.trial.unittest.TestCase`` and set
+    ``protocol`` (the ``protocol =`` name) and, for a plugin, ``factory``
+    (the :class:`~lbframe.interfaces.IProtocol` factory it registers);
+    ``virtual_keys`` adds ``key = value`` lines to the virtual server.
+
+    Members are tiny servers answering an HTTP/1.0 request with their name
+    (:meth:`contract_member`); clients talk through the listener
+    (:meth:`contract_client_endpoint`). A protocol that is not a TCP
+    stream (``udp``) or wraps one (``ssl``: TLS to the member) overrides
+    the ``contract_*`` methods that say how to listen, connect, occupy a
+    port and see a refusal.
+    """
+
+    factory: Callable[..., Any] = None
+    protocol = "contract"
+    virtual_keys: dict = {}
+    #: a whole request, and the start of one (a connection left waiting)
+    contract_request = b"GET / HTTP/1.0\r\n\r\n"
+    contract_partial = b"GET / HTTP/1.0\r\n"
+    #: how long a paused listener is watched not serving, seconds
+    contract_pause_watch = 0.3
+    #: the longest any wait here lasts, seconds
+    contract_timeout = 5.0
+
+    # -- what a non-TCP protocol overrides ------------------------------------
+
+    def contract_endpoint(self, port: int) -> str:
+        """The ``listen`` endpoint string for ``port`` on 127.0.0.1."""
+        return f"tcp:{port}:interface=127.0.0.1"
+
+    def contract_member(self, factory):
+        """Start a member server for ``factory`` on 127.0.0.1: its port
+        (with ``getHost().port`` and ``stopListening()``)."""
+        from twisted.internet import reactor
+
+        return reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+    def contract_client_endpoint(self, port: int):
+        """The client endpoint that reaches the listener on ``port``."""
+        from twisted.internet import reactor
+
+        return TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=self.contract_timeout)
+
+    def contract_occupy(self):
+        """A socket holding a port of the listener's kind: (socket, port)."""
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        return s, s.getsockname()[1]
+
+    def contract_port_is_free(self, port: int) -> bool:
+        """Whether a listener of this kind could bind ``port`` now."""
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    @defer.inlineCallbacks
+    def contract_assert_refused(self, port: int):
+        """Nothing listens on ``port`` any more: a connection is refused."""
+        from twisted.internet.error import ConnectionRefusedError
+
+        try:
+            client = yield connectProtocol(self.contract_client_endpoint(port),
+                                           _ContractClient(b""))
+        except ConnectionRefusedError:
+            return
+        client.transport.abortConnection()
+        self.fail(f"port {port} still accepts connections after stop_listening")
+
+    # -- building blocks ----------------------------------------------------------
+
+    def contract_members(self, *names: str) -> dict:
+        """Start members ``names``: name → their factory (``hold``, ``held``,
+        ``connections``, ``port``)."""
+        members = {}
+        for name in names:
+            factory = protocol.Factory.forProtocol(_ContractMember)
+            factory.noisy = False
+            factory.name, factory.hold, factory.held, factory.connections = name, False, [], []
+            factory.port = self.contract_member(factory)
+            self.addCleanup(factory.port.stopListening)
+            members[name] = factory
+        return members
+
+    def contract_runtime(self, members: dict, listen: str | None = None):
+        """A site runtime with virtual server ``contract`` (this protocol,
+        listening on ``listen``) balancing over ``members``."""
+        from twisted.internet import reactor
+
+        from lbframe.config import parse_site
+        from lbframe.plugins import load_plugins
+        from lbframe.service import build_runtime
+
+        plugins = load_plugins(entry_points=False)
+        if self.protocol not in plugins.protocols:
+            plugins.protocols.add(self.protocol, self.factory)
+        keys = "".join(f"{k} = {v}\n" for k, v in self.virtual_keys.items())
+        lines = "".join(f"member {name} = 127.0.0.1:{f.port.getHost().port}\n"
+                        for name, f in members.items())
+        text = (f"[virtual contract]\nlisten = {listen or self.contract_endpoint(0)}\n"
+                f"protocol = {self.protocol}\npool = p\n{keys}\n[pool p]\n{lines}")
+        runtime = build_runtime(parse_site(text, "contract.ini"), plugins, reactor)
+        self.addCleanup(lambda: [pool.stop() for pool in runtime.pools.values()])
+        return runtime
+
+    def contract_listener(self, members: dict, listen: str | None = None):
+        """The listener of :meth:`contract_runtime`, started as the site
+        service starts it (and stopped when the test ends)."""
+        from twisted.internet import reactor
+
+        runtime = self.contract_runtime(members, listen)
+        listener = runtime.protocols["contract"].make_service(runtime.balancers["contract"],
+                                                               reactor)
+        listener.privilegedStartService()
+        listener.startService()
+        self.addCleanup(lambda: listener.stopService() if listener.running else None)
+        return listener
+
+    @defer.inlineCallbacks
+    def contract_connect(self, port: int, first: bytes):
+        client = yield connectProtocol(self.contract_client_endpoint(port), _ContractClient(first))
+        self.addCleanup(lambda: client.transport.abortConnection()
+                        if client.transport.connected else None)
+        return client
+
+    @defer.inlineCallbacks
+    def contract_answer(self, client) -> Any:
+        """The member name in what ``client`` got back before the end."""
+        from twisted.internet import reactor
+
+        data = yield client.done.addTimeout(self.contract_timeout, reactor)
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1."), f"not an HTTP response: {data[:200]!r}")
+        return body.decode()
+
+    @defer.inlineCallbacks
+    def contract_fetch(self, port: int):
+        client = yield self.contract_connect(port, self.contract_request)
+        return (yield self.contract_answer(client))
+
+    @defer.inlineCallbacks
+    def contract_until(self, predicate, what: str):
+        from twisted.internet import reactor, task
+
+        deadline = reactor.seconds() + self.contract_timeout
+        while not predicate():
+            if reactor.seconds() > deadline:
+                self.fail(f"not within {self.contract_timeout:g}s: {what}")
+            yield task.deferLater(reactor, 0.005, lambda: None)
+
+    @staticmethod
+    def contract_port(listener) -> int:
+        addresses = listener.addresses()
+        assert addresses, "addresses() is empty while listening"
+        return addresses[0].port
+
+    # -- the promises ---------------------------------------------------------------
+
+    def test_contract_provides_ilistener(self):
+        from lbframe.interfaces import IListener
+
+        runtime = self.contract_runtime(self.contract_members("a"))
+        listener = runtime.protocols["contract"].make_service(runtime.balancers["contract"],
+                                                               MemoryReactorClock())
+        try:
+            verify_provides(IListener, listener)
+        except AssertionError as e:
+            self.fail(str(e))
+
+    @defer.inlineCallbacks
+    def test_contract_listens_and_serves(self):
+        listener = self.contract_listener(self.contract_members("a"))
+        self.assertIsNone((yield listener.start_listening()))
+        self.assertEqual(len(listener.addresses()), 1)
+        port = self.contract_port(listener)
+        self.assertEqual((yield self.contract_fetch(port)), "a")
+        # Asking again gives the first outcome: no second bind.
+        self.assertIsNone((yield listener.start_listening()))
+        self.assertEqual(self.contract_port(listener), port)
+        self.assertEqual((yield self.contract_fetch(port)), "a")
+
+    @defer.inlineCallbacks
+    def test_contract_endpoint_in_use(self):
+        from lbframe.errors import ListenError
+
+        busy, busy_port = self.contract_occupy()
+        self.addCleanup(busy.close)
+        free = closed_port()
+        endpoint = self.contract_endpoint(busy_port)
+        listener = self.contract_listener(
+            self.contract_members("a"), f"{self.contract_endpoint(free)}, {endpoint}")
+        first = yield self.assertFailure(listener.start_listening(), ListenError)
+        self.assertEqual(first.virtual, "contract")
+        self.assertEqual(first.endpoint, endpoint)
+        self.assertIn("virtual contract: cannot listen on " + endpoint, str(first))
+        self.assertTrue(first.why)
+        self.assertEqual(listener.addresses(), [])
+        self.assertTrue(self.contract_port_is_free(free),
+                        "the endpoint that did bind was left bound")
+        again = yield self.assertFailure(listener.start_listening(), ListenError)
+        self.assertEqual(str(again), str(first))
+        self.assertIsInstance(listener.stop_listening(), defer.Deferred)
+
+    @defer.inlineCallbacks
+    def test_contract_stop_listening(self):
+        members = self.contract_members("a")
+        listener = self.contract_listener(members)
+        yield listener.start_listening()
+        port = self.contract_port(listener)
+        members["a"].hold = True
+        established = yield self.contract_connect(port, self.contract_request)
+        yield self.contract_until(lambda: members["a"].held, "the member got the request")
+        stopped = listener.stop_listening()
+        self.assertIsInstance(stopped, defer.Deferred)
+        yield stopped
+        self.assertEqual(listener.addresses(), [])
+        yield self.contract_assert_refused(port)
+        # Established connections go on.
+        members["a"].held.pop().answer()
+        self.assertEqual((yield self.contract_answer(established)), "a")
+        self.assertIsInstance(listener.stop_listening(), defer.Deferred)
+
+    @defer.inlineCallbacks
+    def test_contract_counts_and_closes_connections(self):
+        from twisted.internet import reactor
+
+        listener = self.contract_listener(self.contract_members("a"))
+        yield listener.start_listening()
+        port = self.contract_port(listener)
+        self.assertEqual(listener.connection_count(), 0)
+        clients = []
+        for _ in range(2):
+            clients.append((yield self.contract_connect(port, self.contract_partial)))
+        yield self.contract_until(lambda: listener.connection_count() == 2,
+                                  "connection_count() says 2")
+        listener.close_all("contract test")
+        for client in clients:
+            yield client.done.addTimeout(self.contract_timeout, reactor)
+        yield self.contract_until(lambda: listener.connection_count() == 0,
+                                  "connection_count() back to 0 after close_all")
+
+    @defer.inlineCallbacks
+    def test_contract_apply(self):
+        members = self.contract_members("a", "b")
+        listener = self.contract_listener({"a": members["a"]})
+        yield listener.start_listening()
+        port = self.contract_port(listener)
+        members["a"].hold = True
+        established = yield self.contract_connect(port, self.contract_request)
+        yield self.contract_until(lambda: members["a"].held, "member a got the request")
+        again = self.contract_runtime({"b": members["b"]})
+        listener.apply(again.balancers["contract"], again.protocols["contract"])
+        self.assertEqual(self.contract_port(listener), port, "apply() rebound the socket")
+        self.assertEqual((yield self.contract_fetch(port)), "b")
+        members["a"].held.pop().answer()
+        self.assertEqual((yield self.contract_answer(established)), "a")
+
+    @defer.inlineCallbacks
+    def test_contract_pause_and_resume_accepting(self):
+        from twisted.internet import reactor, task
+
+        listener = self.contract_listener(self.contract_members("a"))
+        yield listener.start_listening()
+        port = self.contract_port(listener)
+        listener.pause_accepting()
+        answer = self.contract_fetch(port)
+        got = []
+
+        def seen(result):
+            got.append(result)
+            return result
+
+        answer.addBoth(seen)
+        yield task.deferLater(reactor, self.contract_pause_watch, lambda: None)
+        self.assertEqual(got, [], "a paused listener served a connection")
+        self.assertEqual(listener.connection_count(), 0)
+        listener.resume_accepting()
+        self.assertEqual((yield answer), "a")
+
+
+__all__.append("ListenerContract")
 
 
 # -- a tiny real site on 127.0.0.1 ---------------------------------------

@@ -11,6 +11,7 @@ import socket
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from lbframe.protocols.engine import ReactorIO
 from lbframe.protocols.relay import CHUNK, Relay
 
 
@@ -50,7 +51,8 @@ class RelayTests(SynchronousTestCase):
     def make(self, small=False):
         c_app, c_lb = _pair(small)
         m_lb, m_app = _pair(small)
-        relay = Relay(self.reactor, c_lb, lambda r, why: self.closed.append(why), member=m_lb)
+        relay = Relay(ReactorIO(self.reactor), c_lb, lambda r, why: self.closed.append(why),
+                      member=m_lb)
         relay.start()
         self.addCleanup(c_app.close)
         self.addCleanup(m_app.close)

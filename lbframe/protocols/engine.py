@@ -7,9 +7,12 @@ that set's file descriptor with the reactor, and when the reactor says it is
 readable, dispatches the ready sockets directly. Timers, monitors, the
 admin server and everything else stay on the reactor as usual.
 
-The engine offers the reactor's ``addReader``/``removeReader``/
-``addWriter``/``removeWriter`` so the relay cannot tell it from a reactor
-(tests drive the relay on a ``MemoryReactor``).
+What the relay and the tcp listener need from where their sockets wait is
+declared by :class:`IRelayIO`: the reactor's ``addReader``/``removeReader``/
+``addWriter``/``removeWriter`` plus three calls the engine makes cheaper
+(``switch_to_reading``, ``forget``) or needs (``acquire``/``release``).
+:class:`RelayEngine` provides it; :class:`ReactorIO` provides it on a plain
+reactor (tests drive the relay on a ``MemoryReactor`` through it).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import select
 import weakref
 
 from twisted.internet.interfaces import IReadDescriptor
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -30,7 +33,62 @@ ROUNDS = 4
 _engines: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-@implementer(IReadDescriptor)
+class IRelayIO(Interface):
+    """Where relayed sockets wait for readiness."""
+
+    def addReader(desc):
+        """Call ``desc.doRead()`` while its socket is readable."""
+
+    def removeReader(desc):
+        """Stop that."""
+
+    def addWriter(desc):
+        """Call ``desc.doWrite()`` while its socket is writable."""
+
+    def removeWriter(desc):
+        """Stop that."""
+
+    def switch_to_reading(desc):
+        """A connect finished: stop waiting to write, start reading."""
+
+    def forget(desc):
+        """``desc``'s socket is about to be closed: stop watching it."""
+
+    def acquire():
+        """A listener starts using this (once per listener)."""
+
+    def release():
+        """A listener stopped using this (once per ``acquire``)."""
+
+
+@implementer(IRelayIO)
+class ReactorIO:
+    """:class:`IRelayIO` on a plain reactor: each socket registered with the
+    reactor itself (tests, with a ``MemoryReactor``; a reactor without epoll)."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.addReader = reactor.addReader
+        self.removeReader = reactor.removeReader
+        self.addWriter = reactor.addWriter
+        self.removeWriter = reactor.removeWriter
+
+    def switch_to_reading(self, desc) -> None:
+        self.reactor.removeWriter(desc)
+        self.reactor.addReader(desc)
+
+    def forget(self, desc) -> None:
+        self.reactor.removeReader(desc)
+        self.reactor.removeWriter(desc)
+
+    def acquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+@implementer(IReadDescriptor, IRelayIO)
 class RelayEngine:
     def __init__(self, reactor):
         self.reactor = reactor

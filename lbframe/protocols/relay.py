@@ -58,10 +58,25 @@ class Side:
 
     As a reader it moves bytes from its socket to the peer's; as a writer
     it flushes what the peer sent that its socket could not take at once.
+
+    How it reads is a small state machine, held in the ``doRead`` slot (the
+    bound method the reactor or engine calls), so that the relaying state,
+    where nearly every read happens, pays nothing for the other two:
+
+    ``relaying`` (:meth:`relay_read`)
+        The hot path: one ``recv_into``, one ``send``. Every side ends here.
+    ``first`` (:meth:`_first_read`, the member's side, ``first_response``)
+        The first read tells the relay (``Relay.first_response``: the time
+        to the member's first byte is a response-time sample), then goes on
+        in ``peeking`` when a peeker is set, else in ``relaying``.
+    ``peeking`` (:meth:`_peek_read`, after :meth:`read_states` with a peeker)
+        Relays as ``relaying`` does and hands each chunk it relayed to the
+        peeker (``ssl`` looks for the member's ServerHello), ``b""`` once the
+        socket reached its end; :meth:`stop_peeking` goes to ``relaying``.
     """
 
     __slots__ = ("relay", "sock", "fd", "peer", "pending", "eof", "name", "nbytes",
-                 "is_member", "recv_into", "peer_send")
+                 "is_member", "recv_into", "peer_send", "doRead", "peeker")
 
     def __init__(self, relay: "Relay", sock: socket.socket, name: str):
         self.relay = relay
@@ -75,6 +90,10 @@ class Side:
         self.name = name
         self.is_member = name == "member"
         self.nbytes = 0  # bytes read from this side
+        #: the read state (see the class doc)
+        self.doRead = self.relay_read
+        #: called with each chunk relayed while ``peeking``
+        self.peeker: Callable[[bytes], None] | None = None
 
     def fileno(self) -> int:
         return self.fd
@@ -82,7 +101,49 @@ class Side:
     def logPrefix(self) -> str:
         return f"lbframe.relay.{self.name}"
 
-    def doRead(self):
+    # -- the read states ---------------------------------------------------------
+
+    def read_states(self, first_response: bool,
+                    peeker: Callable[[bytes], None] | None = None) -> None:
+        """Choose the first read state: ``first`` when ``first_response``,
+        else ``peeking`` when a ``peeker`` is given, else ``relaying``."""
+        self.peeker = peeker
+        if first_response:
+            self.doRead = self._first_read
+        elif peeker is not None:
+            self.doRead = self._peek_read
+        else:
+            self.doRead = self.relay_read
+
+    def stop_peeking(self) -> None:
+        """Leave ``peeking`` (or, from ``first``, skip it): relay only."""
+        self.peeker = None
+        if self.doRead != self._first_read:
+            self.doRead = self.relay_read
+
+    def _first_read(self):
+        self.doRead = self._peek_read if self.peeker is not None else self.relay_read
+        self.relay.first_response()
+        return self.doRead()
+
+    def _peek_read(self):
+        before = self.nbytes
+        self.relay_read()
+        n = self.nbytes - before
+        # relay_read leaves the chunk in the buffer, unless it closed the
+        # connection (the close drains through that buffer).
+        if self.relay.closed or self.peeker is None:
+            return None
+        if n:
+            self.peeker(bytes(_view[:n]))
+        elif self.eof:
+            peeker = self.peeker
+            self.stop_peeking()
+            peeker(b"")
+        return None
+
+    def relay_read(self):
+        """Read a chunk and pass it on (the ``relaying`` state)."""
         try:
             n = self.recv_into(_buffer)
         except OSError as e:
@@ -155,28 +216,12 @@ class Side:
         self.connectionLost(reason)
 
 
-class FirstResponseSide(Side):
-    """The member's side until its first bytes arrive.
-
-    Its first read tells the relay (``first_response``) — the time to the
-    member's first response byte is a response-time sample — and then it
-    becomes a plain :class:`Side` (same slots, so ``__class__`` can change),
-    so that later reads pay nothing for the measurement.
-    """
-
-    __slots__ = ()
-
-    def doRead(self):
-        self.__class__ = Side
-        self.relay.first_response()
-        return Side.doRead(self)
-
-
 class Relay:
     """Relays between a client socket and a member socket.
 
-    ``io`` is where sockets are registered for readiness: the reactor, or
-    the :class:`lbframe.protocols.engine.RelayEngine` that stands in for it.
+    ``io`` is where sockets are registered for readiness: an
+    :class:`lbframe.protocols.engine.IRelayIO` (the process's
+    ``RelayEngine``, or ``ReactorIO`` around a reactor).
 
     ``on_close(relay, reason)`` is called once, when both sockets are closed.
     """
@@ -199,11 +244,14 @@ class Relay:
         self.waiting_for_client = True
         self.close_reason = ""
 
-    def set_member(self, sock: socket.socket) -> None:
-        """Attach (or replace, after a failed connect) the member's socket."""
+    def set_member(self, sock: socket.socket,
+                   peeker: Callable[[bytes], None] | None = None) -> None:
+        """Attach (or replace, after a failed connect) the member's socket;
+        ``peeker`` is shown what the member sends until it says
+        ``self.member.stop_peeking()`` (see :class:`Side`)."""
         client = self.client
-        side = FirstResponseSide if self.wants_first_response else Side
-        member = self.member = side(self, sock, "member")
+        member = self.member = Side(self, sock, "member")
+        member.read_states(self.wants_first_response, peeker)
         client.peer, member.peer = member, client
         client.peer_send, member.peer_send = sock.send, client.sock.send
 
@@ -217,7 +265,7 @@ class Relay:
     wants_first_response = False
 
     def first_response(self) -> None:
-        """The member's first bytes have arrived (see FirstResponseSide)."""
+        """The member's first bytes have arrived (see :class:`Side`)."""
 
     def connect_finished(self, failed: bool) -> None:  # overridden by users that connect
         """The member socket's connect ended: writable (``failed=False``) or
@@ -254,16 +302,11 @@ class Relay:
             return
         self.closed = True
         self.close_reason = reason
-        io = self.io
-        forget = getattr(io, "forget", None)
+        forget = self.io.forget
         for side in (self.client, self.member):
             if side is None:
                 continue
-            if forget is not None:
-                forget(side)  # closing the socket takes it out of epoll
-            else:
-                io.removeReader(side)
-                io.removeWriter(side)
+            forget(side)  # (closing the socket takes it out of the engine's epoll)
             side.pending = None
             if not side.eof:
                 _drain(side.sock)

@@ -13,8 +13,8 @@ hellos, garbage) close the connection, logged and counted as refused.
 With a learning persistence method (``ssl-session-id``) the member's first
 bytes are peeked as they are relayed, until its ServerHello is complete;
 the balancer learns from it (the session id the member chose). Later bytes
-take the plain relay path: the peeking side turns itself into a plain
-:class:`lbframe.protocols.relay.Side` (as ``FirstResponseSide`` does).
+take the plain relay path: the member's side leaves its ``peeking`` read
+state (see :class:`lbframe.protocols.relay.Side`).
 """
 
 from __future__ import annotations
@@ -28,47 +28,11 @@ from lbframe import hookimpl
 from lbframe.accesslog import access_log_setting
 from lbframe.errors import OptionError, reject_unknown_options
 from lbframe.interfaces import IProtocol
-from lbframe.protocols import relay as _relay
 from lbframe.protocols.endpoints import tcp_bind
-from lbframe.protocols.relay import Side
 from lbframe.protocols.tcp import Connection, FirstBytesReader, TCPVirtualServer
 from lbframe.tls.hello import MAX_INPUT, HelloError, parse_client_hello, parse_server_hello
 
 log = Logger(namespace="lbframe.ssl")
-
-
-class _FirstServerHelloSide(Side):
-    """The member's side before its first bytes: times the first response
-    (as ``FirstResponseSide``), then peeks like :class:`_ServerHelloSide`."""
-
-    __slots__ = ()
-
-    def doRead(self):
-        self.__class__ = _ServerHelloSide
-        self.relay.first_response()
-        return _ServerHelloSide.doRead(self)
-
-
-class _ServerHelloSide(Side):
-    """The member's side until its ServerHello has passed: relays as a
-    :class:`Side` does, and shows the connection what went by."""
-
-    __slots__ = ()
-
-    def doRead(self):
-        before = self.nbytes
-        Side.doRead(self)
-        relay = self.relay
-        n = self.nbytes - before
-        # Side.doRead leaves the chunk in the relay's shared buffer, unless
-        # it closed the connection (the close drains through that buffer).
-        if relay.closed:
-            return None
-        if n:
-            relay.member_spoke(bytes(_relay._view[:n]))
-        elif self.eof:
-            relay.stop_peeking()
-        return None
 
 
 class SSLConnection(Connection):
@@ -83,16 +47,20 @@ class SSLConnection(Connection):
         self.server_bytes = None
 
     def set_member(self, sock) -> None:
-        super().set_member(sock)
         profile = self.server.balancer.persistence
         if profile is not None and profile.method.learns:
-            self.member.__class__ = _FirstServerHelloSide
             self.server_bytes = b""
+            super().set_member(sock, peeker=self.member_spoke)
         else:
             self.server_bytes = None
+            super().set_member(sock)
 
     def member_spoke(self, chunk: bytes) -> None:
-        """The member sent ``chunk`` (already relayed to the client)."""
+        """The member sent ``chunk`` (already relayed to the client; ``b""``:
+        it has nothing more to send)."""
+        if not chunk:
+            self.server_bytes = None
+            return
         data = self.server_bytes + chunk
         try:
             hello = parse_server_hello(data)
@@ -117,8 +85,8 @@ class SSLConnection(Connection):
 
     def stop_peeking(self) -> None:
         self.server_bytes = None
-        if self.member is not None and type(self.member) is not Side:
-            self.member.__class__ = Side
+        if self.member is not None:
+            self.member.stop_peeking()
 
 
 class _ClientHelloReader(FirstBytesReader):
@@ -166,7 +134,7 @@ class SSLProtocol:
 
     def __init__(self, virtual, options, site=None):
         reject_unknown_options(options, "protocol ssl")
-        if getattr(virtual, "certificates", None) is not None:
+        if virtual.certificates is not None:
             raise OptionError("certificates", "protocol ssl passes TLS through to the members, "
                                               "which hold the certificates; to terminate TLS "
                                               "here use protocol http with certificates")

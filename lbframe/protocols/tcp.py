@@ -138,7 +138,7 @@ class Connection(Relay):
         member = decision.member
         addr = member.sockaddr
         if addr is None:
-            addr = member.sockaddr = sockaddr_of(member.spec.address)
+            addr = member.remember_sockaddr(sockaddr_of(member.spec.address))
         family, sockaddr = addr
         # The C socket type: the relay needs none of socket.socket's Python
         # layer, and creating it non-blocking saves a system call.
@@ -150,7 +150,7 @@ class Connection(Relay):
             self._refuse(f"cannot open a socket to a member: {e.strerror}")
             return
         self.decision = decision
-        decision.pool.take(member)
+        decision.pool.connection_opened(member)
         self.tries += 1
         sock.setsockopt(_TCP, _NODELAY, 1)
         err = sock.connect_ex(sockaddr)
@@ -175,11 +175,8 @@ class Connection(Relay):
             self.io.removeWriter(self.member)
             self._connect_failed(connect_error(err) if err else "connect failed")
             return
-        switch = getattr(self.io, "switch_to_reading", None)
-        if switch is not None:
-            switch(self.member)
-        else:
-            self.io.removeWriter(self.member)
+        # One epoll_ctl: start() then finds the member's side already reading.
+        self.io.switch_to_reading(self.member)
         self.connected()
 
     #: measure the time to the member's first byte (a response-time sample)
@@ -241,7 +238,7 @@ class Connection(Relay):
         self.connecting = None
         member, pool = self.decision.member, self.decision.pool
         pool.member_failed(member, reason, self.context.client_host)
-        pool.release(member)
+        pool.connection_closed(member)
         self.decision = None
         try:
             self.member.sock.close()
@@ -346,7 +343,7 @@ class TCPVirtualServer(service.Service):
         self.binds = binds
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
-        #: where relayed sockets wait for readiness (see engine.py)
+        #: where relayed sockets wait for readiness (an IRelayIO, see engine.py)
         self.io = io if io is not None else RelayEngine.for_reactor(reactor)
         spec = self.virtual.spec
         self.idle_step = min(spec.timeout_client, spec.timeout_server) / 4
@@ -573,11 +570,10 @@ class TCPVirtualServer(service.Service):
         if self.access_log is not None:
             self._log_connection(conn, reason)
         if decision is not None:
-            member = decision.member
-            decision.pool.release(member)
-            member.bytes_in += conn.client.nbytes
-            if conn.member is not None:
-                member.bytes_out += conn.member.nbytes
+            member_side = conn.member
+            decision.pool.connection_closed(
+                decision.member, conn.client.nbytes,
+                member_side.nbytes if member_side is not None else 0)
             conn.decision = None
         if conn in self.connections:
             self.connections.discard(conn)

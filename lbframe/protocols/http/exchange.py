@@ -191,12 +191,10 @@ class Exchange:
         client = self.client
         self.context = RequestContext(client.client_host, client.client_port,
                                       server.virtual.name, self.head)
-        prepare = getattr(server.balancer, "prepare", None)
-        if prepare is not None:
-            waiting = prepare(self.context)
-            if waiting is not None:
-                waiting.addCallback(lambda _: None if self.done else self.decide())
-                return
+        waiting = server.balancer.prepare(self.context)
+        if waiting is not None:
+            waiting.addCallback(lambda _: None if self.done else self.decide())
+            return
         self.decide()
 
     def decide(self) -> None:
@@ -262,7 +260,7 @@ class Exchange:
         server = self.server
         self.decision = decision
         member = decision.member
-        decision.pool.take(member)
+        decision.pool.connection_opened(member)
         self.tries += 1
         now = server.clock.seconds()
         if self.t_queue is None:
@@ -351,7 +349,7 @@ class Exchange:
         decision = self.decision
         member, pool = decision.member, decision.pool
         pool.member_failed(member, why, self.client.client_host)
-        pool.release(member)
+        pool.connection_closed(member)
         if may_retry and self.tries < MAX_TRIES:
             self.decision = None
             self.excluded.append(member)
@@ -463,8 +461,7 @@ class Exchange:
         server.virtual.responses[_STATUS_CLASS.get(head.status // 100, "5xx")] += 1
         self.member_keep_alive = member_keep_alive
         self.framing = framing
-        responded = getattr(server.balancer, "responded", None)
-        extra = responded(self.context, decision, head) if responded is not None else ()
+        extra = server.balancer.responded(self.context, decision, head)
         client_11 = self.head.version == "1.1"
         if head.status == 101:
             self.response_started = True
@@ -512,7 +509,7 @@ class Exchange:
         log.warn("member {pool}/{member}: {reason} (client {client})",
                  pool=decision.pool.name, member=decision.member.name,
                  reason=error.reason, client=self.client.client_host)
-        decision.member.failures += 1
+        decision.member.misbehaved()
         self._fail(502, error.reason)
 
     def member_lost(self, conn, reason) -> None:
@@ -645,10 +642,9 @@ class Exchange:
             self.queue_call.cancel()
         decision = self.decision
         if decision is not None and not released:
-            decision.pool.release(decision.member)
-        if decision is not None:
-            decision.member.bytes_in += self.bytes_in
-            decision.member.bytes_out += self.bytes_out
+            decision.pool.connection_closed(decision.member, self.bytes_in, self.bytes_out)
+        elif decision is not None:
+            decision.member.relayed(self.bytes_in, self.bytes_out)
         if conn is not None and not conn.lost:
             conn.exchange = None
             conn.parser.sink = None
@@ -673,7 +669,7 @@ class Exchange:
                  "connection closed, nothing of them relayed (client {client})",
                  pool=decision.pool.name, member=decision.member.name,
                  client=self.client.client_host)
-        decision.member.failures += 1
+        decision.member.misbehaved()
 
     def refused(self, error: HTTPError) -> None:
         """Not started yet and its body turned out malformed: drop what was

@@ -114,7 +114,7 @@ class MemberConnection(Protocol):
         if self.idle_list is not None and self.idle_since is not None:
             self.idle_list.discard(self)
         member = self.member
-        member.failures += 1
+        member.misbehaved()
         what = "bytes" if size is None else f"{size} bytes"
         log.warn("member {pool}/{member}: sent {what} on an idle connection; "
                  "connection closed", pool=member.pool, member=member.name, what=what)

@@ -269,8 +269,9 @@ class HTTPVirtualServer(service.Service):
         d = outcome.deferred()
 
         def close(_):
-            return defer.gatherResults([defer.maybeDeferred(p.stopListening)
-                                        for p in outcome.value])
+            closing = defer.gatherResults([defer.maybeDeferred(p.stopListening)
+                                           for p in outcome.value])
+            return closing.addCallback(lambda _: None)
 
         return d.addCallbacks(close, lambda _: None)
 
