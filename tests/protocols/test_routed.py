@@ -490,3 +490,34 @@ class CheckTests(SynchronousTestCase):
         self.assertIsNone(checks.check_privileges(euid=0, caps=0))
         self.assertIn("apt-get install nftables", checks.check_nft(which=lambda name: None))
         self.assertIsNone(checks.check_nft(which=lambda name: "/usr/sbin/nft"))
+
+
+class StatusTests(SynchronousTestCase):
+    """The next hops' nftables counters in /api/status, /metrics and the page."""
+
+    def test_status_metrics_and_page(self):
+        from lbframe.admin.metrics import make_registry, render_metrics
+        from lbframe.admin.page import render_page
+        from lbframe.admin.status import site_status
+        from lbframe.protocols.routed import program
+
+        maker = ListenerTests("test_provides_ilistener")
+        runtime, listener, clock = maker.make()
+        self.addCleanup(listener.stop_listening)
+        self.patch(program, "_shared", {1: maker.programmer})
+        self.successResultOf(listener.start_listening())
+        maker.nft.values = {"v0_1_pkts": (30, 3000), "v0_1_flows": (3, 180),
+                            "v0_2_pkts": (7, 700), "v0_drop": (0, 0)}
+        clock.advance(2.0)
+        status = site_status(runtime)["virtuals"]["out"]
+        self.assertEqual(status["next_hops"], {
+            "fw1": {"packets": 30, "bytes": 3000, "flows": 3},
+            "fw2": {"packets": 7, "bytes": 700, "flows": 0}})
+        self.assertEqual(status["dropped_packets"], 0)
+        metrics = render_metrics(make_registry(lambda: runtime)).decode()
+        self.assertIn('lbframe_next_hop_packets_total{member="fw1",virtual="out"} 30.0', metrics)
+        self.assertIn('lbframe_next_hop_flows_total{member="fw1",virtual="out"} 3.0', metrics)
+        page = render_page(site_status(runtime))
+        if isinstance(page, bytes):
+            page = page.decode()
+        self.assertIn('data-next-hop="fw1"', page)

@@ -345,3 +345,18 @@ def shared(reactor) -> Programmer:
     if programmer is None:
         programmer = _shared[id(reactor)] = Programmer(reactor)
     return programmer
+
+
+def next_hop_status(virtual: str) -> dict:
+    """For the admin API: the next hops of routed virtual server ``virtual``
+    (member name → packets, bytes and new flows steered to it, from the
+    nftables counters, refreshed every COUNTER_INTERVAL seconds) and the
+    packets dropped for want of a live next hop."""
+    hops: dict = {}
+    dropped = 0
+    for programmer in _shared.values():
+        for (vname, member), c in programmer.counters.items():
+            if vname == virtual:
+                hops[member] = {"packets": c.packets, "bytes": c.bytes, "flows": c.flows}
+        dropped += programmer.dropped.get(virtual, 0)
+    return {"next_hops": hops, "dropped_packets": dropped}
