@@ -281,6 +281,24 @@ class Sandwich:
                 raise RuntimeError(f"nodes steer to {got}, not {want} after {deadline}s")
             time.sleep(0.1)
 
+    def status(self, node: str) -> dict:
+        """lbframe's /api/status in ``node`` (its admin is on the node's loopback)."""
+        code = ("import json, urllib.request; print(urllib.request.urlopen("
+                "'http://127.0.0.1:8404/api/status', timeout=5).read().decode())")
+        return json.loads(self.exec(node, self.python, "-c", code))
+
+    def next_hops(self, node: str, wait_flows: int = 0, deadline: float = 10.0) -> dict:
+        """The per-next-hop counters lbframe shows for ``node``'s virtual
+        server; waits until they count ``wait_flows`` flows (they are read
+        from the kernel every 2 s)."""
+        start = time.monotonic()
+        while True:
+            hops = self.status(node)["virtuals"]["steer"]["next_hops"]
+            if sum(h["flows"] for h in hops.values()) >= wait_flows \
+                    or time.monotonic() - start > deadline:
+                return hops
+            time.sleep(0.25)
+
     # -- traffic ----------------------------------------------------------------
 
     def flows(self, sources, timeout=2.0) -> list[dict]:
@@ -377,6 +395,10 @@ def demo(sw: Sandwich) -> None:
         sw.reset_counters()
         flows = sw.flows(sources())
         show(f"{mode}: 40 flows from 30 client addresses", check_flows(flows, sw.seen()))
+        for node in ("lb-a", "lb-b"):
+            hops = sw.next_hops(node, wait_flows=40 if node == "lb-a" else 0)
+            print(f"   lbframe in {node} (/api/status): " + ", ".join(
+                f"{name} {h['flows']} flows {h['packets']} packets" for name, h in hops.items()))
         print(f"\n   taking {FIREWALLS[0]} down (its links)")
         sw.take_down(FIREWALLS[0])
         took = sw.wait_live({"lb-a": {FIREWALLS[1]}, "lb-b": {FIREWALLS[1]}})

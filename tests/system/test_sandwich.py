@@ -116,6 +116,11 @@ class SandwichTests(SynchronousTestCase):
         # the firewall predicted in Python, on both nodes.
         for flow in summary["symmetric"]:
             self.assertEqual(flow["there"], [predicted(flow["src"])], flow)
+        # lbframe's status shows the kernel's counters per next hop: LB-A
+        # steered every new flow, each to the firewall that saw it.
+        hops = self.sw.next_hops("lb-a", wait_flows=40)
+        self.assertEqual({n: h["flows"] for n, h in hops.items()}, summary["by_firewall"])
+        self.assertTrue(all(h["packets"] >= 3 * h["flows"] for h in hops.values()), hops)
         self.survive_failure("hash")
         self.stop_and_check_removed()
 
