@@ -646,12 +646,17 @@ def _member(name: str, text: str) -> MemberSpec:
 
 
 def _member_address(text: str) -> Address:
-    """``HOST:PORT``; a bare IP literal is a next hop of a routed pool
-    (port 0), refused for other protocols by :func:`_check_references`."""
+    """``HOST:PORT``; an IPv4 address alone or ``[IPV6]`` is a next hop of a
+    routed pool (port 0), refused for other protocols by
+    :func:`_check_references`."""
+    literal = text[1:-1] if text.startswith("[") and text.endswith("]") else text
     try:
-        return Address(str(ipaddress.ip_address(text)), 0)
+        address = ipaddress.ip_address(literal)
     except ValueError:
         return parse_address(text)
+    if address.version == 6 and literal == text:
+        return parse_address(text)  # "::1:8080": brackets needed, as for any address
+    return Address(str(address), 0)
 
 
 def _members(keys: _Keys) -> tuple[MemberSpec, ...]:
@@ -1014,11 +1019,12 @@ def _check_references(site: Site) -> None:
                 pool = site.pools.get(pool_name)
                 for member in pool.members if pool is not None else ():
                     if member.address.port == 0:
+                        # Only a routed pool's next hops go without a port.
+                        shown = member.address.host if ":" not in member.address.host \
+                            else f"[{member.address.host}]"
                         raise pool.source.error(
                             f"member {member.name}",
-                            f"member {member.name} has no port (use HOST:PORT); only the "
-                            f"next hops of protocol routed go without, and virtual "
-                            f"{virtual.name} is protocol {virtual.protocol}")
+                            f"bad address {shown!r} (missing port: use HOST:PORT)")
         profile = site.persistence.get(virtual.persistence)
         if profile is not None and profile.method == "ssl-session-id" \
                 and virtual.protocol != "ssl":

@@ -458,7 +458,12 @@ class ConfigTests(SynchronousTestCase):
 
     def test_portless_member_refused_for_tcp(self):
         text = "[virtual web]\nlisten = tcp:8080\npool = p\n[pool p]\nmember a = 192.0.2.1\n"
-        self.assertIn("member a has no port", self.error(text))
+        self.assertIn("member a: bad address '192.0.2.1' (missing port: use HOST:PORT)",
+                      self.error(text))
+        text = "[virtual web]\nlisten = tcp:8080\npool = p\n[pool p]\nmember a = ::1:8080\n"
+        self.assertIn("write IPv6 addresses in brackets", self.error(text))
+        v6 = self.build(site_text().replace("198.18.2.6", "[2001:db8::6]"))
+        self.assertEqual(v6.pools["fws"].members["fw2"].spec.address.host, "2001:db8::6")
 
 
 class CheckTests(SynchronousTestCase):
