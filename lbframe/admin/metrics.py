@@ -158,7 +158,8 @@ class RuntimeCollector:
 
     def _next_hops(self, runtime) -> Iterator[Metric]:
         """protocol routed: what the kernel steered to each next hop."""
-        routed = [name for name, v in runtime.virtuals.items() if v.spec.protocol == "routed"]
+        routed = [name for name, v in runtime.virtuals.items()
+                  if v.spec.protocol in ("routed", "nat")]
         if not routed:
             return
         from lbframe.protocols.routed.program import next_hop_status

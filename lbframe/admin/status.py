@@ -82,7 +82,7 @@ def virtual_status(virtual: VirtualState) -> dict[str, Any]:
         "pool": spec.pool,
         "refused": virtual.refused,
     }
-    if spec.protocol == "routed":
+    if spec.protocol in ("routed", "nat"):
         # the kernel's counters per next hop (lbframe.protocols.routed)
         from lbframe.protocols.routed.program import next_hop_status
         status.update(next_hop_status(spec.name))

@@ -524,7 +524,7 @@ def build_global(keys: _Keys) -> Global:
 # [virtual NAME]
 
 #: Built-in protocols that are not http: rules and sorry pages mean nothing there.
-_NOT_HTTP = ("tcp", "udp", "ssl", "routed")
+_NOT_HTTP = ("tcp", "udp", "ssl", "routed", "nat")
 
 
 def _sorry(base_dir: str, text: str) -> tuple[str | None, str | None]:

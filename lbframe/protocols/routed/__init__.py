@@ -32,6 +32,7 @@ from lbframe.errors import ListenError, OptionError
 from lbframe.interfaces import IListener, IProtocol
 from lbframe.protocols.routed import program as program_module
 from lbframe.protocols.routed import routing as checks
+from lbframe.protocols.routed.nat import NatProtocol
 from lbframe.protocols.routed.ruleset import NextHop, VirtualPlan
 from lbframe.protocols.routed.traffic import parse_traffic
 from lbframe.schedulers.symmetric_hash import BUCKETS, bucket_table, parse_seed
@@ -293,3 +294,4 @@ class RoutedVirtualServer(service.Service):
 @hookimpl
 def lbframe_register_protocols(registry):
     registry.add("routed", RoutedProtocol)
+    registry.add("nat", NatProtocol)

@@ -255,7 +255,7 @@ class Programmer:
     @defer.inlineCallbacks
     def _apply(self):
         plans = self.plans()
-        hops = {h.slot: h for plan in plans for h in plan.hops}
+        hops = {h.slot: h for plan in plans for h in plan.routes}
         for slot, hop in hops.items():
             if self.routing.installed.get(slot) != (hop.family, hop.address, hop.device):
                 self.routing.install(slot, hop.family, hop.address, hop.device)

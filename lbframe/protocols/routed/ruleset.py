@@ -41,6 +41,9 @@ from lbframe.protocols.routed.traffic import Traffic
 TABLE = "lbframe"
 FAMILY = "inet"
 CHAIN = "prerouting"
+#: protocol nat: the dnat rules, and the per-member counters after translation
+NAT_CHAIN = "nat_pre"
+COUNT_CHAIN = "counting"
 #: marks are MARK_BASE + slot (slot 1..255); "LB" in the high half
 MARK_BASE = 0x4C420000
 #: routing tables and rule priorities: BASE + slot
@@ -87,6 +90,11 @@ class VirtualPlan:
     last_hop: bool = False
     #: family → bucket → member name (symmetric-hash and weighted)
     buckets: tuple[tuple[int, tuple[str, ...]], ...] = ()
+
+    @property
+    def routes(self) -> tuple[NextHop, ...]:
+        """The next hops that need policy routing."""
+        return self.hops
 
     @property
     def stateless(self) -> bool:
@@ -245,19 +253,34 @@ def _table() -> dict:
 
 
 def ruleset(plans) -> dict:
-    """The whole transaction that replaces lbframe's table with ``plans``'s rules."""
+    """The whole transaction that replaces lbframe's table with ``plans``'s
+    rules (routed :class:`VirtualPlan` and nat plans alike)."""
+    from lbframe.protocols.routed.nat import NatPlan, nat_rules
+
     commands = [{"add": _table()}, {"delete": _table()}, {"add": _table()}]
     for plan in plans:
         for name in counter_names(plan):
             commands.append({"add": {"counter": {"family": FAMILY, "table": TABLE,
                                                  "name": name}}})
-    commands.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": CHAIN,
-                                       "type": "filter", "hook": "prerouting",
-                                       "prio": -150, "policy": "accept"}}})
+    chains = {CHAIN: ("filter", "prerouting", -150)}
+    rules: dict[str, list] = {CHAIN: []}
     for plan in plans:
-        for expr in virtual_rules(plan):
+        if isinstance(plan, NatPlan):
+            dnat, count = nat_rules(plan, drop_counter_name(plan), counter_name)
+            chains[NAT_CHAIN] = ("nat", "prerouting", -100)
+            chains[COUNT_CHAIN] = ("filter", "forward", 0)
+            rules.setdefault(NAT_CHAIN, []).extend(dnat)
+            rules.setdefault(COUNT_CHAIN, []).extend(count)
+        else:
+            rules[CHAIN].extend(virtual_rules(plan))
+    for name, (kind, hook, prio) in chains.items():
+        commands.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name,
+                                           "type": kind, "hook": hook, "prio": prio,
+                                           "policy": "accept"}}})
+    for name in chains:
+        for expr in rules.get(name, ()):
             commands.append({"add": {"rule": {"family": FAMILY, "table": TABLE,
-                                              "chain": CHAIN, "expr": expr}}})
+                                              "chain": name, "expr": expr}}})
     return {"nftables": commands}
 
 
