@@ -526,3 +526,19 @@ class StatusTests(SynchronousTestCase):
         if isinstance(page, bytes):
             page = page.decode()
         self.assertIn('data-next-hop="fw1"', page)
+
+
+class BackupTests(SynchronousTestCase):
+    def test_backup_next_hop_only_when_no_other_is_live(self):
+        text = site_text(scheduler="round-robin").replace(
+            "member fw2 = 198.18.2.6", "member fw2 = 198.18.2.6 backup")
+        maker = ListenerTests("test_provides_ilistener")
+        runtime, listener, _ = maker.make(text)
+        self.addCleanup(listener.stop_listening)
+        self.successResultOf(listener.start_listening())
+        live = {h.name for h in maker.programmer.applied[0].hops if h.live}
+        self.assertEqual(live, {"fw1"})
+        pool = runtime.pools["fws"]
+        pool.set_admin(pool.members["fw1"], "disabled", "test")
+        live = {h.name for h in maker.programmer.applied[0].hops if h.live}
+        self.assertEqual(live, {"fw2"})

@@ -101,6 +101,14 @@ class RoutedProtocol:
         return RoutedVirtualServer(balancer, self, programmer, kernel_checks=self.kernel_checks)
 
 
+def live_member(member, members) -> bool:
+    """Eligible, and not a ``backup`` while a member that is not is eligible."""
+    if not member.eligible or member.weight <= 0:
+        return False
+    return not member.backup or not any(m.eligible and not m.backup and m.weight > 0
+                                        for m in members)
+
+
 def default_kernel_checks(listener) -> str | None:
     """The start-up checks, first failure's words (None when all pass)."""
     families = {h[1] for h in listener.resolved.values()} or {4}
@@ -162,7 +170,7 @@ class RoutedVirtualServer(service.Service):
             address, family, device, mac = self.resolved[member.name]
             slot = slot_of((family, address, device))
             hops.append(NextHop(member.name, address, family, device, slot,
-                                live=member.eligible, mac=mac))
+                                live=live_member(member, members), mac=mac))
         proto = self.protocol
         buckets = ()
         if proto.scheduler != "round-robin":

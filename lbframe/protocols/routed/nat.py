@@ -146,10 +146,14 @@ def nat_rules(plan: NatPlan, drop_counter: str, counter_name) -> tuple[list, lis
 
 
 def make_plan(listener, index: int) -> NatPlan:
+    from lbframe.protocols.routed import live_member
+
     proto = listener.protocol
     members = list(listener.balancer.pool.members.values())
-    hops = tuple(NextHop(m.name, m.spec.address.host, ipaddress.ip_address(m.spec.address.host).version,
-                         "", i + 1, live=m.eligible) for i, m in enumerate(members))
+    hops = tuple(NextHop(m.name, m.spec.address.host,
+                         ipaddress.ip_address(m.spec.address.host).version,
+                         "", i + 1, live=live_member(m, members))
+                 for i, m in enumerate(members))
     buckets = ()
     if proto.scheduler != "round-robin" or proto.sticky:
         buckets = tuple(

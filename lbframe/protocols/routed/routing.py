@@ -77,7 +77,8 @@ class Routing:
                 raise ValueError(f"no interface {device!r}")
             ipr.route("replace", dst=_DEFAULT[family], table=table_of(slot), gateway=address,
                       oif=index[0], family=_AF[family])
-            if self.installed.get(slot, (None,))[0] != family or not self._has_rule(ipr, slot, family):
+            fresh = self.installed.get(slot, (None,))[0] != family
+            if fresh or not self._has_rule(ipr, slot, family):
                 self._del_rule(ipr, slot, family)
                 ipr.rule("add", table=table_of(slot), fwmark=mark_of(slot),
                          priority=RULE_PRIORITY_BASE + slot, family=_AF[family])
