@@ -395,6 +395,22 @@ class ListenerTests(SynchronousTestCase):
         clock.advance(1.0)
         self.assertEqual(len(self.nft.applied), 2, "no change, nothing applied")
 
+    def test_a_refused_change_is_retried_until_it_is_in(self):
+        runtime, listener, clock = self.make()
+        self.successResultOf(listener.start_listening())
+        self.nft.fail = "Error: netlink: Resource busy"
+        pool = runtime.pools["fws"]
+        pool.set_admin(pool.members["fw1"], "disabled", "test")
+        self.assertEqual(self.programmer.last_error, "Error: netlink: Resource busy")
+        clock.advance(1.0)
+        self.assertEqual(len(self.nft.applied), 1)
+        self.nft.fail = None
+        clock.advance(1.0)
+        self.assertEqual(len(self.nft.applied), 2)
+        self.assertIsNone(self.programmer.last_error)
+        steer = rules_of(self.nft.applied[-1])[0]
+        self.assertEqual({m for _, m in next(find(steer, "map"))["data"]["set"]}, {rs.mark_of(2)})
+
     def test_counters_carried_over_replacements(self):
         runtime, listener, clock = self.make()
         self.successResultOf(listener.start_listening())

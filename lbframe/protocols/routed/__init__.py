@@ -165,9 +165,12 @@ class RoutedVirtualServer(service.Service):
         self._resolve(strict=False)
         pool = self.balancer.pool
         members = [m for m in pool.members.values() if m.name in self.resolved]
+        devices = [self.resolved[m.name][2] for m in members]
         hops = []
         for member in members:
             address, family, device, mac = self.resolved[member.name]
+            if devices.count(device) < 2:
+                mac = None  # the link names the next hop; its MAC may come and go
             slot = slot_of((family, address, device))
             hops.append(NextHop(member.name, address, family, device, slot,
                                 live=live_member(member, members), mac=mac))

@@ -156,6 +156,8 @@ class Programmer:
         self.dropped: dict[str, int] = {}
         self._loop = None
         self._counter_loop = None
+        #: the last apply's error, logged once
+        self.last_error: str | None = None
 
     # -- listeners -----------------------------------------------------------
 
@@ -236,6 +238,7 @@ class Programmer:
 
         def done(result):
             self._running = None
+            self.last_error = None
             for w in waiters:
                 w.callback(None)
             if self._again or self._waiters:
@@ -243,8 +246,11 @@ class Programmer:
 
         def failed(f):
             self._running = None
-            log.error("routed: could not program the kernel: {error}",
-                      error=f.getErrorMessage(), lbframe_event="routed_failed")
+            # The reconcile loop retries every second: say each new error once.
+            if f.getErrorMessage() != self.last_error:
+                self.last_error = f.getErrorMessage()
+                log.error("routed: could not program the kernel: {error}",
+                          error=f.getErrorMessage(), lbframe_event="routed_failed")
             for w in waiters:
                 w.errback(f)
             if self._again or self._waiters:
