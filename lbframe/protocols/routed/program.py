@@ -193,7 +193,7 @@ class Programmer:
 
     def _reconcile(self):
         if self._running is None and self.plans() != self.applied:
-            self.request()
+            self.request().addErrback(lambda f: None)  # logged in _run
 
     # -- planning ------------------------------------------------------------
 
