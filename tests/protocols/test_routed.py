@@ -375,6 +375,16 @@ class ListenerTests(SynchronousTestCase):
         self.failureResultOf(listener.start_listening(), ListenError)
         self.assertEqual(self.nft.applied, [])
 
+    def test_twistd_exits_when_a_check_fails(self):
+        _, listener, _ = self.make(check=lambda listener: "IPv4 forwarding is off")
+        with self.assertRaises(SystemExit) as cm:
+            listener.privilegedStartService()
+        self.assertEqual(str(cm.exception), "lbframe: virtual out: cannot listen on "
+                         "iface:a-cli:daddr=198.18.9.0/24: IPv4 forwarding is off")
+        with self.assertRaises(SystemExit):
+            listener.startService()
+        self.assertFalse(listener.running)
+
     def test_nft_refusal_is_a_listen_error(self):
         _, listener, _ = self.make()
         self.nft.fail = "Error: Could not process rule"

@@ -234,13 +234,22 @@ class RoutedVirtualServer(service.Service):
         self._started.addCallback(relay)
         return d
 
+    def _exit_if_refused(self) -> None:
+        """A check that failed at once stops twistd as a failed bind does
+        (SystemExit: twistd prints the message and exits 1, no traceback)."""
+        if isinstance(self._outcome, Failure):
+            raise SystemExit(f"lbframe: {self._outcome.getErrorMessage()}")
+
     def privilegedStartService(self):
         service.Service.privilegedStartService(self)
         self.start_listening().addErrback(lambda f: None)
+        self._exit_if_refused()
 
     def startService(self):
-        service.Service.startService(self)
         d = self.start_listening()
+        self._exit_if_refused()
+        service.Service.startService(self)
+        # nft answers later: a refusal then is logged (the rules stay out).
         d.addErrback(lambda f: log.error("{error}", error=f.getErrorMessage(),
                                          lbframe_event="listener_failed"))
 

@@ -49,8 +49,9 @@ class Routing:
         with self._factory() as ipr:
             try:
                 routes = ipr.route("get", dst=address, family=_AF[family])
-            except Exception as exc:  # NetlinkError: unreachable, no route
-                raise ValueError(f"no route to {address}: {exc}") from None
+            except Exception as exc:  # NetlinkError(code, message): unreachable, no route
+                why = exc.args[1] if len(exc.args) == 2 else str(exc)
+                raise ValueError(f"no route to {address} ({why})") from None
             if not routes:
                 raise ValueError(f"no route to {address}")
             route = routes[0]
