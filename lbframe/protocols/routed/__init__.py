@@ -246,12 +246,14 @@ class RoutedVirtualServer(service.Service):
         self._exit_if_refused()
 
     def startService(self):
+        if isinstance(self._outcome, Failure):
+            self._exit_if_refused()
         d = self.start_listening()
-        self._exit_if_refused()
-        service.Service.startService(self)
         # nft answers later: a refusal then is logged (the rules stay out).
         d.addErrback(lambda f: log.error("{error}", error=f.getErrorMessage(),
                                          lbframe_event="listener_failed"))
+        self._exit_if_refused()
+        service.Service.startService(self)
 
     def stopService(self):
         service.Service.stopService(self)
