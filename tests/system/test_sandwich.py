@@ -186,3 +186,61 @@ class SandwichTests(SynchronousTestCase):
         flows, summary = self.run_flows(20)
         self.assert_all_symmetric(summary, 20, both=False)
         self.assertEqual(summary["by_firewall"], {"fw-a": 20, "fw-b": 0})
+
+
+class RulesetAcceptedTests(SynchronousTestCase):
+    """The kernel accepts every shape of ruleset lbframe generates (IPv4 and
+    IPv6, each scheduler, last-hop on own and shared links, nat, no live
+    next hop): each is loaded for real into a fresh namespace's nftables."""
+
+    def test_every_shape_loads(self):
+        import json
+        import subprocess
+
+        from lbframe.protocols.routed import ruleset as rs
+        from lbframe.protocols.routed.nat import NatPlan, parse_vip
+        from lbframe.protocols.routed.traffic import parse_traffic
+        from tests.system.netns import add_netns
+
+        require_system()
+        require(shutil.which("nft") is not None, "needs nft (nftables)")
+        netns = add_netns(self)
+        traffic = (parse_traffic("iface:cli:daddr=198.18.9.0/24+[2001:db8:9::]/48:proto=tcp+udp"
+                                 ":dport=80+8000-8080"),
+                   parse_traffic("iface:cli2:saddr=198.18.1.0/24"),
+                   parse_traffic("iface:cli3"))
+        hops = (rs.NextHop("fw-a", "198.18.2.2", 4, "fw-a", 1),
+                rs.NextHop("fw-b", "198.18.2.6", 4, "fw-b", 2, live=False),
+                rs.NextHop("fw-a", "2001:db8:2::2", 6, "fw-a", 3),
+                rs.NextHop("fw-c", "198.18.2.9", 4, "lan", 4, mac="02:00:00:00:00:09"),
+                rs.NextHop("fw-d", "198.18.2.10", 4, "lan", 5))
+        buckets = ((4, ("fw-a", "fw-c") * 125 + ("fw-a",)), (6, ("fw-a",) * 251))
+        plans = []
+        for i, (scheduler, last_hop) in enumerate([("symmetric-hash", False),
+                                                    ("symmetric-hash", True),
+                                                    ("round-robin", True),
+                                                    ("weighted", False)]):
+            plans.append(rs.VirtualPlan(i, f"v{i}", traffic, scheduler, hops,
+                                        hash_order="destination-source", seed=7,
+                                        last_hop=last_hop, buckets=buckets))
+        plans.append(rs.VirtualPlan(4, "dead", traffic[:1], "symmetric-hash",
+                                    tuple(rs.NextHop(h.name, h.address, h.family, h.device,
+                                                     h.slot, live=False) for h in hops)))
+        nat_hops = (rs.NextHop("web1", "198.18.30.11", 4, "", 1),
+                    rs.NextHop("web2", "2001:db8:30::12", 6, "", 2))
+        for i, (scheduler, sticky) in enumerate([("round-robin", False), ("weighted", False),
+                                                 ("source-hash", False), ("round-robin", True)]):
+            plans.append(NatPlan(5 + i, f"nat{i}",
+                                 (parse_vip("tcp:80:interface=198.18.20.1"),
+                                  parse_vip(r"udp:53:interface=2001\:db8\:20\:\:1")),
+                                 scheduler, nat_hops, (("web1", 8080), ("web2", 53)),
+                                 sticky=sticky,
+                                 buckets=((4, ("web1",) * 251), (6, ("web2",) * 251))))
+        for payload in (rs.ruleset(plans), rs.ruleset(plans[:1]), rs.removal()):
+            done = subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "-f", "-"],
+                                  input=json.dumps(payload), capture_output=True, text=True,
+                                  timeout=30)
+            self.assertEqual(done.returncode, 0, done.stderr)
+        listed = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "tables"],
+                                capture_output=True, text=True, timeout=30).stdout
+        self.assertNotIn("lbframe", listed)
