@@ -158,7 +158,7 @@ class SymmetricHash(SchedulerBase):
             self._table = bucket_table(self.members)
         return self._table
 
-    def pick(self, context, exclude):
+    def pick(self, context, exclude=()):
         table = self.table()
         try:
             packed = ipaddress.ip_address(context.client_host).packed
