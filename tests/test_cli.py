@@ -49,7 +49,7 @@ class CLITests(SynchronousTestCase):
         self.assertEqual(rc, 1)
         self.assertEqual(err, f"{path}:6: [pool web] scheduler: unknown scheduler 'wieghted' "
                               "(did you mean 'weighted'?); known: composite, least-connections, "
-                              "priority, response-time, round-robin, source-hash, weighted\n")
+                              "priority, response-time, round-robin, source-hash, symmetric-hash, weighted\n")
 
     def test_check_plugin_option_error_has_line(self):
         path = self.write(GOOD.replace("scheduler = weighted", "scheduler = weighted\nspeed = 3"))

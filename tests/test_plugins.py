@@ -45,7 +45,7 @@ class PluginTests(SynchronousTestCase):
         plugins = load_plugins(entry_points=False)
         self.assertEqual(plugins.schedulers.names(),
                          ["composite", "least-connections", "priority", "response-time",
-                          "round-robin", "source-hash", "weighted"])
+                          "round-robin", "source-hash", "symmetric-hash", "weighted"])
         self.assertIn("tcp", plugins.protocols)
         self.assertIn("tcp", plugins.monitors)
         self.assertEqual(plugins.schedulers.get("weighted").plugin, "lbframe.schedulers.weighted")
@@ -441,7 +441,7 @@ class MessageTests(SynchronousTestCase):
         self.assertEqual(plugins.schedulers.unknown_message("wieghted"),
                          "unknown scheduler 'wieghted' (did you mean 'weighted'?); "
                          "known: composite, least-connections, priority, response-time, "
-                         "round-robin, source-hash, weighted")
+                         "round-robin, source-hash, symmetric-hash, weighted")
         # A contract name that no loaded plugin provides (an empty registry,
         # so that the test does not depend on what is built in today).
         self.assertEqual(Registry("persistence_methods").unknown_message("source-ip"),

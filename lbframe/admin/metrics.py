@@ -148,12 +148,42 @@ class RuntimeCollector:
             for code, count in sorted((getattr(v, "responses", None) or {}).items()):
                 responses.add_metric([name, str(code)], count)
         yield from (active, total, refused, requests, responses)
+        yield from self._next_hops(runtime)
         queue = GaugeMetricFamily("lbframe_pool_queue_length",
                                   "connections waiting for a member of the pool "
                                   "(queue_timeout)", labels=["pool"])
         for name, pool in runtime.pools.items():
             queue.add_metric([name], len(pool.queue))
         yield queue
+
+    def _next_hops(self, runtime) -> Iterator[Metric]:
+        """protocol routed: what the kernel steered to each next hop."""
+        routed = [name for name, v in runtime.virtuals.items()
+                  if v.spec.protocol in ("routed", "nat")]
+        if not routed:
+            return
+        from lbframe.protocols.routed.program import next_hop_status
+        labels = ["virtual", "member"]
+        packets = CounterMetricFamily("lbframe_next_hop_packets_total",
+                                      "packets a routed virtual server steered to the next hop",
+                                      labels=labels)
+        nbytes = CounterMetricFamily("lbframe_next_hop_bytes_total",
+                                     "bytes a routed virtual server steered to the next hop",
+                                     labels=labels)
+        flows = CounterMetricFamily("lbframe_next_hop_flows_total",
+                                    "new flows a routed virtual server steered to the next hop",
+                                    labels=labels)
+        dropped = CounterMetricFamily("lbframe_routed_dropped_packets_total",
+                                      "packets a routed virtual server dropped: no live next hop",
+                                      labels=["virtual"])
+        for name in routed:
+            status = next_hop_status(name)
+            for member, c in status["next_hops"].items():
+                packets.add_metric([name, member], c["packets"])
+                nbytes.add_metric([name, member], c["bytes"])
+                flows.add_metric([name, member], c["flows"])
+            dropped.add_metric([name], status["dropped_packets"])
+        yield from (packets, nbytes, flows, dropped)
 
     def _site(self, runtime) -> Iterator[Metric]:
         state = getattr(runtime.redundancy, "state", "standalone")

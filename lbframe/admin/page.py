@@ -211,8 +211,19 @@ def _virtuals(virtuals: dict[str, dict], rates: Callable[..., list[float]]) -> s
             f"{_num(v.get('refused', ''))}"
             f'<td class="rate">{_e(_rate(recent[-1])) if recent else "-"} '
             f"{sparkline(recent)}</td></tr>\n")
-    return _table(["virtual server", "protocol", "listen", "pool", "active", "total",
-                   "refused", "recent rate"], rows)
+    out = _table(["virtual server", "protocol", "listen", "pool", "active", "total",
+                  "refused", "recent rate"], rows)
+    return out + "".join(_next_hops(name, v) for name, v in virtuals.items() if "next_hops" in v)
+
+
+def _next_hops(name: str, v: dict) -> str:
+    """protocol routed: the kernel's counters per next hop."""
+    rows = [f'<tr data-next-hop="{_e(member)}"><td>{_e(member)}</td>{_num(c.get("flows"))}'
+            f'{_num(c.get("packets"))}{_num(c.get("bytes"))}</tr>\n'
+            for member, c in v["next_hops"].items()]
+    return (f"<h3>{_e(name)}: next hops (dropped for want of one: "
+            f"{_e(v.get('dropped_packets', 0))} packets)</h3>\n"
+            + _table(["next hop", "flows", "packets", "bytes"], rows))
 
 
 def _last_check(m: dict, now: float | None) -> str:

@@ -73,7 +73,7 @@ def pool_status(pool: PoolState) -> dict[str, Any]:
 
 def virtual_status(virtual: VirtualState) -> dict[str, Any]:
     spec = virtual.spec
-    return {
+    status = {
         "protocol": spec.protocol,
         "listen": list(spec.listen),
         "connections_active": virtual.active,
@@ -82,6 +82,11 @@ def virtual_status(virtual: VirtualState) -> dict[str, Any]:
         "pool": spec.pool,
         "refused": virtual.refused,
     }
+    if spec.protocol in ("routed", "nat"):
+        # the kernel's counters per next hop (lbframe.protocols.routed)
+        from lbframe.protocols.routed.program import next_hop_status
+        status.update(next_hop_status(spec.name))
+    return status
 
 
 def redundancy_status(runtime) -> dict[str, Any]:

@@ -51,6 +51,8 @@ class Address:
         return ":" in self.host
 
     def __str__(self) -> str:
+        if self.port == 0:  # a routed pool's next hop: an address alone
+            return f"[{self.host}]" if self.is_ipv6 else self.host
         return f"[{self.host}]:{self.port}" if self.is_ipv6 else f"{self.host}:{self.port}"
 
     @property

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Mapping, TypeVar
 import attrs
 
 from lbframe.config.model import (
-    Global, MemberSpec, Monitor, Persistence, Pool, Redundancy, Rule, Site, Source,
+    Address, Global, MemberSpec, Monitor, Persistence, Pool, Redundancy, Rule, Site, Source,
     Virtual,
 )
 from lbframe.config.values import (
@@ -524,7 +524,7 @@ def build_global(keys: _Keys) -> Global:
 # [virtual NAME]
 
 #: Built-in protocols that are not http: rules and sorry pages mean nothing there.
-_NOT_HTTP = ("tcp", "udp", "ssl")
+_NOT_HTTP = ("tcp", "udp", "ssl", "routed", "nat")
 
 
 def _sorry(base_dir: str, text: str) -> tuple[str | None, str | None]:
@@ -534,11 +534,25 @@ def _sorry(base_dir: str, text: str) -> tuple[str | None, str | None]:
     return parse_name(text), None
 
 
+#: Protocols whose ``listen`` names traffic to steer (an interface and
+#: filters), not sockets: the protocol plugin parses it (lbframe.protocols.routed).
+ROUTED_PROTOCOLS = ("routed",)
+
+
+def _traffic(text: str) -> tuple[str, ...]:
+    items = parse_list(text)
+    for index, item in enumerate(items):
+        if item in items[:index]:
+            raise ValueError(f"{item!r} is listed twice")
+    return items
+
+
 def build_virtual(name: str, keys: _Keys) -> Virtual:
     base = keys.base_dir
-    listen = keys.require("listen", partial(_endpoints, base))
-    pool = keys.require("pool", parse_name)
     protocol = keys.take("protocol", parse_name, "tcp")
+    listen = keys.require("listen", _traffic if protocol in ROUTED_PROTOCOLS
+                          else partial(_endpoints, base))
+    pool = keys.require("pool", parse_name)
     for endpoint in listen:
         if protocol == "udp" and not is_udp_endpoint(endpoint):
             raise keys.error("listen", f"protocol udp needs udp: endpoints, not {endpoint!r}")
@@ -628,7 +642,21 @@ def _member(name: str, text: str) -> MemberSpec:
             hint = (did_you_mean(option, _MEMBER_WORDS)
                     or " (use weight=N, priority=N, maxconn=N, backup)")
             raise ValueError(f"unknown member option {word!r}{hint}")
-    return MemberSpec(name, parse_address(address), **settings)
+    return MemberSpec(name, _member_address(address), **settings)
+
+
+def _member_address(text: str) -> Address:
+    """``HOST:PORT``; an IPv4 address alone or ``[IPV6]`` is a next hop of a
+    routed pool (port 0), refused for other protocols by
+    :func:`_check_references`."""
+    literal = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        address = ipaddress.ip_address(literal)
+    except ValueError:
+        return parse_address(text)
+    if address.version == 6 and literal == text:
+        return parse_address(text)  # "::1:8080": brackets needed, as for any address
+    return Address(str(address), 0)
 
 
 def _members(keys: _Keys) -> tuple[MemberSpec, ...]:
@@ -986,6 +1014,17 @@ def _check_references(site: Site) -> None:
     for reference in references:
         _refer(*reference)
     for virtual in site.virtuals.values():
+        if virtual.protocol not in ROUTED_PROTOCOLS:
+            for pool_name in (virtual.pool, virtual.sorry_pool):
+                pool = site.pools.get(pool_name)
+                for member in pool.members if pool is not None else ():
+                    if member.address.port == 0:
+                        # Only a routed pool's next hops go without a port.
+                        shown = member.address.host if ":" not in member.address.host \
+                            else f"[{member.address.host}]"
+                        raise pool.source.error(
+                            f"member {member.name}",
+                            f"bad address {shown!r} (missing port: use HOST:PORT)")
         profile = site.persistence.get(virtual.persistence)
         if profile is not None and profile.method == "ssl-session-id" \
                 and virtual.protocol != "ssl":
