@@ -173,6 +173,9 @@ class PoolState:
     on_state_change: list[StateListener] = attrs.field(factory=list)
     #: connections waiting for a member with room (FIFO); each has ``wake()``
     queue: deque = attrs.field(factory=deque)
+    #: connections open to its members now, and the most at once
+    active: int = 0
+    max_active: int = 0
 
     @property
     def name(self) -> str:
@@ -580,6 +583,9 @@ class PoolState:
         member.total += 1
         if member.active > member.max_active:
             member.max_active = member.active
+        self.active += 1
+        if self.active > self.max_active:
+            self.max_active = self.active
         self.scheduler.connection_taken(member)
         if member.passive.probe == PROBE_READY:
             self._probe_sent(member)
@@ -588,6 +594,7 @@ class PoolState:
         """It ended, having relayed ``bytes_in`` from the client to
         ``member`` and ``bytes_out`` back."""
         member.active -= 1
+        self.active -= 1
         if bytes_in or bytes_out:
             member.bytes_in += bytes_in
             member.bytes_out += bytes_out

@@ -137,10 +137,12 @@ EXPECTED_STATUS = {
                                                             "time": 1000.0,
                                                             "duration_ms": 250.0}}}),
             "c": member_json("[::1]:8083", backup=True, maxconn=10),
-        }, "members_up": 2, "queue": 0, "connections_active": 2, "connections_total": 3},
+        }, "members_up": 2, "queue": 0, "connections_active": 2, "connections_total": 3,
+           "connections_max": 3},
         "api": {"scheduler": "round-robin", "members": {
             "x": member_json("127.0.0.1:9001"),
-        }, "members_up": 1, "queue": 0, "connections_active": 0, "connections_total": 0},
+        }, "members_up": 1, "queue": 0, "connections_active": 0, "connections_total": 0,
+           "connections_max": 0},
     },
     "redundancy": {"driver": "none", "state": "standalone"},
 }
@@ -564,12 +566,17 @@ class PageTests(AdminServerTestCase):
         self.assertEqual(r.header("content-type"), "text/html; charset=utf-8")
         page = r.text
         self.assertIn('<noscript><meta http-equiv="refresh" content="5"></noscript>', page)
-        self.assertIn('<tr class="member state-up" data-pool="web" data-member="a">'
-                      '<td class="name">a</td><td>127.0.0.1:8081</td>'
-                      '<td class="state">up</td><td class="num weight">4</td>', page)
-        self.assertIn('<td class="state">down</td>', page)
-        self.assertIn('<td class="reason">tcp: connect refused (1/1)</td>', page)
-        self.assertIn('<span class="check-fail">tcp: fail (connect refused)</span>', page)
+        self.assertRegex(page, '<tr class="member state-up" data-pool="web" data-member="a">'
+                         '<td class="name" data-label="member">a<span class="addr">'
+                         '127.0.0.1:8081</span></td><td class="state" data-label="state">'
+                         '<span class="word">up</span> <span class="since">[0-9]+s</span></td>'
+                         '<td class="num weight" data-label="weight">4</td>')
+        self.assertIn('<span class="word">down</span>', page)
+        # The reason on one line; the details on hover and when expanded.
+        self.assertIn('<summary title="down: tcp: connect refused (1/1)\ntcp: fail: connect '
+                      'refused, took 250.0 ms (0 ok, 1 failed)" class="check-fail">'
+                      'tcp: connect refused (1/1)</summary>', page)
+        self.assertIn('<td class="state up-count" data-label="members up">2 of 3 up</td>', page)
         self.assertIn('data-action="drain"', page)
         csp = r.header("content-security-policy")
         self.assertIn("script-src 'sha256-", csp)
@@ -577,16 +584,15 @@ class PageTests(AdminServerTestCase):
         self.assertNotIn("unsafe-inline'; script", csp.replace("style-src 'unsafe-inline'", ""))
         self.assertIn("1.7 ms", page)
         self.assertIn("<h2>Pool web", page)
-        self.assertIn("<td>tcp:8080:interface=127.0.0.1</td>", page)
+        self.assertIn("tcp · tcp:8080:interface=127.0.0.1</span>", page)
         self.assertNotIn("http://", page.replace("http-equiv", ""))  # no external assets
 
     @defer.inlineCallbacks
     def test_page_follows_changes(self):
         yield self.post_member("web", "a", {"state": "drain"})
         r = yield self.request("GET", "/")
-        self.assertIn('<tr class="member state-draining" data-pool="web" data-member="a">'
-                      '<td class="name">a</td><td>127.0.0.1:8081</td>'
-                      '<td class="state">draining</td>', r.text)
+        self.assertRegex(r.text, '<tr class="member state-draining" data-pool="web" '
+                         'data-member="a">.*?<span class="word">draining</span>')
 
     def test_escaping(self):
         status = json.loads(json.dumps(EXPECTED_STATUS))
@@ -600,7 +606,7 @@ class PageTests(AdminServerTestCase):
         self.assertNotIn("<b>bad", page)
         self.assertIn("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;", page)
         self.assertIn("&quot;&lt;b&gt;bad&lt;/b&gt;&quot; &amp; more", page)
-        self.assertIn("<td>&lt;v&gt;</td>", page)
+        self.assertIn('data-label="virtual server">&lt;v&gt;<span', page)
         self.assertIn("&lt;l&gt;", page)
 
 
@@ -778,10 +784,14 @@ class RatesTests(SynchronousTestCase):
         svg = sparkline(sampler.rates("member", "web", "a"))
         self.assertIn("<svg", svg)
         self.assertIn("4.0, 0.0, 1.0", svg)
-        page = render_page(json.loads(json.dumps(
-            __import__("lbframe.admin.status", fromlist=["x"]).site_status(runtime))),
-            sampler.rates)
-        self.assertIn('<td class="rate">1.0/s <svg', page)
+        status = json.loads(json.dumps(
+            __import__("lbframe.admin.status", fromlist=["x"]).site_status(runtime, sampler)))
+        a_json = status["pools"]["web"]["members"]["a"]
+        self.assertEqual((a_json["rate"], a_json["rate_max"]), (1.0, 4.0))
+        self.assertEqual(status["pools"]["web"]["rate"], 1.0)
+        page = render_page(status, sampler.rates)
+        self.assertIn('<td class="num rate" data-label="rate">1.0/s <svg', page)
+        self.assertIn('<td class="num rate-max" data-label="max rate">4.0/s</td>', page)
         # A member a reload removed is forgotten at the next sample.
         web.remove_member("b")
         clock.advance(5)

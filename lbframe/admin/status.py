@@ -80,6 +80,7 @@ def pool_status(pool: PoolState) -> dict[str, Any]:
         "members_up": sum(1 for m in members.values() if m["state"] == "up"),
         "queue": len(pool.queue),
         "connections_active": sum(m["connections_active"] for m in members.values()),
+        "connections_max": pool.max_active,
         "connections_total": sum(m["connections_total"] for m in members.values()),
     }
 
