@@ -727,22 +727,31 @@ class ClientOfflineTests(SynchronousTestCase):
         self.assertIn(f"http://127.0.0.1:{port}: connection refused", str(cm.exception))
 
     def test_format_status(self):
-        self.assertEqual(format_status(EXPECTED_STATUS), """\
-redundancy: none (standalone)
+        # The page's words: states with how long, the pool's summary line,
+        # refusals by reason, the check on one line.
+        status = json.loads(json.dumps(EXPECTED_STATUS))
+        status["time"] = 1192.0
+        for m in status["pools"]["web"]["members"].values():
+            m["state_since"] = 1000.0
+        status["pools"]["api"]["members"]["x"]["state_since"] = 1192.0 - 3 * 86400 - 7200
+        status["virtuals"]["web"]["rate"] = status["pools"]["web"]["rate"] = 2.5
+        status["virtuals"]["api"]["rate"] = 0.0
+        self.assertEqual(format_status(status), """\
+redundancy: standalone
 
-VIRTUAL  PROTOCOL  LISTEN                                                   POOL  ACTIVE  TOTAL
-web      tcp       tcp:8080:interface=127.0.0.1                             web        3    120
-api      tcp       tcp:9000:interface=127.0.0.1, tcp6:9000:interface=\\:\\:1  api        0      0
+VIRTUAL  PROTOCOL  LISTEN                                                   POOL  ACTIVE  MAX  TOTAL   RATE  REFUSED
+web      tcp       tcp:8080:interface=127.0.0.1                             web        3    3    120  2.5/s  1: no member 1
+api      tcp       tcp:9000:interface=127.0.0.1, tcp6:9000:interface=\\:\\:1  api        0    0      0  0.0/s  0
 
-pool web (weighted)
-  MEMBER      ADDRESS         STATE  WEIGHT  ACTIVE  TOTAL  RESP_MS  REASON
-  a           127.0.0.1:8081  up          4       2      3      1.7
-  b           127.0.0.1:8082  down        2       0      0        -  tcp: connect refused (1/1)
-  c (backup)  [::1]:8083      up          1       0      0        -
+pool web (weighted): 2 of 3 up, sessions 2 (max 3), total 3, rate 2.5/s, queue 0
+  MEMBER      ADDRESS         STATE       WEIGHT  ACTIVE  MAX  TOTAL  ERR c/r/5xx  RESP_MS  CHK ok/fail  LAST CHECK
+  a           127.0.0.1:8081  up 3m12s         4       2    3      3        0/0/0      1.7          0/0  no check yet
+  b           127.0.0.1:8082  down 3m12s       2       0    0      0        0/0/0        -          0/1  tcp: connect refused (1/1)
+  c (backup)  [::1]:8083      up 3m12s         1       0    0      0        0/0/0        -          0/0  no check yet
 
-pool api (round-robin)
-  MEMBER  ADDRESS         STATE  WEIGHT  ACTIVE  TOTAL  RESP_MS
-  x       127.0.0.1:9001  up          1       0      0        -""")
+pool api (round-robin): 1 of 1 up, sessions 0 (max 0), total 0, queue 0
+  MEMBER  ADDRESS         STATE    WEIGHT  ACTIVE  MAX  TOTAL  ERR c/r/5xx  RESP_MS  CHK ok/fail  LAST CHECK
+  x       127.0.0.1:9001  up 3d2h       1       0    0      0        0/0/0        -          0/0  no check yet""")
 
     def test_format_minimal_status(self):
         # Only the contract's keys, as an older or other server may send.
@@ -752,13 +761,13 @@ pool api (round-robin)
                   "response_time_ms": 12.345}}}},
             "redundancy": {"driver": "vrrp", "state": "master"}}
         self.assertEqual(format_status(status), """\
-redundancy: vrrp (master)
+redundancy: vrrp: master
 
 no virtual servers
 
-pool p (weighted)
-  MEMBER  ADDRESS      STATE     WEIGHT  ACTIVE  TOTAL  RESP_MS
-  m       10.0.0.1:80  draining       3       1      2     12.3""")
+pool p (weighted): 0 of 1 up, sessions 1, total 2
+  MEMBER  ADDRESS      STATE     WEIGHT  ACTIVE  MAX  TOTAL  ERR c/r/5xx  RESP_MS  CHK ok/fail  LAST CHECK
+  m       10.0.0.1:80  draining       3       1    -      2        0/0/0     12.3          0/0  no check yet""")
 
 
 class RatesTests(SynchronousTestCase):
