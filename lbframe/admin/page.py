@@ -25,7 +25,7 @@ import base64
 import hashlib
 import time
 from html import escape
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import attrs
 

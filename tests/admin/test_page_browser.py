@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 import time
 
 from twisted.internet import defer, reactor, task
