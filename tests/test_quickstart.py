@@ -200,3 +200,50 @@ class QuickstartTests(SynchronousTestCase):
         for port in (8080, 8081, 8083, 8404):
             with self.assertRaises(OSError):
                 socket.create_connection(("127.0.0.1", self.port(port)), timeout=1).close()
+
+
+class ShiftPortsTests(SynchronousTestCase):
+    """``examples/shift_ports.py``: every port of every example moves by the offset."""
+
+    def ports(self, config: str) -> list[int]:
+        from lbframe.config import load_site
+
+        site = load_site(config)
+        out = [m.address.port for p in site.pools.values() for m in p.members]
+        for v in site.virtuals.values():
+            out += [int(e.split(":")[1]) for e in v.listen]
+        if site.lbframe.admin:
+            out.append(int(site.lbframe.admin.split(":")[1]))
+        return sorted(out)
+
+    def test_every_example(self):
+        sys.path.insert(0, os.path.join(ROOT, "examples"))
+        self.addCleanup(sys.path.remove, os.path.join(ROOT, "examples"))
+        import shift_ports
+
+        for name in ("quickstart", "web", "ap-tier"):
+            source = os.path.join(ROOT, "examples", name)
+            dest = os.path.abspath(self.mktemp())
+            with open(os.path.join(source, "site.ini")) as f:
+                text = f.read()
+            os.makedirs(dest)
+            with open(os.path.join(dest, "site.ini"), "w") as f:
+                f.write(shift_ports.shift_text(text, 1000))
+            if name == "web":  # its certificate is made by make_certificate.py
+                continue
+            before = self.ports(os.path.join(source, "site.ini"))
+            self.assertEqual(self.ports(os.path.join(dest, "site.ini")),
+                             [p + 1000 for p in before], name)
+
+    def test_addresses_and_endpoints(self):
+        sys.path.insert(0, os.path.join(ROOT, "examples"))
+        self.addCleanup(sys.path.remove, os.path.join(ROOT, "examples"))
+        from shift_ports import shift_text
+
+        self.assertEqual(shift_text(
+            "listen = tcp:80:interface=127.0.0.1 tcp6:80:interface=\\:\\:1\n"
+            "member a = [::1]:8081 weight=2\nmember b = 10.0.0.1:80\n; listen = tcp:1:x\n"
+            "admin = tcp:8404:interface=127.0.0.1\n", 5),
+            "listen = tcp:85:interface=127.0.0.1 tcp6:85:interface=\\:\\:1\n"
+            "member a = [::1]:8086 weight=2\nmember b = 10.0.0.1:85\n; listen = tcp:1:x\n"
+            "admin = tcp:8409:interface=127.0.0.1\n")
