@@ -88,13 +88,17 @@ td.actions input { width: 3.6em; font-size: 0.85em; }
      nothing needs horizontal scrolling and nothing is cut off. */
   table, tbody, tr, td { display: block; width: auto; }
   thead { display: none; }
-  tr { border: 1px solid #ccc; border-radius: 4px; margin-bottom: 0.6em; padding: 0.2em 0; }
+  tr { border: 1px solid #ccc; border-radius: 4px; margin-bottom: 0.6em; padding: 0.2em 0;
+       display: grid; grid-template-columns: repeat(auto-fill, minmax(10.5em, 1fr)); }
+  td.name, td.check, td.actions, td.refused, td.state, td.up-count { grid-column: 1 / -1; }
+  td:empty, td[data-label=""] { display: none; }
   td { border: none; padding: 0.1em 0.6em; display: flex; gap: 0.8em;
        justify-content: space-between; text-align: right; max-width: none; }
   td.num { text-align: right; }
   td::before { content: attr(data-label); color: #666; font-weight: normal;
                text-align: left; flex: none; }
   td.name, td.check { display: block; text-align: left; }
+  .addr { white-space: normal; overflow-wrap: anywhere; }
   td.name::before, td.check::before { display: block; }
   td.check details { min-width: 0; }
   td.actions { white-space: normal; flex-wrap: wrap; justify-content: flex-start; }

@@ -22,6 +22,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 
 from tests.helpers import free_port
+from tests.test_quickstart import ROOT
 from tests.test_reload import ReloadCase, ask
 from tests.test_status_page import DevTools, browser_argv
 
@@ -44,6 +45,9 @@ CHECKS = r"""(function () {
     width: innerWidth,
     scrollWidth: document.documentElement.scrollWidth,
     innerOverflow: Math.max.apply(null, wraps),
+    cut: Array.from(document.querySelectorAll("#status td")).filter(function (td) {
+      return td.scrollWidth > td.clientWidth + 1; }).map(function (td) {
+      return td.dataset.label + ": " + td.textContent; }),
     summary: summary && summary.textContent,
     upCount: text('tr.summary[data-pool-summary="web"] td.up-count'),
     downState: text('tr[data-pool="web"][data-member="c"] td.state'),
@@ -77,7 +81,7 @@ class StatusPageInBrowserTests(ReloadCase):
 admin = tcp:{admin}:interface=127.0.0.1
 
 [virtual web]
-listen = tcp:{self.vport}:interface=127.0.0.1
+listen = tcp:{self.vport}:interface=127.0.0.1 tcp:{self.vport}:interface=127.0.0.2
 pool = web
 
 [virtual gone]
@@ -132,6 +136,9 @@ rise = 1
     @defer.inlineCallbacks
     def test_page_at_desktop_and_narrow_widths(self):
         shots = os.environ.get("LBFRAME_SCREENSHOTS")
+        if shots:
+            # relative to the repository root (trial runs in _trial_temp)
+            shots = os.path.join(ROOT, shots)
 
         def drive():
             tools = DevTools(self.argv)
@@ -156,7 +163,8 @@ rise = 1
                     if shots:
                         os.makedirs(shots, exist_ok=True)
                         png = tools.call("Page.captureScreenshot",
-                                         {"format": "png", "captureBeyondViewport": True},
+                                         {"format": "png",
+                                          "captureBeyondViewport": not mobile},
                                          session=tab)["data"]
                         with open(os.path.join(shots, f"status-{name}.png"), "wb") as f:
                             f.write(base64.b64decode(png))
@@ -173,6 +181,7 @@ rise = 1
                 self.assertEqual(r["width"], width)
                 self.assertLessEqual(r["scrollWidth"], r["width"], f"{name}: scrolls sideways")
                 self.assertLessEqual(r["innerOverflow"], 0, f"{name}: a table is cut off")
+                self.assertEqual(r["cut"], [], f"{name}: cells cut off")
                 self.assertEqual(r["upCount"], "1 of 3 up")
                 self.assertIn("web total", r["summary"])
                 self.assertRegex(r["downState"], r"^down 3m1[2-4]s$")
