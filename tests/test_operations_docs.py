@@ -42,3 +42,29 @@ class SystemdUnitTests(SynchronousTestCase):
         self.assertEqual(set(service["CapabilityBoundingSet"].split()), caps)
         self.assertNotEqual(service["User"], "root")
         self.assertIn("-n --pidfile= lbframe", service["ExecStart"])
+
+
+class InstallPathTests(SynchronousTestCase):
+    """Every ``pip install ./PATH`` in the plugin guide and the plugins'
+    READMEs names a package from the repository root, where they say to run it."""
+
+    def test_paths_are_packages_from_the_root(self):
+        import glob
+        import re
+
+        docs = (glob.glob(os.path.join(ROOT, "docs", "plugins", "*.md"))
+                + glob.glob(os.path.join(ROOT, "plugins", "*", "README.md"))
+                + [os.path.join(ROOT, "docs", "persistence.md")])
+        seen = 0
+        for doc in docs:
+            with open(doc) as f:
+                text = f.read()
+            for path in re.findall(r"pip install\s+(\./[\w./-]+)", text):
+                seen += 1
+                package = os.path.join(ROOT, path)
+                self.assertTrue(os.path.isfile(os.path.join(package, "pyproject.toml")),
+                                f"{os.path.relpath(doc, ROOT)}: pip install {path}")
+            self.assertNotIn("pip install lbframe", text.replace("pip install lbframe-", ""),
+                             f"{doc}: lbframe is not on PyPI")
+            self.assertNotIn("pip install lbframe-example-scheduler", text, doc)
+        self.assertGreaterEqual(seen, 3)
