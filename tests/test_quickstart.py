@@ -171,6 +171,9 @@ class QuickstartTests(SynchronousTestCase):
         members = status["pools"]["web"]["members"]
         self.assertEqual(sorted(m["address"] for m in members.values()),
                          [f"127.0.0.1:{self.port(p)}" for p in (8081, 8082, 8083)])
+        # lbframe started once the backends answered: no check has failed.
+        self.assertEqual(sum(c["checks_failed"] for m in members.values()
+                             for c in m["checks"].values()), 0)
         # 6 requests and the readiness probe
         self.assertEqual(status["virtuals"]["web"]["connections_total"], 7)
 

@@ -60,6 +60,26 @@ def members(config: str) -> list[tuple[str, str, int]]:
     return [(m.name, m.address.host, m.address.port) for m in site.pools[POOL].members]
 
 
+def wait_for(backends: list[tuple[str, str, int]], seconds: float) -> int:
+    """Wait until every backend accepts a connection (``run`` starts lbframe
+    only then, so that its first checks do not fail)."""
+    import socket
+
+    deadline = time.monotonic() + seconds
+    for name, host, port in backends:
+        while True:
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    print(f"demo backend {name} does not answer on {host}:{port}",
+                          file=sys.stderr)
+                    return 1
+                time.sleep(0.05)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Start the quickstart's demo backends, a "
                                             "process each.")
@@ -67,7 +87,12 @@ def main(argv=None) -> int:
                    help="the site.ini whose pool 'web' lists them (default: the quickstart's)")
     p.add_argument("--serve", nargs=3, metavar=("NAME", "HOST", "PORT"),
                    help="run one backend in the foreground")
+    p.add_argument("--wait", type=float, metavar="SECONDS",
+                   help="only wait until every backend answers (at most SECONDS): "
+                        "exit 0 when they do, 1 if not")
     args = p.parse_args(argv)
+    if args.wait is not None:
+        return wait_for(members(args.config), args.wait)
     if args.serve:
         name, host, port = args.serve
         serve(name, host, int(port))
