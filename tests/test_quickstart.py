@@ -76,6 +76,28 @@ def get(url: str) -> bytes:
         return r.read()
 
 
+def run_lbframe(self) -> subprocess.Popen:
+    """``twistd -n --pidfile= lbframe --config self.config`` with its output
+    in ``self.dir/twistd.log``, stopped (SIGTERM) at the end of the test
+    (a method of other examples' test cases: ``run_lbframe = run_lbframe``)."""
+    log = open(os.path.join(self.dir, "twistd.log"), "wb")
+    self.addCleanup(log.close)
+    proc = subprocess.Popen(
+        TWISTD + ["-n", "--pidfile=", "lbframe", "--config", self.config],
+        cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    self.addCleanup(stop)
+    return proc
+
+
 def free_offset(ports=(8080, 8081, 8082, 8083, 8404)) -> int:
     """An offset that moves every one of ``ports`` to a free one."""
     import random
@@ -101,6 +123,7 @@ class QuickstartTests(SynchronousTestCase):
     """The README's quickstart: ``examples/quickstart/run``."""
 
     timeout = 120
+    run_lbframe = run_lbframe
 
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())
