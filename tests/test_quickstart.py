@@ -17,7 +17,6 @@ import urllib.request
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.helpers import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(ROOT, "examples", "quickstart")
