@@ -82,6 +82,10 @@ class Member:
     down_reason: str = ""
     #: when it entered its current state (wall clock, for "down 3m12s")
     since: float = attrs.field(factory=time.time)
+    #: times it went down, and the seconds it spent down before its current
+    #: state (HAProxy's "Dwn" and "Dwntme")
+    downs: int = 0
+    downtime: float = 0.0
     checks: dict[str, CheckState] = attrs.field(factory=dict)
     #: (family, sockaddr) to connect to, filled in by the first connect
     sockaddr: tuple | None = None
@@ -252,7 +256,12 @@ class PoolState:
             self.wake_waiters()
         new_state = member.state
         if new_state != old_state:
-            member.since = time.time()
+            now = time.time()
+            if old_state == "down":
+                member.downtime += max(0.0, now - member.since)
+            elif new_state == "down":
+                member.downs += 1
+            member.since = now
             self._log_change(member, old_state, new_state, reason, quiet)
             for listener in self.on_state_change:
                 listener(self.name, member.name, old_state, new_state, reason)

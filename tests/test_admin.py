@@ -83,16 +83,17 @@ def add_persistence(runtime) -> MemoryStore:
 
 
 def member_json(address, state="up", weight=1, priority=1, active=0, total=0, rt=None,
-                down_reason="", backup=False, maxconn=None, checks=None, max_active=0):
+                down_reason="", backup=False, maxconn=None, checks=None, max_active=0,
+                downs=0):
     return {"address": address, "state": state, "weight": weight, "priority": priority,
             "connections_active": active, "connections_total": total, "response_time_ms": rt,
             "down_reason": down_reason, "backup": backup, "maxconn": maxconn, "failures": 0,
             "checks": checks or {}, "connections_max": max_active, "bytes_in": 0,
-            "bytes_out": 0, "retries": 0, "responses_5xx": 0}
+            "bytes_out": 0, "retries": 0, "responses_5xx": 0, "downs": downs}
 
 
 #: keys whose values depend on the clock: compared apart
-VOLATILE = ("time", "state_since", "rate", "rate_max")
+VOLATILE = ("time", "state_since", "rate", "rate_max", "downtime")
 
 
 def stable(obj, top: bool = True):
@@ -126,7 +127,7 @@ EXPECTED_STATUS = {
         "web": {"scheduler": "weighted", "members": {
             "a": member_json("127.0.0.1:8081", weight=4, active=2, total=3, rt=1.7,
                              max_active=3),
-            "b": member_json("127.0.0.1:8082", state="down", weight=2, priority=2,
+            "b": member_json("127.0.0.1:8082", state="down", weight=2, priority=2, downs=1,
                              down_reason="tcp: connect refused (1/1)",
                              checks={"tcp": {"ok": False, "up": False,
                                              "reason": "connect refused", "time": 1000.0,

@@ -122,3 +122,19 @@ class CounterTests(SynchronousTestCase):
         self.assertEqual(v.refused, 3)
         self.assertEqual({k: n for k, n in v.refusals.items() if n},
                          {"no_member": 1, "maxconn": 1, "queue_timeout": 1})
+
+
+class DowntimeTests(SynchronousTestCase):
+    def test_downs_and_downtime(self):
+        pool = make_pool("a", "b")
+        a = pool.members["a"]
+        a.since = 0.0  # up since the epoch: nothing counted while up
+        pool.set_admin(a, "disabled", quiet=True)
+        self.assertEqual((a.downs, a.downtime), (0, 0.0))
+        pool.set_admin(a, "enabled", quiet=True)
+        pool.report_check(a, "tcp", False, "connect refused", rise=1, fall=1, now=1.0)
+        self.assertEqual(a.downs, 1)
+        a.since -= 100  # down for 100 s
+        pool.report_check(a, "tcp", True, "", rise=1, fall=1, now=2.0)
+        self.assertEqual(a.downs, 1)
+        self.assertTrue(99.0 <= a.downtime <= 101.0, a.downtime)

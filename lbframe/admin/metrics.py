@@ -85,6 +85,8 @@ class RuntimeCollector:
         errors_5xx = CounterMetricFamily("lbframe_member_responses_5xx_total",
                                          "http responses with a 5xx status from the member",
                                          labels=MEMBER)
+        downs = CounterMetricFamily("lbframe_member_downs_total",
+                                    "times the member went down", labels=MEMBER)
         since = GaugeMetricFamily("lbframe_member_state_since_seconds",
                                   "when the member entered its current state (Unix time)",
                                   labels=MEMBER)
@@ -109,8 +111,9 @@ class RuntimeCollector:
                 retries.add_metric(labels, getattr(m, "retries", 0))
                 errors_5xx.add_metric(labels, getattr(m, "responses_5xx", 0))
                 since.add_metric(labels, getattr(m, "since", 0.0))
+                downs.add_metric(labels, getattr(m, "downs", 0))
         yield from (up, healthy, passive, state, weight, active, total, failures, bytes_in, bytes_out,
-                    response, most, retries, errors_5xx, since)
+                    response, most, retries, errors_5xx, since, downs)
 
     def _monitors(self, runtime) -> Iterator[Metric]:
         checks = CounterMetricFamily("lbframe_monitor_checks_total",

@@ -40,7 +40,7 @@ REFRESH_SECONDS = 5
 ACTIONS = (("drain", "drain"), ("disable", "disable"), ("enable", "enable"))
 
 STYLE = """
-body { font: 14px/1.35 system-ui, sans-serif; margin: 1em; color: #222; }
+body { font: 13px/1.35 system-ui, sans-serif; margin: 1em; color: #222; }
 h1 { font-size: 1.4em; margin: 0 0 0.3em; }
 h2 { font-size: 1.15em; margin: 1.2em 0 0.4em; }
 .wrap { max-width: 100%; overflow-x: auto; }
@@ -66,7 +66,7 @@ tr.summary { background: #eef3fb; font-weight: 600; }
 tr.summary td { border-bottom: 2px solid #9bb4d8; }
 .muted { color: #666; font-weight: normal; }
 .check-fail { color: #b3261e; }
-td.check { max-width: 16em; }
+td.check { max-width: 14em; }
 details.line > summary { white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
                          cursor: pointer; list-style: none; }
 details.line > summary::-webkit-details-marker { display: none; }
@@ -351,9 +351,9 @@ def next_hops_section(view: View) -> str:
     return "".join(out)
 
 
-MEMBER_GROUPS = [("member", 4), ("checks", 2), ("sessions", 3), ("rate", 2), ("bytes", 2),
+MEMBER_GROUPS = [("member", 4), ("checks", 3), ("sessions", 3), ("rate", 2), ("bytes", 2),
                  ("errors", 3), ("", 1), ("", 1)]
-MEMBER_HEADERS = ["name", "state", "weight", "last check", "ok", "failed", "cur", "max",
+MEMBER_HEADERS = ["name", "state", "weight", "last check", "ok", "failed", "downs", "cur", "max",
                   "total", "cur", "max", "in", "out", "conn", "retr", "5xx", "response",
                   "change"]
 
@@ -378,6 +378,7 @@ def _summary_row(name: str, pool: dict) -> str:
         f'<td class="state up-count" data-label="members up">{s["up"]} of {s["members"]} up</td>'
         f'{_td("", "", "weight")}{_td("", "", "check")}'
         f'{_td(s["checks_ok"], "checks ok")}{_td(s["checks_failed"], "checks failed")}'
+        f'{_td(s["downs"], "downs", "num downs")}'
         f'{_td(s["active"], "sessions", "num active")}'
         f'{_td("-" if s["max"] is None else s["max"], "max sessions", "num max")}'
         f'{_td(s["total"], "total sessions", "num total")}'
@@ -388,6 +389,19 @@ def _summary_row(name: str, pool: dict) -> str:
         f'{_td(s["failures"], "connect errors")}{_td(s["retries"], "retries")}'
         f'{_td(s["responses_5xx"], "5xx")}{_td("", "", "num")}'
         f'{_td("-" if queue is None else f"queue {queue}", "queue", "queue")}</tr>\n')
+
+
+def _downs(m: dict) -> str:
+    """How often it went down, and for how long in all (HAProxy's Dwn, Dwntme)."""
+    downs = m.get("downs")
+    if downs is None:
+        return _td("-", "downs", "num downs")
+    text = str(downs)
+    if downs:
+        text += f" · {summary.duration(m.get('downtime') or 0)}"
+    return (f'<td class="num downs" data-label="downs" title="went down {_e(downs)} '
+            f'times, down {_e(summary.duration(m.get("downtime") or 0))} in all">'
+            f"{_e(text)}</td>")
 
 
 def _member_row(pname: str, mname: str, m: dict, view: View) -> str:
@@ -412,6 +426,7 @@ def _member_row(pname: str, mname: str, m: dict, view: View) -> str:
         f'<td class="check" data-label="last check">'
         f'{_line(line, summary.check_details(m, view.now), f"{pname}/{mname}", cls)}</td>'
         f'{_td(ok, "checks ok", "num checks-ok")}{_td(failed, "checks failed", "num checks-failed")}'
+        f'{_downs(m)}'
         f'{_td(m.get("connections_active"), "sessions", "num active")}'
         f'{_td(m.get("connections_max", "-"), "max sessions", "num max")}'
         f'{_td(m.get("connections_total"), "total sessions", "num total")}'

@@ -68,6 +68,10 @@ def member_status(member: Member) -> dict[str, Any]:
         "bytes_out": member.bytes_out,
         "retries": member.retries,
         "responses_5xx": member.responses_5xx,
+        "downs": member.downs,
+        # seconds down in all, the current spell included
+        "downtime": round(member.downtime + (time.time() - member.since
+                                             if member.state == "down" else 0.0), 3),
     }
 
 

@@ -135,7 +135,7 @@ def pool_summary(pool: dict[str, Any]) -> dict[str, Any]:
         "bytes_in": total("bytes_in"), "bytes_out": total("bytes_out"),
         "failures": total("failures"), "retries": total("retries"),
         "responses_5xx": total("responses_5xx"),
-        "checks_ok": ok, "checks_failed": failed,
+        "checks_ok": ok, "checks_failed": failed, "downs": total("downs"),
         "queue": pool.get("queue"),
     }
 
