@@ -101,7 +101,9 @@ td.actions input { width: 3.6em; font-size: 0.85em; }
   .addr { white-space: normal; overflow-wrap: anywhere; }
   td.name::before, td.check::before { display: block; }
   td.check details { min-width: 0; }
-  td.actions { white-space: normal; flex-wrap: wrap; justify-content: flex-start; }
+  td.actions { white-space: normal; flex-wrap: wrap; justify-content: flex-start;
+               width: auto; align-items: baseline; gap: 0.3em; }
+  td.state .word { margin-left: auto; }
   tr.summary td { border-bottom: none; }
 }
 """

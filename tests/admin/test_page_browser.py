@@ -168,6 +168,11 @@ rise = 1
                     result["first"] = first
                     if shots:
                         os.makedirs(shots, exist_ok=True)
+                        if mobile:
+                            # The docs show the draining and the down member's cards.
+                            tools.js(tab, 'window.scrollTo(0, document.querySelector('
+                                          '\'tr[data-pool="web"][data-member="b"]\')'
+                                          '.getBoundingClientRect().top + scrollY - 60)')
                         png = tools.call("Page.captureScreenshot",
                                          {"format": "png",
                                           "captureBeyondViewport": not mobile},
