@@ -4,7 +4,9 @@ One line per request (http), or per connection when it closes (tcp, ssl),
 with who asked, where it went and how long each
 step took, as ``key=value`` pairs that both people and ``awk``/Loki/Vector
 read (or one JSON object per line when ``log_format = json``). Virtual
-servers naming the same file share one writer.
+servers naming the same file share one writer. ``-`` is the process's
+standard output as it was at start (not twistd's redirected ``sys.stdout``),
+so the lines come out as written, without a log prefix.
 
 Timings are milliseconds: ``queue`` (waiting for a member under maxconn),
 ``connect`` (to the member; 0 when a kept-alive connection was reused),
@@ -43,7 +45,10 @@ class AccessLog:
         self.path = path
         self.json_lines = json_lines
         if path == "-":
-            self.file = sys.stdout
+            # The process's real standard output: under twistd, sys.stdout
+            # is twistd's log (each line would get its timestamp and
+            # "[stdout#info]" prefix in front of ours).
+            self.file = sys.__stdout__ or sys.stdout
             self._owned = False
         else:
             self.file = open(path, "a", encoding="utf-8", buffering=1)
@@ -58,6 +63,10 @@ class AccessLog:
             line = " ".join(f"{k}={_text_value(entry.get(k))}" for k in FIELDS)
         try:
             self.file.write(line + "\n")
+            if not self._owned:
+                # stdout to a pipe (journald, a container's log) is block
+                # buffered: a line is sent when it is written.
+                self.file.flush()
         except (OSError, ValueError):
             pass  # a full disk must not take the data path down
 

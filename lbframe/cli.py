@@ -10,6 +10,19 @@ from lbframe.errors import ConfigError, PluginError
 
 DEFAULT_ADMIN = "http://127.0.0.1:8404"
 
+#: ``lbframe --help``: plain text (the module docstring is reStructuredText)
+DESCRIPTION = """\
+lbframe: check a site.ini, show a running lbframe's status, change its
+members, list the plugins it would load. Run the site itself with
+`twistd -n lbframe --config site.ini`."""
+
+EPILOG = """\
+examples:
+  lbframe check site.ini
+  lbframe status                      (the admin API at http://127.0.0.1:8404)
+  lbframe member web a drain          (then: enable, disable, weight 0-256)
+  lbframe plugins site.ini"""
+
 
 def cmd_check(args) -> int:
     from twisted.internet.testing import MemoryReactorClock
@@ -104,8 +117,13 @@ def cmd_member(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lbframe", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    from lbframe import __version__
+    from lbframe.config.values import MEMBER_WEIGHT
+
+    p = argparse.ArgumentParser(prog="lbframe", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"lbframe {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("check", help="validate a site.ini")
     c.add_argument("config")
@@ -119,10 +137,14 @@ def parser() -> argparse.ArgumentParser:
                                  ("member", cmd_member, "drain, disable, enable or weight a member")):
         c = sub.add_parser(name, help=helptext)
         if name == "member":
-            c.add_argument("pool")
-            c.add_argument("member")
-            c.add_argument("action", choices=["drain", "disable", "enable", "weight"])
-            c.add_argument("value", nargs="?")
+            c.add_argument("pool", help="the pool's name")
+            c.add_argument("member", help="the member's name in that pool")
+            c.add_argument("action", choices=["drain", "disable", "enable", "weight"],
+                           help="drain (no new connections), disable (none at all), "
+                                "enable, or weight N")
+            c.add_argument("value", nargs="?", metavar="N",
+                           help=f"the new weight, a whole number from {MEMBER_WEIGHT[0]} "
+                                f"to {MEMBER_WEIGHT[1]} (for weight)")
         c.add_argument("--admin", default=DEFAULT_ADMIN, help=f"admin URL (default {DEFAULT_ADMIN})")
         c.add_argument("--token", help="admin token (default: $LBFRAME_ADMIN_TOKEN)")
         c.set_defaults(func=func)
@@ -131,7 +153,18 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        rc = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`lbframe plugins | head`): stop quietly, as
+        # a command killed by SIGPIPE would, with no traceback. stdout is
+        # pointed at /dev/null so that Python's flush at exit fails no more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + 13
+    return rc
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ else writes a member's state.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from typing import Callable
 
@@ -71,8 +72,20 @@ class Member:
     failures: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: the most connections open to it at once
+    max_active: int = 0
+    #: failed connects to it that were retried on another member
+    retries: int = 0
+    #: responses with a 5xx status from it (http)
+    responses_5xx: int = 0
     response_time: float | None = None
     down_reason: str = ""
+    #: when it entered its current state (wall clock, for "down 3m12s")
+    since: float = attrs.field(factory=time.time)
+    #: times it went down, and the seconds it spent down before its current
+    #: state (HAProxy's "Dwn" and "Dwntme")
+    downs: int = 0
+    downtime: float = 0.0
     checks: dict[str, CheckState] = attrs.field(factory=dict)
     #: (family, sockaddr) to connect to, filled in by the first connect
     sockaddr: tuple | None = None
@@ -164,6 +177,9 @@ class PoolState:
     on_state_change: list[StateListener] = attrs.field(factory=list)
     #: connections waiting for a member with room (FIFO); each has ``wake()``
     queue: deque = attrs.field(factory=deque)
+    #: connections open to its members now, and the most at once
+    active: int = 0
+    max_active: int = 0
 
     @property
     def name(self) -> str:
@@ -227,7 +243,8 @@ class PoolState:
 
     # -- changes -------------------------------------------------------
 
-    def _changed(self, member: Member, old_state: str, reason: str) -> None:
+    def _changed(self, member: Member, old_state: str, reason: str,
+                 quiet: bool = False) -> None:
         was_eligible = member.eligible
         member.eligible = member._compute_eligible()
         if member.eligible and not was_eligible:
@@ -239,24 +256,55 @@ class PoolState:
             self.wake_waiters()
         new_state = member.state
         if new_state != old_state:
-            if reason:
-                log.info("member {pool}/{member} {state}: {reason}", pool=self.name,
-                         member=member.name, state=new_state, reason=reason,
-                         old=old_state, lbframe_event="member_state")
-            else:
-                log.info("member {pool}/{member} {state}", pool=self.name,
-                         member=member.name, state=new_state, old=old_state,
-                         lbframe_event="member_state")
+            now = time.time()
+            if old_state == "down":
+                member.downtime += max(0.0, now - member.since)
+            elif new_state == "down":
+                member.downs += 1
+            member.since = now
+            self._log_change(member, old_state, new_state, reason, quiet)
             for listener in self.on_state_change:
                 listener(self.name, member.name, old_state, new_state, reason)
 
-    def set_admin(self, member: Member, admin: str, reason: str = "by admin") -> None:
-        """``enabled``, ``draining`` or ``disabled``."""
+    def count_up(self) -> tuple[int, int]:
+        """``(members up, members)`` of the pool, backups included."""
+        members = self.members.values()
+        return sum(1 for m in members if m.state == "up"), len(self.members)
+
+    def _log_change(self, member: Member, old: str, new: str, reason: str,
+                    quiet: bool = False) -> None:
+        """One line per state change, at the level an operator acts on:
+        a member going down is a warning that says what is left; a pool
+        left with no member up is an error; coming back is info. ``quiet``:
+        the caller logs the member's change (the pool's lines still come)."""
+        up, total = self.count_up()
+        fields = dict(pool=self.name, member=member.name, state=new, old=old,
+                      reason=reason, up=up, members=total, lbframe_event="member_state")
+        text = "member {pool}/{member} {state}: {reason}; {up} of {members} up" if reason \
+            else "member {pool}/{member} {state}; {up} of {members} up"
+        if quiet:
+            pass
+        elif new == "down":
+            log.warn(text, **fields)
+        else:
+            log.info(text, **fields)
+        if up == 0 and old == "up":
+            log.error("pool {pool}: no member up ({members} members; last: {member} "
+                      "{state})", pool=self.name, member=member.name, state=new,
+                      members=total, lbframe_event="pool_empty")
+        elif up == 1 and new == "up" and old != "up":
+            log.info("pool {pool}: a member is up again ({member})", pool=self.name,
+                     member=member.name, lbframe_event="pool_usable")
+
+    def set_admin(self, member: Member, admin: str, reason: str = "by admin",
+                  quiet: bool = False) -> None:
+        """``enabled``, ``draining`` or ``disabled``. ``quiet``: the caller
+        logs the change itself (the admin API: one line per change)."""
         if admin not in ("enabled", "draining", "disabled"):
             raise ValueError(f"bad admin state {admin!r}")
         old = member.state
         member.admin = admin
-        self._changed(member, old, reason)
+        self._changed(member, old, reason, quiet)
 
     def set_weight(self, member: Member, weight: int) -> None:
         if weight < 0:
@@ -542,6 +590,11 @@ class PoolState:
         """A connection (or an http request) to ``member`` starts."""
         member.active += 1
         member.total += 1
+        if member.active > member.max_active:
+            member.max_active = member.active
+        self.active += 1
+        if self.active > self.max_active:
+            self.max_active = self.active
         self.scheduler.connection_taken(member)
         if member.passive.probe == PROBE_READY:
             self._probe_sent(member)
@@ -550,6 +603,7 @@ class PoolState:
         """It ended, having relayed ``bytes_in`` from the client to
         ``member`` and ``bytes_out`` back."""
         member.active -= 1
+        self.active -= 1
         if bytes_in or bytes_out:
             member.bytes_in += bytes_in
             member.bytes_out += bytes_out
@@ -565,12 +619,21 @@ class PoolState:
     release = connection_closed
 
 
+#: why a virtual server refused a client (``refusals`` keys, ``/metrics``'s ``reason``):
+#: no member up or free; its ``max_connections`` reached; its pool's queue
+#: full; no member free before ``queue_timeout``; the sorry page sent (http);
+#: a bad request or PROXY header (400s); ``max_connections_per_source``;
+#: the member failed (after retries); no socket for the member's side
+REFUSAL_REASONS = ("no_member", "maxconn", "queue_full", "queue_timeout", "sorry",
+                   "bad_request", "source_limit", "member_failed", "resources")
+
+
 @attrs.define(eq=False)
 class VirtualState:
     """Counters of a virtual server."""
 
     spec: Virtual
-    active: int = 0
+    _active: int = attrs.field(default=0, alias="active")
     total: int = 0
     refused: int = 0
     #: http: requests received, and responses sent by status class
@@ -578,7 +641,35 @@ class VirtualState:
     requests: int = 0
     responses: dict = attrs.field(factory=lambda: {"1xx": 0, "2xx": 0, "3xx": 0,
                                                    "4xx": 0, "5xx": 0})
+    #: the most client connections open at once
+    max_active: int = 0
+    #: bytes from clients / to clients (counted when a connection or request ends)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: refusals by reason (:data:`REFUSAL_REASONS`); they add up to ``refused``
+    refusals: dict = attrs.field(factory=lambda: dict.fromkeys(REFUSAL_REASONS, 0))
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def active(self) -> int:
+        """Client connections open now (the data paths add and subtract)."""
+        return self._active
+
+    @active.setter
+    def active(self, value: int) -> None:
+        self._active = value
+        if value > self.max_active:
+            self.max_active = value
+
+    def refuse(self, reason: str) -> None:
+        """Count one refused client under ``reason`` (:data:`REFUSAL_REASONS`).
+        ``no_member`` while ``max_connections`` is reached counts as ``maxconn``
+        (the balancer's own test)."""
+        limit = self.spec.max_connections
+        if reason == "no_member" and limit is not None and self._active >= limit:
+            reason = "maxconn"
+        self.refused += 1
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1

@@ -25,6 +25,7 @@ from lbframe.config.model import (Address, Global, MemberSpec, Persistence, Pool
                                   Site, Virtual)
 from lbframe.persistence.memory import MemoryStore
 from lbframe.plugins import load_plugins
+from lbframe.runtime import REFUSAL_REASONS
 from lbframe.service import build_runtime
 from tests.helpers import free_port
 from tests.test_site import BULK_SIZE, ReloadCase, SlowReader, ask, bulk_digest, connect
@@ -64,7 +65,7 @@ def make_runtime():
                      duration=0.25)
     runtime.virtuals["web"].active = 3
     runtime.virtuals["web"].total = 120
-    runtime.virtuals["web"].refused = 1
+    runtime.virtuals["web"].refuse("no_member")
     return runtime
 
 
@@ -82,27 +83,51 @@ def add_persistence(runtime) -> MemoryStore:
 
 
 def member_json(address, state="up", weight=1, priority=1, active=0, total=0, rt=None,
-                down_reason="", backup=False, maxconn=None, checks=None):
+                down_reason="", backup=False, maxconn=None, checks=None, max_active=0,
+                downs=0):
     return {"address": address, "state": state, "weight": weight, "priority": priority,
             "connections_active": active, "connections_total": total, "response_time_ms": rt,
             "down_reason": down_reason, "backup": backup, "maxconn": maxconn, "failures": 0,
-            "checks": checks or {}}
+            "checks": checks or {}, "connections_max": max_active, "bytes_in": 0,
+            "bytes_out": 0, "retries": 0, "responses_5xx": 0, "downs": downs}
+
+
+#: keys whose values depend on the clock: compared apart
+VOLATILE = ("time", "state_since", "rate", "rate_max", "downtime")
+
+
+def stable(obj, top: bool = True):
+    """``obj`` (a status document or part of one) without :data:`VOLATILE`
+    keys (a check's own ``time`` stays)."""
+    if isinstance(obj, dict):
+        return {k: stable(v, False) for k, v in obj.items()
+                if not (k in VOLATILE and (top or k != "time"))}
+    if isinstance(obj, list):
+        return [stable(v, False) for v in obj]
+    return obj
+
+
+def virtual_json(listen, active=0, total=0, refused=None, max_active=0):
+    return {"protocol": "tcp", "listen": listen, "connections_active": active,
+            "connections_total": total, "pool": None, "refused": sum((refused or {}).values()),
+            "refusals": dict(dict.fromkeys(REFUSAL_REASONS, 0), **(refused or {})),
+            "connections_max": max_active, "max_connections": None, "bytes_in": 0,
+            "bytes_out": 0, "requests": 0,
+            "responses": {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0}}
 
 
 EXPECTED_STATUS = {
     "virtuals": {
-        "web": {"protocol": "tcp", "listen": ["tcp:8080:interface=127.0.0.1"],
-                "connections_active": 3, "connections_total": 120, "pool": "web",
-                "refused": 1},
-        "api": {"protocol": "tcp",
-                "listen": ["tcp:9000:interface=127.0.0.1", "tcp6:9000:interface=\\:\\:1"],
-                "connections_active": 0, "connections_total": 0, "pool": "api",
-                "refused": 0},
+        "web": dict(virtual_json(["tcp:8080:interface=127.0.0.1"], 3, 120,
+                                 {"no_member": 1}, max_active=3), pool="web"),
+        "api": dict(virtual_json(["tcp:9000:interface=127.0.0.1",
+                                  "tcp6:9000:interface=\\:\\:1"]), pool="api"),
     },
     "pools": {
         "web": {"scheduler": "weighted", "members": {
-            "a": member_json("127.0.0.1:8081", weight=4, active=2, total=3, rt=1.7),
-            "b": member_json("127.0.0.1:8082", state="down", weight=2, priority=2,
+            "a": member_json("127.0.0.1:8081", weight=4, active=2, total=3, rt=1.7,
+                             max_active=3),
+            "b": member_json("127.0.0.1:8082", state="down", weight=2, priority=2, downs=1,
                              down_reason="tcp: connect refused (1/1)",
                              checks={"tcp": {"ok": False, "up": False,
                                              "reason": "connect refused", "time": 1000.0,
@@ -113,10 +138,12 @@ EXPECTED_STATUS = {
                                                             "time": 1000.0,
                                                             "duration_ms": 250.0}}}),
             "c": member_json("[::1]:8083", backup=True, maxconn=10),
-        }},
+        }, "members_up": 2, "queue": 0, "connections_active": 2, "connections_total": 3,
+           "connections_max": 3},
         "api": {"scheduler": "round-robin", "members": {
             "x": member_json("127.0.0.1:9001"),
-        }},
+        }, "members_up": 1, "queue": 0, "connections_active": 0, "connections_total": 0,
+           "connections_max": 0},
     },
     "redundancy": {"driver": "none", "state": "standalone"},
 }
@@ -133,7 +160,8 @@ class Response:
         return values[0] if values else None
 
     def json(self):
-        return json.loads(self.body)
+        """The body, without the clock-dependent keys (see :func:`stable`)."""
+        return stable(json.loads(self.body))
 
     @property
     def text(self) -> str:
@@ -269,9 +297,12 @@ class MemberChangeTests(AdminServerTestCase):
         events = self.capture_log()
         r = yield self.post_member("web", "a", {"state": "drain", "weight": 2})
         self.assertEqual((r.json()["state"], r.json()["weight"]), ("draining", 2))
-        texts = [formatEvent(e) for e in events if e.get("log_namespace") == "lbframe.admin"]
+        # Logged once: the admin API's line says it all, the pool adds nothing.
+        texts = [formatEvent(e) for e in events
+                 if str(e.get("log_namespace", "")).startswith("lbframe")]
         self.assertEqual(texts, ["admin API from 127.0.0.1: member web/a: "
-                                 "admin state enabled -> draining, weight 4 -> 2"])
+                                 "admin state enabled -> draining, weight 4 -> 2; "
+                                 "now draining, 1 of 3 up"])
 
     @defer.inlineCallbacks
     def test_bad_requests(self):
@@ -536,12 +567,17 @@ class PageTests(AdminServerTestCase):
         self.assertEqual(r.header("content-type"), "text/html; charset=utf-8")
         page = r.text
         self.assertIn('<noscript><meta http-equiv="refresh" content="5"></noscript>', page)
-        self.assertIn('<tr class="member state-up" data-pool="web" data-member="a">'
-                      '<td class="name">a</td><td>127.0.0.1:8081</td>'
-                      '<td class="state">up</td><td class="num weight">4</td>', page)
-        self.assertIn('<td class="state">down</td>', page)
-        self.assertIn('<td class="reason">tcp: connect refused (1/1)</td>', page)
-        self.assertIn('<span class="check-fail">tcp: fail (connect refused)</span>', page)
+        self.assertRegex(page, '<tr class="member state-up" data-pool="web" data-member="a">'
+                         '<td class="name" data-label="member">a<span class="addr">'
+                         '127.0.0.1:8081</span></td><td class="state" data-label="state">'
+                         '<span class="word">up</span> <span class="since">[0-9]+s</span></td>'
+                         '<td class="num weight" data-label="weight">4</td>')
+        self.assertIn('<span class="word">down</span>', page)
+        # The reason on one line; the details on hover and when expanded.
+        self.assertIn('<summary title="down: tcp: connect refused (1/1)\ntcp: fail: connect '
+                      'refused, took 250.0 ms (0 ok, 1 failed)" class="check-fail">'
+                      'tcp: connect refused (1/1)</summary>', page)
+        self.assertIn('<td class="state up-count" data-label="members up">2 of 3 up</td>', page)
         self.assertIn('data-action="drain"', page)
         csp = r.header("content-security-policy")
         self.assertIn("script-src 'sha256-", csp)
@@ -549,16 +585,15 @@ class PageTests(AdminServerTestCase):
         self.assertNotIn("unsafe-inline'; script", csp.replace("style-src 'unsafe-inline'", ""))
         self.assertIn("1.7 ms", page)
         self.assertIn("<h2>Pool web", page)
-        self.assertIn("<td>tcp:8080:interface=127.0.0.1</td>", page)
+        self.assertIn("tcp · tcp:8080:interface=127.0.0.1</span>", page)
         self.assertNotIn("http://", page.replace("http-equiv", ""))  # no external assets
 
     @defer.inlineCallbacks
     def test_page_follows_changes(self):
         yield self.post_member("web", "a", {"state": "drain"})
         r = yield self.request("GET", "/")
-        self.assertIn('<tr class="member state-draining" data-pool="web" data-member="a">'
-                      '<td class="name">a</td><td>127.0.0.1:8081</td>'
-                      '<td class="state">draining</td>', r.text)
+        self.assertRegex(r.text, '<tr class="member state-draining" data-pool="web" '
+                         'data-member="a">.*?<span class="word">draining</span>')
 
     def test_escaping(self):
         status = json.loads(json.dumps(EXPECTED_STATUS))
@@ -572,7 +607,7 @@ class PageTests(AdminServerTestCase):
         self.assertNotIn("<b>bad", page)
         self.assertIn("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;", page)
         self.assertIn("&quot;&lt;b&gt;bad&lt;/b&gt;&quot; &amp; more", page)
-        self.assertIn("<td>&lt;v&gt;</td>", page)
+        self.assertIn('data-label="virtual server">&lt;v&gt;<span', page)
         self.assertIn("&lt;l&gt;", page)
 
 
@@ -628,9 +663,9 @@ class ClientTests(AdminServerTestCase):
     @defer.inlineCallbacks
     def test_fetch_status(self):
         status = yield deferToThread(fetch_status, self.url, None)
-        self.assertEqual(status, EXPECTED_STATUS)
+        self.assertEqual(stable(status), EXPECTED_STATUS)
         status = yield deferToThread(fetch_status, self.url + "/", TOKEN)
-        self.assertEqual(status, EXPECTED_STATUS)
+        self.assertEqual(stable(status), EXPECTED_STATUS)
 
     @defer.inlineCallbacks
     def test_change_member(self):
@@ -693,22 +728,31 @@ class ClientOfflineTests(SynchronousTestCase):
         self.assertIn(f"http://127.0.0.1:{port}: connection refused", str(cm.exception))
 
     def test_format_status(self):
-        self.assertEqual(format_status(EXPECTED_STATUS), """\
-redundancy: none (standalone)
+        # The page's words: states with how long, the pool's summary line,
+        # refusals by reason, the check on one line.
+        status = json.loads(json.dumps(EXPECTED_STATUS))
+        status["time"] = 1192.0
+        for m in status["pools"]["web"]["members"].values():
+            m["state_since"] = 1000.0
+        status["pools"]["api"]["members"]["x"]["state_since"] = 1192.0 - 3 * 86400 - 7200
+        status["virtuals"]["web"]["rate"] = status["pools"]["web"]["rate"] = 2.5
+        status["virtuals"]["api"]["rate"] = 0.0
+        self.assertEqual(format_status(status), """\
+redundancy: standalone
 
-VIRTUAL  PROTOCOL  LISTEN                                                   POOL  ACTIVE  TOTAL
-web      tcp       tcp:8080:interface=127.0.0.1                             web        3    120
-api      tcp       tcp:9000:interface=127.0.0.1, tcp6:9000:interface=\\:\\:1  api        0      0
+VIRTUAL  PROTOCOL  LISTEN                                                   POOL  ACTIVE  MAX  TOTAL   RATE  REFUSED
+web      tcp       tcp:8080:interface=127.0.0.1                             web        3    3    120  2.5/s  1: no member 1
+api      tcp       tcp:9000:interface=127.0.0.1, tcp6:9000:interface=\\:\\:1  api        0    0      0  0.0/s  0
 
-pool web (weighted)
-  MEMBER      ADDRESS         STATE  WEIGHT  ACTIVE  TOTAL  RESP_MS  REASON
-  a           127.0.0.1:8081  up          4       2      3      1.7
-  b           127.0.0.1:8082  down        2       0      0        -  tcp: connect refused (1/1)
-  c (backup)  [::1]:8083      up          1       0      0        -
+pool web (weighted): 2 of 3 up, sessions 2 (max 3), total 3, rate 2.5/s, queue 0
+  MEMBER      ADDRESS         STATE       WEIGHT  ACTIVE  MAX  TOTAL  ERR c/r/5xx  RESP_MS  CHK ok/fail  LAST CHECK
+  a           127.0.0.1:8081  up 3m12s         4       2    3      3        0/0/0      1.7          0/0  no check yet
+  b           127.0.0.1:8082  down 3m12s       2       0    0      0        0/0/0        -          0/1  tcp: connect refused (1/1)
+  c (backup)  [::1]:8083      up 3m12s         1       0    0      0        0/0/0        -          0/0  no check yet
 
-pool api (round-robin)
-  MEMBER  ADDRESS         STATE  WEIGHT  ACTIVE  TOTAL  RESP_MS
-  x       127.0.0.1:9001  up          1       0      0        -""")
+pool api (round-robin): 1 of 1 up, sessions 0 (max 0), total 0, queue 0
+  MEMBER  ADDRESS         STATE    WEIGHT  ACTIVE  MAX  TOTAL  ERR c/r/5xx  RESP_MS  CHK ok/fail  LAST CHECK
+  x       127.0.0.1:9001  up 3d2h       1       0    0      0        0/0/0        -          0/0  no check yet""")
 
     def test_format_minimal_status(self):
         # Only the contract's keys, as an older or other server may send.
@@ -718,13 +762,13 @@ pool api (round-robin)
                   "response_time_ms": 12.345}}}},
             "redundancy": {"driver": "vrrp", "state": "master"}}
         self.assertEqual(format_status(status), """\
-redundancy: vrrp (master)
+redundancy: vrrp: master
 
 no virtual servers
 
-pool p (weighted)
-  MEMBER  ADDRESS      STATE     WEIGHT  ACTIVE  TOTAL  RESP_MS
-  m       10.0.0.1:80  draining       3       1      2     12.3""")
+pool p (weighted): 0 of 1 up, sessions 1, total 2
+  MEMBER  ADDRESS      STATE     WEIGHT  ACTIVE  MAX  TOTAL  ERR c/r/5xx  RESP_MS  CHK ok/fail  LAST CHECK
+  m       10.0.0.1:80  draining       3       1    -      2        0/0/0     12.3          0/0  no check yet""")
 
 
 class RatesTests(SynchronousTestCase):
@@ -750,10 +794,14 @@ class RatesTests(SynchronousTestCase):
         svg = sparkline(sampler.rates("member", "web", "a"))
         self.assertIn("<svg", svg)
         self.assertIn("4.0, 0.0, 1.0", svg)
-        page = render_page(json.loads(json.dumps(
-            __import__("lbframe.admin.status", fromlist=["x"]).site_status(runtime))),
-            sampler.rates)
-        self.assertIn('<td class="rate">1.0/s <svg', page)
+        status = json.loads(json.dumps(
+            __import__("lbframe.admin.status", fromlist=["x"]).site_status(runtime, sampler)))
+        a_json = status["pools"]["web"]["members"]["a"]
+        self.assertEqual((a_json["rate"], a_json["rate_max"]), (1.0, 4.0))
+        self.assertEqual(status["pools"]["web"]["rate"], 1.0)
+        page = render_page(status, sampler.rates)
+        self.assertIn('<td class="num rate" data-label="rate">1.0/s <svg', page)
+        self.assertIn('<td class="num rate-max" data-label="max rate">4.0/s</td>', page)
         # A member a reload removed is forgotten at the next sample.
         web.remove_member("b")
         clock.advance(5)

@@ -148,3 +148,62 @@ class TwistdConfigErrorTests(SynchronousTestCase):
         self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
         self.assertEqual(done.stderr, err.getvalue())
         self.assertNotIn("Traceback", done.stdout + done.stderr)
+
+
+class CommandLineTests(SynchronousTestCase):
+    """``--version``, help texts, and a reader that goes away (``| head``)."""
+
+    def run_cli(self, *argv) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                rc = main(list(argv))
+            except SystemExit as e:
+                rc = e.code
+        return rc, out.getvalue(), err.getvalue()
+
+    def test_version(self):
+        from lbframe import __version__
+
+        self.assertEqual(self.run_cli("--version"), (0, f"lbframe {__version__}\n", ""))
+
+    def test_help_texts_have_no_markup(self):
+        for argv in ([], ["check"], ["plugins"], ["status"], ["member"]):
+            rc, out, err = self.run_cli(*argv, "--help")
+            self.assertEqual((rc, err), (0, ""), argv)
+            self.assertTrue(out.startswith("usage: lbframe"), argv)
+            for markup in ("``", ":mod:", ":class:", ":func:", "{check,plugins"):
+                self.assertNotIn(markup, out, argv)
+        rc, out, _ = self.run_cli("member", "--help")
+        self.assertIn("a whole number from 0 to 256", " ".join(out.split()))
+
+    def test_plugins_into_a_closed_pipe(self):
+        """``lbframe plugins | head -1``: the reader has gone before lbframe
+        writes; no traceback, the status a command killed by SIGPIPE has."""
+        import subprocess
+        import sys
+
+        from tests.test_quickstart import ROOT
+
+        code = ("import os, sys\n"
+                "r, w = os.pipe()\n"
+                "os.close(r)\n"
+                "os.dup2(w, 1)\n"
+                "from lbframe.cli import main\n"
+                "sys.exit(main(['plugins']))\n")
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                              text=True, timeout=60)
+        self.assertEqual((done.returncode, done.stderr), (141, ""))
+
+    def test_plugins_into_head(self):
+        import subprocess
+        import sys
+
+        from tests.test_quickstart import ROOT
+
+        done = subprocess.run(f"'{sys.executable}' -m lbframe.cli plugins | head -1",
+                              shell=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.stderr, "")
+        self.assertTrue(done.stdout.startswith("lbframe "), done.stdout)

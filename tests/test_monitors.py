@@ -136,7 +136,7 @@ class RiseFallTests(SynchronousTestCase):
         self.clock.advance(1)
         from twisted.logger import formatEvent
         lines = [formatEvent(e) for e in events if e.get("log_namespace") == "lbframe"]
-        self.assertIn("member web/a down: connect refused (1/1)", lines)
+        self.assertIn("member web/a down: connect refused (1/1); 1 of 2 up", lines)
 
 
 class TCPMonitorTests(TestCase):

@@ -388,7 +388,8 @@ class LoggingTests(TestCase):
         got = [line for line in lines if "p/a" in line]
         self.assertEqual(got, [
             "member p/a: connect refused (client 192.0.2.1; 1 of 3 before passive down)",
-            "member p/a down: passive: 3 failures in a row (last: connect refused)",
+            "member p/a down: passive: 3 failures in a row (last: connect refused); "
+            "1 of 2 up",
         ])
 
     def test_without_passive_health_the_failures_are_summed_up(self):
@@ -531,7 +532,8 @@ member dead = 127.0.0.1:{self.dead_port}
         self.assertEqual(dead.state, "down")
         self.assertEqual([line for line in lines if "p/dead" in line], [
             "member p/dead: connect refused (client 127.0.0.1; 1 of 3 before passive down)",
-            "member p/dead down: passive: 3 failures in a row (last: connect refused)"])
+            "member p/dead down: passive: 3 failures in a row (last: connect refused); "
+            "1 of 2 up"])
         # After fail_timeout: one probe, refused, still down.
         yield self.wait_until(lambda: dead.eligible, timeout=5 * self.FAIL_TIMEOUT)
         yield self.requests(vport, payload, 10)

@@ -152,7 +152,7 @@ class DevTools:
 
 
 STATE_OF = ('(function (m) {{ var r = document.querySelector("tr[data-pool=web]'
-            '[data-member=" + m + "]"); return r && r.querySelector("td.state").textContent; }})'
+            '[data-member=" + m + "]"); return r && r.querySelector("td.state .word").textContent; }})'
             '("{member}")')
 
 
@@ -173,10 +173,12 @@ class StatusPageBrowserTests(TestCase):
                                    capture_output=True, text=True, timeout=90)
         dom = done.stdout
         self.assertIn("<h2>Pool web", dom)
-        self.assertIn('data-member="a"><td class="name">a</td><td>127.0.0.1:8081</td>'
-                      '<td class="state">up</td>', dom)
-        self.assertIn('data-member="b"><td class="name">b</td><td>127.0.0.1:8082</td>'
-                      '<td class="state">down</td>', dom)
+        self.assertRegex(dom, 'data-member="a"><td class="name" data-label="member">a<span '
+                         'class="addr">127.0.0.1:8081</span></td><td class="state" '
+                         'data-label="state"><span class="word">up</span>')
+        self.assertRegex(dom, 'data-member="b"><td class="name" data-label="member">b<span '
+                         'class="addr">127.0.0.1:8082</span></td><td class="state" '
+                         'data-label="state"><span class="word">down</span>')
         self.assertIn("tcp: connect refused (1/1)", dom)
         self.assertIn('<html lang="en" class="js">', dom, "the page's script ran")
 

@@ -59,7 +59,7 @@ class ApiRoot(Endpoint):
 
 class StatusResource(Endpoint):
     def render_GET(self, request):
-        return send_json(request, site_status(self.runtime))
+        return send_json(request, site_status(self.runtime, getattr(self.context, "rates", None)))
 
 
 # -- pools and members ---------------------------------------------------------
@@ -206,13 +206,16 @@ class MemberResource(Endpoint):
         if weight is not None and weight != member.weight:
             changes.append(f"weight {member.weight} -> {weight}")
         if admin is not None:
-            pool.set_admin(member, admin, reason=f"by admin API from {client}")
+            # Logged once, below, with everything that changed.
+            pool.set_admin(member, admin, reason=f"by admin API from {client}", quiet=True)
         if weight is not None:
             pool.set_weight(member, weight)
         if changes:
-            log.info("admin API from {client}: member {pool}/{member}: {changes}",
-                     client=client, pool=self.pool, member=self.member,
-                     changes=", ".join(changes), admin=admin, weight=weight,
+            up, total = pool.count_up()
+            log.info("admin API from {client}: member {pool}/{member}: {changes}; now "
+                     "{state}, {up} of {members} up", client=client, pool=self.pool,
+                     member=self.member, changes=", ".join(changes), admin=admin,
+                     weight=weight, state=member.state, up=up, members=total,
                      lbframe_event="admin_change")
         return send_json(request, member_status(member))
 

@@ -198,43 +198,52 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int],
     return lines
 
 
-def format_status(status: dict[str, Any]) -> str:
-    """``/api/status`` as an aligned text table: the virtual servers, then each
-    pool's members with address, state, weight, active and total connections
-    and response time. No newline at the end (for ``print``)."""
+def format_status(status: dict[str, Any], now: float | None = None) -> str:
+    """``/api/status`` as the status page shows it, in aligned text: the
+    redundancy state, the virtual servers (sessions, rate, refusals by
+    reason), then per pool its summary line and its members (state and how
+    long, weight, sessions, errors, response time, the check on one line).
+    ``now`` (default: the status's own ``time``) dates the states. No
+    newline at the end (for ``print``)."""
+    from lbframe.admin import summary
+
+    if now is None:
+        now = status.get("time")
     lines = []
     red = status.get("redundancy") or {}
     if red:
-        lines.append(f"redundancy: {red.get('driver', '-')} ({red.get('state', '-')})")
+        lines.append(f"redundancy: {summary.redundancy_line(red)}")
         lines.append("")
     virtuals = status.get("virtuals") or {}
     if virtuals:
         rows = [[name, _cell(v.get("protocol")), ", ".join(v.get("listen") or []) or "-",
                  _cell(v.get("pool")), _cell(v.get("connections_active")),
-                 _cell(v.get("connections_total"))]
+                 _cell(v.get("connections_max")), _cell(v.get("connections_total")),
+                 summary.rate(v.get("rate")), summary.refusals_line(v)]
                 for name, v in virtuals.items()]
-        lines += _table(["VIRTUAL", "PROTOCOL", "LISTEN", "POOL", "ACTIVE", "TOTAL"], rows,
-                        right={4, 5})
+        lines += _table(["VIRTUAL", "PROTOCOL", "LISTEN", "POOL", "ACTIVE", "MAX", "TOTAL",
+                         "RATE", "REFUSED"], rows, right={4, 5, 6, 7})
     else:
         lines.append("no virtual servers")
     for name, pool in (status.get("pools") or {}).items():
         lines.append("")
-        lines.append(f"pool {name} ({pool.get('scheduler', '-')})")
+        lines.append(summary.pool_line(name, pool))
         members = pool.get("members") or {}
         if not members:
             lines.append("  no members")
             continue
         rows = []
         for mname, m in members.items():
+            ok, failed = summary.check_counts(m)
+            errors = f"{m.get('failures', 0) or 0}/{m.get('retries', 0) or 0}/" \
+                     f"{m.get('responses_5xx', 0) or 0}"
             rows.append([mname + (" (backup)" if m.get("backup") else ""),
-                         _cell(m.get("address")), _cell(m.get("state")),
+                         _cell(m.get("address")), summary.state_for(m, now),
                          _cell(m.get("weight")), _cell(m.get("connections_active")),
-                         _cell(m.get("connections_total")), _ms(m.get("response_time_ms")),
-                         m.get("down_reason") or ""])
-        headers = ["MEMBER", "ADDRESS", "STATE", "WEIGHT", "ACTIVE", "TOTAL", "RESP_MS"]
-        if any(r[-1] for r in rows):
-            headers.append("REASON")
-        else:
-            rows = [r[:-1] for r in rows]
-        lines += _table(headers, rows, right={3, 4, 5, 6}, indent="  ")
+                         _cell(m.get("connections_max")), _cell(m.get("connections_total")),
+                         errors, _ms(m.get("response_time_ms")), f"{ok}/{failed}",
+                         summary.check_line(m, now)])
+        lines += _table(["MEMBER", "ADDRESS", "STATE", "WEIGHT", "ACTIVE", "MAX", "TOTAL",
+                         "ERR c/r/5xx", "RESP_MS", "CHK ok/fail", "LAST CHECK"], rows,
+                        right={3, 4, 5, 6, 7, 8, 9}, indent="  ")
     return "\n".join(lines)

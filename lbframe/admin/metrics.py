@@ -76,6 +76,20 @@ class RuntimeCollector:
         response = GaugeMetricFamily("lbframe_member_response_seconds",
                                      "moving average of the member's response time "
                                      "(only once measured)", labels=MEMBER)
+        most = GaugeMetricFamily("lbframe_member_connections_max",
+                                 "the most connections open to the member at once",
+                                 labels=MEMBER)
+        retries = CounterMetricFamily("lbframe_member_retries_total",
+                                      "failed connects to the member retried on another "
+                                      "member", labels=MEMBER)
+        errors_5xx = CounterMetricFamily("lbframe_member_responses_5xx_total",
+                                         "http responses with a 5xx status from the member",
+                                         labels=MEMBER)
+        downs = CounterMetricFamily("lbframe_member_downs_total",
+                                    "times the member went down", labels=MEMBER)
+        since = GaugeMetricFamily("lbframe_member_state_since_seconds",
+                                  "when the member entered its current state (Unix time)",
+                                  labels=MEMBER)
         for pname, pool in runtime.pools.items():
             for mname, m in pool.members.items():
                 labels = [pname, mname]
@@ -93,8 +107,13 @@ class RuntimeCollector:
                 bytes_out.add_metric(labels, m.bytes_out)
                 if m.response_time is not None:
                     response.add_metric(labels, m.response_time)
+                most.add_metric(labels, getattr(m, "max_active", 0))
+                retries.add_metric(labels, getattr(m, "retries", 0))
+                errors_5xx.add_metric(labels, getattr(m, "responses_5xx", 0))
+                since.add_metric(labels, getattr(m, "since", 0.0))
+                downs.add_metric(labels, getattr(m, "downs", 0))
         yield from (up, healthy, passive, state, weight, active, total, failures, bytes_in, bytes_out,
-                    response)
+                    response, most, retries, errors_5xx, since, downs)
 
     def _monitors(self, runtime) -> Iterator[Metric]:
         checks = CounterMetricFamily("lbframe_monitor_checks_total",
@@ -137,17 +156,36 @@ class RuntimeCollector:
                                         "http responses sent by the virtual server, by status "
                                         "class (lbframe's own error and sorry pages included)",
                                         labels=["virtual", "code"])
+        by_reason = CounterMetricFamily("lbframe_virtual_refusals_total",
+                                        "client connections or requests refused, by reason "
+                                        "(no_member, maxconn, queue_full, queue_timeout, sorry, "
+                                        "bad_request, source_limit, member_failed, resources)",
+                                        labels=["virtual", "reason"])
+        most = GaugeMetricFamily("lbframe_virtual_connections_max",
+                                 "the most client connections open at once",
+                                 labels=["virtual"])
+        v_in = CounterMetricFamily("lbframe_virtual_bytes_in_total",
+                                   "bytes received from clients (counted when a connection "
+                                   "or request ends)", labels=["virtual"])
+        v_out = CounterMetricFamily("lbframe_virtual_bytes_out_total",
+                                    "bytes sent to clients (counted when a connection or "
+                                    "request ends)", labels=["virtual"])
         for name, v in runtime.virtuals.items():
             active.add_metric([name], v.active)
             total.add_metric([name], v.total)
             refused.add_metric([name], v.refused)
+            for reason, count in (getattr(v, "refusals", None) or {}).items():
+                by_reason.add_metric([name, reason], count)
+            most.add_metric([name], getattr(v, "max_active", 0))
+            v_in.add_metric([name], getattr(v, "bytes_in", 0))
+            v_out.add_metric([name], getattr(v, "bytes_out", 0))
             # Counted by request-aware protocols (http); stay 0 for tcp.
             n = getattr(v, "requests", None)
             if n is not None:
                 requests.add_metric([name], n)
             for code, count in sorted((getattr(v, "responses", None) or {}).items()):
                 responses.add_metric([name, str(code)], count)
-        yield from (active, total, refused, requests, responses)
+        yield from (active, total, refused, requests, responses, by_reason, most, v_in, v_out)
         yield from self._next_hops(runtime)
         queue = GaugeMetricFamily("lbframe_pool_queue_length",
                                   "connections waiting for a member of the pool "

@@ -25,9 +25,12 @@ import base64
 import hashlib
 import time
 from html import escape
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
+
+import attrs
 
 from lbframe import __version__
+from lbframe.admin import summary
 from lbframe.admin.status import site_status
 from lbframe.admin.web import Endpoint, send_text
 from lbframe.config.values import MEMBER_WEIGHT
@@ -37,30 +40,72 @@ REFRESH_SECONDS = 5
 ACTIONS = (("drain", "drain"), ("disable", "disable"), ("enable", "enable"))
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; margin-bottom: 1.5em; }
-th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: left;
+body { font: 13px/1.35 system-ui, sans-serif; margin: 1em; color: #222; }
+h1 { font-size: 1.4em; margin: 0 0 0.3em; }
+h2 { font-size: 1.15em; margin: 1.2em 0 0.4em; }
+.wrap { max-width: 100%; overflow-x: auto; }
+table { border-collapse: collapse; width: 100%; margin-bottom: 0.8em; }
+th, td { padding: 0.2em 0.35em; border-bottom: 1px solid #ddd; text-align: left;
          vertical-align: top; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-th { background: #f3f3f3; }
-.state { font-weight: bold; }
-tr.state-up td.state { color: #11772d; }
+thead th { background: #f3f3f3; font-weight: 600; white-space: nowrap; }
+thead tr.group th { background: #e6e6e6; text-align: center; border-left: 1px solid #fff; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.name { overflow-wrap: anywhere; min-width: 5em; }
+.addr { display: block; color: #666; font-size: 0.9em; white-space: nowrap; }
+tr.summary td.name { white-space: nowrap; }
+.state { font-weight: bold; white-space: nowrap; }
+.state .since { font-weight: normal; }
+tr.state-up .state { color: #11772d; }
 tr.state-down { background: #fdecea; }
-tr.state-down td.state { color: #b3261e; }
+tr.state-down .state { color: #b3261e; }
 tr.state-draining { background: #fff4e0; }
-tr.state-draining td.state { color: #a15c00; }
+tr.state-draining .state { color: #a15c00; }
 tr.state-disabled { background: #f1f1f1; }
-tr.state-disabled td.state { color: #666; }
+tr.state-disabled .state { color: #666; }
+tr.summary { background: #eef3fb; font-weight: 600; }
+tr.summary td { border-bottom: 2px solid #9bb4d8; }
 .muted { color: #666; font-weight: normal; }
 .check-fail { color: #b3261e; }
+td.check { max-width: 14em; }
+details.line > summary { white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
+                         cursor: pointer; list-style: none; }
+details.line > summary::-webkit-details-marker { display: none; }
+details.line[open] > summary { white-space: normal; }
+details.line > div { white-space: pre-wrap; font-size: 0.9em; color: #444;
+                     overflow-wrap: anywhere; }
 svg.spark { vertical-align: middle; }
 svg.spark polyline { fill: none; stroke: #3a6ea5; stroke-width: 1.2; }
-td.actions { white-space: nowrap; }
-td.actions input { width: 4em; }
+td.actions { width: 10.5em; }
+td.actions button { font-size: 0.85em; padding: 0.05em 0.3em; margin: 0 0.1em 0.15em 0; }
+td.actions input { width: 3.6em; font-size: 0.85em; }
+#redundancy .state { font-size: 1.05em; }
 #bar { min-height: 1.5em; }
 #token-form[hidden], #message:empty { display: none; }
 #message { padding: 0.3em 0.6em; background: #eef3fb; border: 1px solid #9bb4d8; }
 #message.error { background: #fdecea; border-color: #e3a19b; }
+@media (max-width: 1100px) {
+  /* Narrow screens: every row becomes a card of "label: value" lines, so
+     nothing needs horizontal scrolling and nothing is cut off. */
+  table, tbody, tr, td { display: block; width: auto; }
+  thead { display: none; }
+  tr { border: 1px solid #ccc; border-radius: 4px; margin-bottom: 0.6em; padding: 0.2em 0;
+       display: grid; grid-template-columns: repeat(auto-fill, minmax(10.5em, 1fr)); }
+  td.name, td.check, td.actions, td.refused, td.state, td.up-count { grid-column: 1 / -1; }
+  td:empty, td[data-label=""] { display: none; }
+  td { border: none; padding: 0.1em 0.6em; display: flex; gap: 0.8em;
+       justify-content: space-between; text-align: right; max-width: none; }
+  td.num { text-align: right; }
+  td::before { content: attr(data-label); color: #666; font-weight: normal;
+               text-align: left; flex: none; }
+  td.name, td.check { display: block; text-align: left; }
+  .addr { white-space: normal; overflow-wrap: anywhere; }
+  td.name::before, td.check::before { display: block; }
+  td.check details { min-width: 0; }
+  td.actions { white-space: normal; flex-wrap: wrap; justify-content: flex-start;
+               width: auto; align-items: baseline; gap: 0.3em; }
+  td.state .word { margin-left: auto; }
+  tr.summary td { border-bottom: none; }
+}
 """
 
 SCRIPT = """
@@ -97,7 +142,16 @@ SCRIPT = """
         if (html === null || editing()) { return; }
         var doc = new DOMParser().parseFromString(html, "text/html");
         var fresh = doc.getElementById("status");
-        if (fresh) { main.innerHTML = fresh.innerHTML; }
+        if (!fresh) { return; }
+        var open = {};
+        main.querySelectorAll("details[open][data-key]").forEach(function (d) {
+          open[d.dataset.key] = true;
+        });
+        main.innerHTML = fresh.innerHTML;
+        main.querySelectorAll("details[data-key]").forEach(function (d) {
+          if (open[d.dataset.key]) { d.open = true; }
+        });
+        document.dispatchEvent(new Event("lbframe:refreshed"));
       })
       .catch(function () { say("lbframe does not answer; retrying", true); });
   }
@@ -150,6 +204,7 @@ SCRIPT = """
     form.hidden = true;
     if (pending) { var p = pending; pending = null; send(p); }
   });
+  window.lbframeRefresh = refresh;
   setInterval(refresh, REFRESH);
 })();
 """ % {"refresh": REFRESH_SECONDS}
@@ -165,20 +220,16 @@ def _e(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
-def _num(value: Any, cls: str = "") -> str:
-    extra = f" {cls}" if cls else ""
-    return f'<td class="num{extra}">{_e(value)}</td>'
+def _td(value: Any, label: str, cls: str = "num") -> str:
+    """A cell; ``label`` names it on narrow screens (each row a card)."""
+    return f'<td class="{cls}" data-label="{_e(label)}">{_e(value)}</td>'
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
-def _rate(value: float) -> str:
-    return f"{value:.1f}/s" if value < 100 else f"{value:.0f}/s"
-
-
-def sparkline(rates: list[float], width: int = 72, height: int = 16) -> str:
+def sparkline(rates: list[float], width: int = 60, height: int = 14) -> str:
     """An inline SVG of ``rates`` (oldest first), with the numbers as its title."""
     if len(rates) < 2:
         return ""
@@ -192,97 +243,225 @@ def sparkline(rates: list[float], width: int = 72, height: int = 16) -> str:
             f'<polyline points="{points}"/></svg>')
 
 
-def _table(headers: Iterable[str], rows: list[str]) -> str:
+def _line(text: str, details: str, key: str, cls: str = "") -> str:
+    """``text`` kept to one line (cut with an ellipsis); a click shows
+    ``details`` below it, the title shows them on hover."""
+    extra = f' class="{cls}"' if cls else ""
+    return (f'<details class="line" data-key="{_e(key)}"><summary title="{_e(details)}"'
+            f'{extra}>{_e(text)}</summary><div>{_e(details)}</div></details>')
+
+
+@attrs.frozen
+class View:
+    """What every section is given: the status dict, the time it describes
+    (epoch seconds, for "down 3m12s") and the rate history for sparklines."""
+
+    status: dict
+    now: float | None
+    rates: Callable[..., list[float]]
+
+
+def _table(groups: list[tuple[str, int]], headers: list[str], rows: list[str],
+           cls: str) -> str:
+    """A table with a row of column groups (``(title, span)``) over its headers."""
+    group = "".join(f'<th colspan="{span}">{_e(title)}</th>' if span > 1 else
+                    f"<th>{_e(title)}</th>" for title, span in groups)
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{''.join(rows)}</tbody>\n</table>\n"
+    return (f'<div class="wrap"><table class="{cls}">\n<thead><tr class="group">{group}</tr>'
+            f"<tr>{head}</tr></thead>\n<tbody>\n{''.join(rows)}</tbody>\n</table></div>\n")
 
 
-def _virtuals(virtuals: dict[str, dict], rates: Callable[..., list[float]]) -> str:
+# -- sections: one function per kind of thing, in page order -----------------
+
+
+def redundancy_section(view: View) -> str:
+    """The node's redundancy driver and state (``standalone`` without one)."""
+    red = view.status.get("redundancy") or {}
+    when = ""
+    if view.now is not None:
+        when = (f' <span class="muted">· {_e(time.strftime("%H:%M:%S", time.localtime(view.now)))}'
+                "</span>")
+    extra = ""
+    for key, value in red.items():
+        if key not in ("driver", "state") and isinstance(value, (str, int, float)):
+            extra += f' <span class="muted">· {_e(key)} {_e(value)}</span>'
+    return (f'<p id="redundancy">Redundancy: <span class="state" data-driver="'
+            f'{_e(red.get("driver"))}">{_e(summary.redundancy_line(red))}</span>{extra}'
+            f"{when}</p>\n")
+
+
+VIRTUAL_GROUPS = [("virtual server", 2), ("sessions", 4), ("rate", 2), ("bytes", 2),
+                  ("http", 1), ("refused", 1)]
+VIRTUAL_HEADERS = ["name", "pool", "cur", "max", "limit", "total", "cur", "max", "in", "out",
+                   "responses", "by reason"]
+
+
+def _responses(v: dict) -> str:
+    if not v.get("requests") and not any((v.get("responses") or {}).values()):
+        return "-"
+    return " ".join(f"{code} {n}" for code, n in (v.get("responses") or {}).items() if n) or "0"
+
+
+def virtuals_section(view: View) -> str:
+    """Per virtual server: sessions, rates, bytes, responses, refusals by reason."""
+    virtuals = view.status.get("virtuals") or {}
+    out = "<h2>Virtual servers</h2>\n"
     if not virtuals:
-        return "<p>No virtual servers.</p>\n"
+        return out + "<p>No virtual servers.</p>\n"
     rows = []
     for name, v in virtuals.items():
-        recent = rates("virtual", name)
+        recent = view.rates("virtual", name)
+        listen = " ".join(v.get("listen", []))
+        limit = v.get("max_connections")
         rows.append(
-            f'<tr data-virtual="{_e(name)}"><td>{_e(name)}</td><td>{_e(v.get("protocol"))}</td>'
-            f"<td>{'<br>'.join(_e(x) for x in v.get('listen', []))}</td>"
-            f"<td>{_e(v.get('pool', ''))}</td>"
-            f"{_num(v.get('connections_active'))}{_num(v.get('connections_total'))}"
-            f"{_num(v.get('refused', ''))}"
-            f'<td class="rate">{_e(_rate(recent[-1])) if recent else "-"} '
-            f"{sparkline(recent)}</td></tr>\n")
-    out = _table(["virtual server", "protocol", "listen", "pool", "active", "total",
-                  "refused", "recent rate"], rows)
-    return out + "".join(_next_hops(name, v) for name, v in virtuals.items() if "next_hops" in v)
+            f'<tr class="virtual" data-virtual="{_e(name)}">'
+            f'<td class="name" data-label="virtual server">{_e(name)}'
+            f'<span class="addr">{_e(v.get("protocol"))} · {_e(listen)}</span></td>'
+            f'{_td(v.get("pool", ""), "pool", "pool")}'
+            f'{_td(v.get("connections_active"), "sessions", "num active")}'
+            f'{_td(v.get("connections_max", "-"), "max sessions", "num max")}'
+            f'{_td("-" if limit is None else limit, "limit", "num limit")}'
+            f'{_td(v.get("connections_total"), "total sessions", "num total")}'
+            f'<td class="num rate" data-label="rate">{_e(summary.rate(v.get("rate", 0.0)))}'
+            f" {sparkline(recent)}</td>"
+            f'{_td(summary.rate(v.get("rate_max", 0.0)), "max rate", "num rate-max")}'
+            f'{_td(summary.size(v.get("bytes_in")), "bytes in", "num bytes-in")}'
+            f'{_td(summary.size(v.get("bytes_out")), "bytes out", "num bytes-out")}'
+            f'{_td(_responses(v), "responses", "responses")}'
+            f'<td class="refused" data-label="refused">'
+            f'{_e(summary.refusals_line(v))}</td></tr>\n')
+    return out + _table(VIRTUAL_GROUPS, VIRTUAL_HEADERS, rows, "virtuals")
 
 
-def _next_hops(name: str, v: dict) -> str:
-    """protocol routed: the kernel's counters per next hop."""
-    rows = [f'<tr data-next-hop="{_e(member)}"><td>{_e(member)}</td>{_num(c.get("flows"))}'
-            f'{_num(c.get("packets"))}{_num(c.get("bytes"))}</tr>\n'
-            for member, c in v["next_hops"].items()]
-    return (f"<h3>{_e(name)}: next hops (dropped for want of one: "
-            f"{_e(v.get('dropped_packets', 0))} packets)</h3>\n"
-            + _table(["next hop", "flows", "packets", "bytes"], rows))
-
-
-def _last_check(m: dict, now: float | None) -> str:
-    """Each monitor's last result: ``tcp: pass (2 s ago)``."""
-    parts = []
-    for name, c in (m.get("checks") or {}).items():
-        last = c.get("last_check")
-        if not last:
-            parts.append(f"{_e(name)}: <span class=\"muted\">not yet</span>")
+def next_hops_section(view: View) -> str:
+    """protocol routed/nat: the kernel's counters per next hop, a table per
+    virtual server that has them."""
+    out = []
+    for name, v in (view.status.get("virtuals") or {}).items():
+        hops = v.get("next_hops")
+        if not hops:
             continue
-        ok = last.get("result") == "pass"
-        cls = "check-pass" if ok else "check-fail"
-        text = f"{name}: {last.get('result')}"
-        if last.get("reason"):
-            text += f" ({last['reason']})"
-        when = last.get("time")
-        age = ""
-        if now is not None and when is not None and 0 <= now - when < 10 ** 6:
-            age = f' <span class="muted">{now - when:.0f}s ago</span>'
-        parts.append(f'<span class="{cls}">{_e(text)}</span>{age}')
-    return "<br>".join(parts) if parts else '<span class="muted">no monitor</span>'
+        rows = [f'<tr data-next-hop="{_e(member)}">'
+                f'<td class="name" data-label="next hop">{_e(member)}</td>'
+                f'{_td(c.get("flows"), "flows")}{_td(c.get("packets"), "packets")}'
+                f'{_td(c.get("bytes"), "bytes")}</tr>\n'
+                for member, c in hops.items()]
+        out.append(f"<h3>{_e(name)}: next hops (dropped for want of one: "
+                   f"{_e(v.get('dropped_packets', 0))} packets)</h3>\n")
+        out.append(_table([("next hop", 1), ("kernel counters", 3)],
+                          ["name", "flows", "packets", "bytes"], rows, "next-hops"))
+    return "".join(out)
+
+
+MEMBER_GROUPS = [("member", 4), ("checks", 3), ("sessions", 3), ("rate", 2), ("bytes", 2),
+                 ("errors", 3), ("", 1), ("", 1)]
+MEMBER_HEADERS = ["name", "state", "weight", "last check", "ok", "failed", "downs", "cur", "max",
+                  "total", "cur", "max", "in", "out", "conn", "retr", "5xx", "response",
+                  "change"]
 
 
 def _actions(pool: str, member: str, m: dict) -> str:
     buttons = "".join(
         f'<button type="button" data-action="{action}">{label}</button>'
         for label, action in ACTIONS)
-    return (f'<td class="actions">{buttons} '
-            f'<input name="weight" type="number" min="{MEMBER_WEIGHT[0]}" max="{MEMBER_WEIGHT[1]}" value="{_e(m.get("weight"))}" '
+    return (f'<td class="actions" data-label="change">{buttons} '
+            f'<input name="weight" type="number" min="{MEMBER_WEIGHT[0]}" '
+            f'max="{MEMBER_WEIGHT[1]}" value="{_e(m.get("weight"))}" '
             f'aria-label="weight of {_e(pool)}/{_e(member)}">'
-            f'<button type="button" data-action="weight">set weight</button></td>')
+            f'<button type="button" data-action="weight" title="set the weight">set</button></td>')
 
 
-def _pool(name: str, pool: dict, rates: Callable[..., list[float]], now: float | None) -> str:
-    rows = []
-    for mname, m in pool.get("members", {}).items():
-        state = str(m.get("state", ""))
-        cls = f"state-{_e(state)}"
-        flags = []
-        if m.get("backup"):
-            flags.append("backup")
-        extra = f' <span class="muted">({_e(", ".join(flags))})</span>' if flags else ""
-        recent = rates("member", name, mname)
-        rows.append(
-            f'<tr class="member {cls}" data-pool="{_e(name)}" data-member="{_e(mname)}">'
-            f'<td class="name">{_e(mname)}{extra}</td><td>{_e(m.get("address"))}</td>'
-            f'<td class="state">{_e(state)}</td>{_num(m.get("weight"), "weight")}'
-            f'{_num(m.get("connections_active"), "active")}'
-            f'{_num(m.get("connections_total"), "total")}'
-            f'<td class="rate">{_e(_rate(recent[-1])) if recent else "-"} {sparkline(recent)}</td>'
-            f'{_num(_ms(m.get("response_time_ms")))}'
-            f'<td class="check">{_last_check(m, now)}</td>'
-            f'<td class="reason">{_e(m.get("down_reason", ""))}</td>'
-            f'{_actions(name, mname, m)}</tr>\n')
-    heading = (f'<h2>Pool {_e(name)} <span class="muted">({_e(pool.get("scheduler"))})</span>'
-               "</h2>\n")
-    return heading + _table(["member", "address", "state", "weight", "active", "total",
-                             "recent rate", "response", "last check", "down reason",
-                             "change"], rows)
+def _summary_row(name: str, pool: dict) -> str:
+    s = summary.pool_summary(pool)
+    queue = s["queue"]
+    return (
+        f'<tr class="summary" data-pool-summary="{_e(name)}">'
+        f'<td class="name" data-label="pool">{_e(name)} total</td>'
+        f'<td class="state up-count" data-label="members up">{s["up"]} of {s["members"]} up</td>'
+        f'{_td("", "", "weight")}{_td("", "", "check")}'
+        f'{_td(s["checks_ok"], "checks ok")}{_td(s["checks_failed"], "checks failed")}'
+        f'{_td(s["downs"], "downs", "num downs")}'
+        f'{_td(s["active"], "sessions", "num active")}'
+        f'{_td("-" if s["max"] is None else s["max"], "max sessions", "num max")}'
+        f'{_td(s["total"], "total sessions", "num total")}'
+        f'{_td(summary.rate(s["rate"] if s["rate"] is not None else 0.0), "rate", "num rate")}'
+        f'{_td("", "", "num")}'
+        f'{_td(summary.size(s["bytes_in"]), "bytes in")}'
+        f'{_td(summary.size(s["bytes_out"]), "bytes out")}'
+        f'{_td(s["failures"], "connect errors")}{_td(s["retries"], "retries")}'
+        f'{_td(s["responses_5xx"], "5xx")}{_td("", "", "num")}'
+        f'{_td("-" if queue is None else f"queue {queue}", "queue", "queue")}</tr>\n')
+
+
+def _downs(m: dict) -> str:
+    """How often it went down, and for how long in all (HAProxy's Dwn, Dwntme)."""
+    downs = m.get("downs")
+    if downs is None:
+        return _td("-", "downs", "num downs")
+    text = str(downs)
+    if downs:
+        text += f" · {summary.duration(m.get('downtime') or 0)}"
+    return (f'<td class="num downs" data-label="downs" title="went down {_e(downs)} '
+            f'times, down {_e(summary.duration(m.get("downtime") or 0))} in all">'
+            f"{_e(text)}</td>")
+
+
+def _member_row(pname: str, mname: str, m: dict, view: View) -> str:
+    state = str(m.get("state", ""))
+    flags = ["backup"] if m.get("backup") else []
+    if m.get("maxconn") is not None:
+        flags.append(f"maxconn {m['maxconn']}")
+    extra = f' <span class="muted">({_e(", ".join(flags))})</span>' if flags else ""
+    since = m.get("state_since")
+    lasted = (f' <span class="since">{_e(summary.duration(view.now - since))}</span>'
+              if view.now is not None and since is not None else "")
+    ok, failed = summary.check_counts(m)
+    line = summary.check_line(m, view.now)
+    cls = "check-fail" if m.get("down_reason") or "fail" in line else ""
+    recent = view.rates("member", pname, mname)
+    return (
+        f'<tr class="member state-{_e(state)}" data-pool="{_e(pname)}" data-member="{_e(mname)}">'
+        f'<td class="name" data-label="member">{_e(mname)}{extra}'
+        f'<span class="addr">{_e(m.get("address"))}</span></td>'
+        f'<td class="state" data-label="state"><span class="word">{_e(state)}</span>{lasted}</td>'
+        f'{_td(m.get("weight"), "weight", "num weight")}'
+        f'<td class="check" data-label="last check">'
+        f'{_line(line, summary.check_details(m, view.now), f"{pname}/{mname}", cls)}</td>'
+        f'{_td(ok, "checks ok", "num checks-ok")}{_td(failed, "checks failed", "num checks-failed")}'
+        f'{_downs(m)}'
+        f'{_td(m.get("connections_active"), "sessions", "num active")}'
+        f'{_td(m.get("connections_max", "-"), "max sessions", "num max")}'
+        f'{_td(m.get("connections_total"), "total sessions", "num total")}'
+        f'<td class="num rate" data-label="rate">{_e(summary.rate(m.get("rate", 0.0)))} '
+        f"{sparkline(recent)}</td>"
+        f'{_td(summary.rate(m.get("rate_max", 0.0)), "max rate", "num rate-max")}'
+        f'{_td(summary.size(m.get("bytes_in")), "bytes in", "num bytes-in")}'
+        f'{_td(summary.size(m.get("bytes_out")), "bytes out", "num bytes-out")}'
+        f'{_td(m.get("failures", 0), "connect errors", "num failures")}'
+        f'{_td(m.get("retries", 0), "retries", "num retries")}'
+        f'{_td(m.get("responses_5xx", 0), "5xx", "num responses-5xx")}'
+        f'{_td(_ms(m.get("response_time_ms")), "response", "num response")}'
+        f'{_actions(pname, mname, m)}</tr>\n')
+
+
+def pools_section(view: View) -> str:
+    """Per pool: a summary row, then a row per member."""
+    out = []
+    for name, pool in (view.status.get("pools") or {}).items():
+        s = summary.pool_summary(pool)
+        rows = [_summary_row(name, pool)]
+        rows += [_member_row(name, mname, m, view)
+                 for mname, m in (pool.get("members") or {}).items()]
+        out.append(f'<h2>Pool {_e(name)} <span class="muted">({_e(pool.get("scheduler"))}, '
+                   f'{s["up"]} of {s["members"]} up)</span></h2>\n')
+        out.append(_table(MEMBER_GROUPS, MEMBER_HEADERS, rows, "pool"))
+    return "".join(out)
+
+
+#: the page's sections in order, each ``View → HTML``. A new kind of thing
+#: (flows, next hops, …) adds its function here, after the one it follows.
+SECTIONS: list[Callable[[View], str]] = [redundancy_section, virtuals_section,
+                                         next_hops_section, pools_section]
 
 
 def _no_rates(*key) -> list[float]:
@@ -293,10 +472,11 @@ def render_page(status: dict[str, Any], rates: Callable[..., list[float]] = _no_
                 now: float | None = None) -> str:
     """The HTML page for a ``/api/status`` dict. ``rates(kind, *names)``
     gives recent connection rates (see :mod:`lbframe.admin.rates`); ``now``
-    (epoch seconds) dates the last checks."""
-    red = status.get("redundancy", {})
+    (epoch seconds; default the status's own ``time``) dates states and checks."""
+    view = View(status, status.get("time") if now is None else now, rates)
     parts = [
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
         f'<noscript><meta http-equiv="refresh" content="{REFRESH_SECONDS}"></noscript>\n',
         "<title>lbframe status</title>\n",
         f"<style>{STYLE}</style>\n</head>\n<body>\n",
@@ -306,15 +486,8 @@ def render_page(status: dict[str, Any], rates: Callable[..., list[float]] = _no_
         '<button type="submit">use</button></form>'
         '<p id="message" role="status"></p></div>\n',
         '<main id="status">\n',
-        f"<p>Redundancy: {_e(red.get('driver'))}, state "
-        f'<span class="state">{_e(red.get("state"))}</span>'
-        + (f' <span class="muted">· {_e(time.strftime("%H:%M:%S", time.localtime(now)))}'
-           "</span>" if now is not None else "") + "</p>\n",
-        "<h2>Virtual servers</h2>\n",
-        _virtuals(status.get("virtuals", {}), rates),
     ]
-    for name, pool in status.get("pools", {}).items():
-        parts.append(_pool(name, pool, rates, now))
+    parts += [section(view) for section in SECTIONS]
     parts.append("</main>\n")
     parts.append(f"<script>{SCRIPT}</script>\n</body>\n</html>\n")
     return "".join(parts)
@@ -329,5 +502,6 @@ class PageResource(Endpoint):
         request.setHeader(b"referrer-policy", b"no-referrer")
         sampler = getattr(self.context, "rates", None)
         rates = sampler.rates if sampler is not None else _no_rates
-        return send_text(request, render_page(site_status(self.runtime), rates, time.time()),
+        status = site_status(self.runtime, sampler)
+        return send_text(request, render_page(status, rates),
                          content_type=b"text/html; charset=utf-8")

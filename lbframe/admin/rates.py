@@ -29,6 +29,8 @@ class RateSampler:
         self.samples = samples
         #: key → (last total, last time, deque of rates per second)
         self._series: dict[tuple, tuple[int, float, deque]] = {}
+        #: key → the highest rate sampled since it appeared
+        self._max: dict[tuple, float] = {}
         self._loop = task.LoopingCall(self.sample)
         self._loop.clock = clock
 
@@ -60,12 +62,26 @@ class RateSampler:
             elapsed = now - last_time
             if elapsed > 0:
                 # A member re-created by a reload starts again from 0.
-                rates.append(max(0, total - last_total) / elapsed)
+                rate = max(0, total - last_total) / elapsed
+                rates.append(rate)
+                if rate > self._max.get(key, 0.0):
+                    self._max[key] = rate
             seen[key] = (total, now, rates)
         self._series = seen
+        self._max = {key: value for key, value in self._max.items() if key in seen}
 
     def rates(self, *key) -> list[float]:
         """The per-second rates of ``("member", POOL, MEMBER)`` or
         ``("virtual", NAME)``, oldest first."""
         entry = self._series.get(key)
         return list(entry[2]) if entry is not None else []
+
+    def current(self, *key) -> float:
+        """The last sampled rate of ``key``; 0.0 before the first interval
+        ends, so that every view shows the same number from the start."""
+        entry = self._series.get(key)
+        return entry[2][-1] if entry is not None and entry[2] else 0.0
+
+    def maximum(self, *key) -> float:
+        """The highest sampled rate of ``key`` since it appeared."""
+        return self._max.get(key, 0.0)

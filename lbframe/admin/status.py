@@ -16,6 +16,7 @@ extensions: they may be added to, never renamed.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from lbframe.runtime import CheckState, Member, PoolState, VirtualState
@@ -61,13 +62,30 @@ def member_status(member: Member) -> dict[str, Any]:
         "maxconn": member.maxconn,
         "failures": member.failures,
         "checks": {name: check_status(c) for name, c in member.checks.items()},
+        "state_since": member.since,
+        "connections_max": member.max_active,
+        "bytes_in": member.bytes_in,
+        "bytes_out": member.bytes_out,
+        "retries": member.retries,
+        "responses_5xx": member.responses_5xx,
+        "downs": member.downs,
+        # seconds down in all, the current spell included
+        "downtime": round(member.downtime + (time.time() - member.since
+                                             if member.state == "down" else 0.0), 3),
     }
 
 
 def pool_status(pool: PoolState) -> dict[str, Any]:
+    members = {name: member_status(m) for name, m in pool.members.items()}
     return {
         "scheduler": pool.spec.scheduler,
-        "members": {name: member_status(m) for name, m in pool.members.items()},
+        "members": members,
+        # extensions: the summary row
+        "members_up": sum(1 for m in members.values() if m["state"] == "up"),
+        "queue": len(pool.queue),
+        "connections_active": sum(m["connections_active"] for m in members.values()),
+        "connections_max": pool.max_active,
+        "connections_total": sum(m["connections_total"] for m in members.values()),
     }
 
 
@@ -81,6 +99,13 @@ def virtual_status(virtual: VirtualState) -> dict[str, Any]:
         # extensions
         "pool": spec.pool,
         "refused": virtual.refused,
+        "refusals": dict(getattr(virtual, "refusals", {})),
+        "connections_max": getattr(virtual, "max_active", 0),
+        "max_connections": spec.max_connections,
+        "bytes_in": getattr(virtual, "bytes_in", 0),
+        "bytes_out": getattr(virtual, "bytes_out", 0),
+        "requests": getattr(virtual, "requests", 0),
+        "responses": dict(getattr(virtual, "responses", {})),
     }
     if spec.protocol in ("routed", "nat"):
         # the kernel's counters per next hop (lbframe.protocols.routed)
@@ -134,13 +159,33 @@ def persistence_status(runtime) -> dict[str, Any]:
     return out
 
 
-def site_status(runtime) -> dict[str, Any]:
-    """The whole ``/api/status`` document for a :class:`lbframe.service.SiteRuntime`."""
+def add_rates(status: dict[str, Any], sampler) -> None:
+    """Add ``rate`` and ``rate_max`` (new connections per second, sampled by
+    :class:`lbframe.admin.rates.RateSampler`) to every virtual server, pool
+    and member of ``status``; a pool's rate is its members' sum."""
+    for name, v in status["virtuals"].items():
+        v["rate"] = round(sampler.current("virtual", name), 3)
+        v["rate_max"] = round(sampler.maximum("virtual", name), 3)
+    for pname, pool in status["pools"].items():
+        total = 0.0
+        for mname, m in pool["members"].items():
+            m["rate"] = round(sampler.current("member", pname, mname), 3)
+            m["rate_max"] = round(sampler.maximum("member", pname, mname), 3)
+            total += m["rate"]
+        pool["rate"] = round(total, 3)
+
+
+def site_status(runtime, rates=None) -> dict[str, Any]:
+    """The whole ``/api/status`` document for a :class:`lbframe.service.SiteRuntime`;
+    with ``rates`` (a :class:`~lbframe.admin.rates.RateSampler`) the rates too."""
     status = {
+        "time": time.time(),
         "virtuals": {name: virtual_status(v) for name, v in runtime.virtuals.items()},
         "pools": {name: pool_status(p) for name, p in runtime.pools.items()},
         "redundancy": redundancy_status(runtime),
     }
     if runtime.site.persistence:
         status["persistence"] = persistence_status(runtime)
+    if rates is not None:
+        add_rates(status, rates)
     return status

@@ -94,8 +94,8 @@ class Connection(Relay):
         else:
             self._connect_to(decision)
 
-    def _refuse(self, reason: str) -> None:
-        self.server.virtual.refused += 1
+    def _refuse(self, reason: str, kind: str = "no_member") -> None:
+        self.server.virtual.refuse(kind)
         self.close(reason)
 
     # -- waiting for room (queue_timeout) ---------------------------------
@@ -103,7 +103,7 @@ class Connection(Relay):
     def _wait(self, pool) -> None:
         if not pool.enqueue(self):
             self._connect_to(self.server.balancer.choose_sorry(self.context, self.excluded),
-                             f"pool {pool.name}: queue full")
+                             f"pool {pool.name}: queue full", "queue_full")
             return
         self.waiting = pool
         self.tick = self.server.timeouts.schedule(self, pool.spec.queue_timeout)
@@ -126,13 +126,14 @@ class Connection(Relay):
         pool.dequeue(self)
         self._connect_to(self.server.balancer.choose_sorry(self.context, self.excluded),
                          f"pool {pool.name}: no member free after "
-                         f"{pool.spec.queue_timeout:g}s in the queue")
+                         f"{pool.spec.queue_timeout:g}s in the queue", "queue_timeout")
 
     # -- connecting --------------------------------------------------------
 
-    def _connect_to(self, decision, why_not: str = "no member available") -> None:
+    def _connect_to(self, decision, why_not: str = "no member available",
+                    kind: str = "no_member") -> None:
         if decision is None:
-            self._refuse(why_not)
+            self._refuse(why_not, kind)
             return
         server = self.server
         member = decision.member
@@ -147,7 +148,7 @@ class Connection(Relay):
         except OSError as e:
             # EMFILE/ENFILE: no descriptor for the member's side. Close the
             # client's (it would otherwise stay open and counted for ever).
-            self._refuse(f"cannot open a socket to a member: {e.strerror}")
+            self._refuse(f"cannot open a socket to a member: {e.strerror}", "resources")
             return
         self.decision = decision
         decision.pool.connection_opened(member)
@@ -247,10 +248,11 @@ class Connection(Relay):
         self.member.fd = -1
         self.member = None
         if self.tries < MAX_TRIES:
+            member.retries += 1
             self.excluded.append(member)
             self.connect()
         else:
-            self._refuse(f"member {pool.name}/{member.name}: {reason}")
+            self._refuse(f"member {pool.name}/{member.name}: {reason}", "member_failed")
 
     def _idle_check(self) -> None:
         """Every ``idle_step`` seconds: has any byte moved since last time?
@@ -515,7 +517,7 @@ class TCPVirtualServer(service.Service):
         ``accept_proxy``): count it for ``max_connections_per_source``, or
         close the connection when that source is at its limit."""
         if not self.sources.acquire(addr[0], self.virtual.spec.max_connections_per_source):
-            self.virtual.refused += 1
+            self.virtual.refuse("source_limit")
             sock.close()
             self.gate.closed()
             return
@@ -571,9 +573,10 @@ class TCPVirtualServer(service.Service):
             self._log_connection(conn, reason)
         if decision is not None:
             member_side = conn.member
-            decision.pool.connection_closed(
-                decision.member, conn.client.nbytes,
-                member_side.nbytes if member_side is not None else 0)
+            out = member_side.nbytes if member_side is not None else 0
+            decision.pool.connection_closed(decision.member, conn.client.nbytes, out)
+            self.virtual.bytes_in += conn.client.nbytes
+            self.virtual.bytes_out += out
             conn.decision = None
         if conn in self.connections:
             self.connections.discard(conn)
@@ -661,7 +664,7 @@ class FirstBytesReader:
         if self.done:
             return
         self._stop()
-        self.server.virtual.refused += 1
+        self.server.virtual.refuse("bad_request")
         log.warn("virtual {virtual}: refused {peer}: {why}", virtual=self.server.virtual.name,
                  peer=self.addr[0], why=why)
         self.sock.close()

@@ -151,7 +151,7 @@ class ClientConnection(Protocol):
             log.warn("virtual {virtual}: bad PROXY header from {peer}: {error}",
                      virtual=self.server.virtual.name, peer=self.client_host, error=e)
             self.proxy_buffer = None
-            self.server.virtual.refused += 1
+            self.server.virtual.refuse("bad_request")
             self.transport.abortConnection()
             return b""
         if parsed is None:
@@ -210,7 +210,7 @@ class ClientConnection(Protocol):
     def refuse(self, error: HTTPError) -> None:
         """A request we will not forward: its error page in its turn, then close."""
         self.parser = None
-        self.server.virtual.refused += 1
+        self.server.virtual.refuse("bad_request")
         log.info("virtual {virtual}: refused a request from {client}: {reason}",
                  virtual=self.server.virtual.name, client=self.client_host,
                  reason=error.reason)

@@ -209,7 +209,7 @@ class Exchange:
                 return
             decision = server.balancer.choose_sorry(self.context, self.excluded)
             if decision is None:
-                self.unavailable(f"pool {pool.name}: queue full")
+                self.unavailable(f"pool {pool.name}: queue full", "queue_full")
                 return
         if decision is None:
             self.unavailable("no member available")
@@ -237,15 +237,15 @@ class Exchange:
         decision = self.server.balancer.choose_sorry(self.context, self.excluded)
         if decision is None:
             self.unavailable(f"pool {pool.name}: no member free after "
-                             f"{pool.spec.queue_timeout:g}s in the queue")
+                             f"{pool.spec.queue_timeout:g}s in the queue", "queue_timeout")
         else:
             self.use(decision)
 
-    def unavailable(self, reason: str) -> None:
+    def unavailable(self, reason: str, kind: str = "no_member") -> None:
         """Nobody can serve: the sorry page, or a 503."""
         server = self.server
-        server.virtual.refused += 1
         sorry = server.sorry_page
+        server.virtual.refuse("sorry" if sorry is not None else kind)
         head_only = self.head.method == "HEAD"
         if sorry is not None:
             self.respond_local(sorry.status, lambda close: sorry.render(close, head_only),
@@ -351,6 +351,7 @@ class Exchange:
         pool.member_failed(member, why, self.client.client_host)
         pool.connection_closed(member)
         if may_retry and self.tries < MAX_TRIES:
+            member.retries += 1
             self.decision = None
             self.excluded.append(member)
             self.decide()
@@ -459,6 +460,8 @@ class Exchange:
         decision.pool.record_response_time(decision.member, now - self.connect_started)
         self.status = head.status
         server.virtual.responses[_STATUS_CLASS.get(head.status // 100, "5xx")] += 1
+        if head.status >= 500:
+            decision.member.responses_5xx += 1
         self.member_keep_alive = member_keep_alive
         self.framing = framing
         extra = server.balancer.responded(self.context, decision, head)
@@ -645,6 +648,8 @@ class Exchange:
             decision.pool.connection_closed(decision.member, self.bytes_in, self.bytes_out)
         elif decision is not None:
             decision.member.relayed(self.bytes_in, self.bytes_out)
+        self.server.virtual.bytes_in += self.bytes_in
+        self.server.virtual.bytes_out += self.bytes_out
         if conn is not None and not conn.lost:
             conn.exchange = None
             conn.parser.sink = None

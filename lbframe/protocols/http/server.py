@@ -314,7 +314,7 @@ class HTTPVirtualServer(service.Service):
         if self.sources.acquire(conn.client_host, self.virtual.spec.max_connections_per_source):
             conn.source = conn.client_host
             return True
-        self.virtual.refused += 1
+        self.virtual.refuse("source_limit")
         conn.closing = True
         conn.transport.abortConnection()
         return False
