@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThread
 
 from tests.helpers import free_port
 from tests.test_quickstart import ROOT
-from tests.test_reload import ReloadCase, ask
+from tests.test_site import ReloadCase, ask
 from tests.test_status_page import DevTools, browser_argv
 
 #: (name, width, height, mobile)

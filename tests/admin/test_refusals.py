@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 
 from tests.helpers import free_port
-from tests.test_reload import ReloadCase
+from tests.test_site import ReloadCase
 
 
 def exchange(port: int, data: bytes, hold: float = 0.0) -> bytes:
