@@ -1,8 +1,8 @@
 """Write the seed corpus: ``python -m fuzz.seeds`` (from the repository root).
 
 The seeds are real-ish inputs, most of them taken from the tests (the
-smuggling probes of tests/test_http_strict.py, the PROXY headers of
-tests/test_proxy_protocol.py, real OpenSSL hellos, the example sites), so a
+smuggling probes of tests/protocols/http/test_strict.py, the PROXY headers of
+tests/protocols/test_proxy_protocol.py, real OpenSSL hellos, the example sites), so a
 fuzzer starts from inputs that already reach deep into each parser. The
 files are committed; this script is how they were made, and rewriting them
 is harmless (same names, same content — except the TLS hellos, whose
@@ -32,8 +32,8 @@ def _write(target: str, name: str, data: bytes, keep: bool = False) -> None:
 
 
 def http_seeds() -> None:
-    from tests.test_http_parser import _RESPONSES
-    from tests.test_http_strict import BAD_RESPONSES, CORPUS as BAD_REQUESTS
+    from tests.protocols.http.test_parser import _RESPONSES
+    from tests.protocols.http.test_strict import BAD_RESPONSES, CORPUS as BAD_REQUESTS
 
     good = {
         "get": b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n",
@@ -114,7 +114,7 @@ def http_seeds() -> None:
 
 def _handshakes():
     """Real ClientHello / ServerHello flights from Python's ssl (memory BIOs)."""
-    from tests.test_tls_hello import real_hellos
+    from tests.tls.test_hello import real_hellos
     out = {}
     for version, label in ((ssl.TLSVersion.TLSv1_2, "tls12"), (ssl.TLSVersion.TLSv1_3, "tls13")):
         for tickets in (True, False):
@@ -126,7 +126,7 @@ def _handshakes():
 
 
 def tls_seeds() -> None:
-    from tests.test_tls_hello import (client_body, client_hello, handshake, records,
+    from tests.tls.test_hello import (client_body, client_hello, handshake, records,
                                       server_hello, sni, versions)
     for key, (client, server) in _handshakes().items():
         _write("tls_client_hello", "real_" + key, client, keep=True)
@@ -161,7 +161,7 @@ def tls_seeds() -> None:
 
 
 def proxy_seeds() -> None:
-    from tests.test_proxy_protocol import MALFORMED, MALFORMED_EARLY, VALID
+    from tests.protocols.test_proxy_protocol import MALFORMED, MALFORMED_EARLY, VALID
     for i, (data, _info) in enumerate(VALID):
         _write("proxy_parse", f"valid_{i:02d}", data + b"GET / HTTP/1.1\r\n\r\n")
     for i, (data, _words) in enumerate(MALFORMED + MALFORMED_EARLY):
@@ -181,7 +181,7 @@ def proxy_seeds() -> None:
 
 
 def site_seeds() -> None:
-    from tests.test_config import FULL, MINIMAL
+    from tests.config.test_parser import FULL, MINIMAL
     root = os.path.dirname(CORPUS)
     examples = os.path.join(os.path.dirname(root), "examples")
 

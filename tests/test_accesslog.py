@@ -11,7 +11,7 @@ import urllib.request
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import free_port, serve_canned
-from tests.test_quickstart import run_twistd, wait_for_port
+from tests.examples.test_quickstart import run_twistd, wait_for_port
 
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"
 

@@ -132,7 +132,7 @@ class TwistdConfigErrorTests(SynchronousTestCase):
     def test_same_line_as_check_and_status_1(self):
         import subprocess
 
-        from tests.test_quickstart import ROOT, TWISTD
+        from tests.examples.test_quickstart import ROOT, TWISTD
 
         d = os.path.abspath(self.mktemp())
         os.makedirs(d)
@@ -183,7 +183,7 @@ class CommandLineTests(SynchronousTestCase):
         import subprocess
         import sys
 
-        from tests.test_quickstart import ROOT
+        from tests.examples.test_quickstart import ROOT
 
         code = ("import os, sys\n"
                 "r, w = os.pipe()\n"
@@ -200,7 +200,7 @@ class CommandLineTests(SynchronousTestCase):
         import subprocess
         import sys
 
-        from tests.test_quickstart import ROOT
+        from tests.examples.test_quickstart import ROOT
 
         done = subprocess.run(f"'{sys.executable}' -m lbframe.cli plugins | head -1",
                               shell=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbframe.logs import JSONLinesObserver, event_as_dict, json_line, twistd_log_file
 from tests.helpers import free_port
-from tests.test_quickstart import run_twistd, wait_for_port
+from tests.examples.test_quickstart import run_twistd, wait_for_port
 from tests.test_site import site
 
 

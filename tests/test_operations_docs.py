@@ -8,7 +8,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_quickstart import ROOT
+from tests.examples.test_quickstart import ROOT
 
 UNIT = os.path.join(ROOT, "examples", "systemd", "lbframe.service")
 

@@ -17,7 +17,7 @@ import urllib.request
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.helpers import serve_canned
-from tests.test_quickstart import ROOT, TWISTD
+from tests.examples.test_quickstart import ROOT, TWISTD
 from tests.tlskit import cert_pem, make_ca, make_cert, write, write_bundle
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nmember"

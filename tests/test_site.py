@@ -832,7 +832,7 @@ class ListenFailureTests(ReloadCase):
     def test_twistd_with_a_busy_port_prints_one_line_and_exits_1(self):
         import subprocess
 
-        from tests.test_quickstart import ROOT, TWISTD
+        from tests.examples.test_quickstart import ROOT, TWISTD
 
         port = self.busy_port()
         self.write(site(port, {"a": 1001}))

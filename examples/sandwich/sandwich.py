@@ -261,8 +261,12 @@ class Sandwich:
             for line in routes.splitlines():
                 if f"fwmark {mark:#x} lookup" in line:
                     table = line.split()[-1]
-                    dev = self.ip(node, "route", "show", "table", table).split(" dev ")[1].split()[0]
-                    names.add(dev)
+                    shown = self.ip(node, "route", "show", "table", table)
+                    if " dev " not in shown:
+                        # Read between lbframe's steps (a rule whose table is
+                        # being filled or emptied): not a settled state yet.
+                        return None
+                    names.add(shown.split(" dev ")[1].split()[0])
         return names
 
     def wait_live(self, want: dict, deadline: float = 20.0) -> float:

@@ -11,8 +11,8 @@ import re
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbframe.admin.metrics import make_registry, render_metrics
-from tests.test_admin import add_persistence, make_runtime
-from tests.test_quickstart import ROOT
+from tests.admin.test_web import add_persistence, make_runtime
+from tests.examples.test_quickstart import ROOT
 
 NAME = re.compile(r"\blbframe_[a-z0-9_]+\b")
 #: PromQL words that look like metric names but are not (none today)

@@ -2,7 +2,7 @@
 
 A real site (tcp virtual servers, loopback backends, a tcp monitor) with a
 member down, one draining and traffic through it; the page is read through
-the DevTools protocol (:class:`tests.test_status_page.DevTools`): the pool's
+the DevTools protocol (:class:`tests.admin.test_page.DevTools`): the pool's
 summary row, how long the down member has been down, its one-line reason,
 no horizontal overflow at either width, and the same numbers after the
 page's own refresh as on first load.
@@ -22,9 +22,9 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 
 from tests.helpers import free_port
-from tests.test_quickstart import ROOT
+from tests.examples.test_quickstart import ROOT
 from tests.test_site import ReloadCase, ask
-from tests.test_status_page import DevTools, browser_argv
+from tests.admin.test_page import DevTools, browser_argv
 
 #: (name, width, height, mobile)
 SCREENS = [("desktop", 1280, 800, False), ("narrow", 390, 844, True)]

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbframe.admin import summary
 from lbframe.admin.client import format_status
 from lbframe.admin.page import SECTIONS, render_page
-from tests.test_admin import EXPECTED_STATUS
+from tests.admin.test_web import EXPECTED_STATUS
 
 
 def dated_status() -> dict:

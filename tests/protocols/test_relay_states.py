@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbframe.protocols.engine import ReactorIO
 from lbframe.protocols.relay import Relay
-from tests.test_relay import _pair, pump
+from tests.protocols.test_relay import _pair, pump
 
 
 class _TimedRelay(Relay):

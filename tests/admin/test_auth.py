@@ -22,8 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbframe.admin.client import AdminClientError, change_member, fetch_status
 from lbframe.cli import main
 from tests.helpers import free_port
-from tests.test_admin import AdminServerTestCase, add_persistence
-from tests.test_quickstart import run_twistd, wait_for_port
+from tests.admin.test_web import AdminServerTestCase, add_persistence
+from tests.examples.test_quickstart import run_twistd, wait_for_port
 
 TOKEN = "Tk-9f8e7d6c5b4a-never-in-a-log"
 

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbframe.config.model import Global
 from lbframe.site import reload as reload_site
 from tests.helpers import free_port
-from tests.test_quickstart import run_twistd, wait_for_port
+from tests.examples.test_quickstart import run_twistd, wait_for_port
 from tests.test_site import (BULK_SIZE, ReloadCase, SlowReader, bulk_digest, connect,
                                deferLater, refused, site)
 

@@ -8,7 +8,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from lbframe.protocols import proxy_protocol
-from tests.test_tcp import TCPSiteMixin
+from tests.protocols.test_tcp import TCPSiteMixin
 
 
 class PendingProxyHeaderTests(TCPSiteMixin, TestCase):

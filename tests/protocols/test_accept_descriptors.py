@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import free_port, serve_canned
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: the listener process: a tcp virtual server reading PROXY headers (each
 #: waiting client holds one descriptor) and an http one, sharing the gate

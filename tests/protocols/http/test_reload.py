@@ -13,7 +13,7 @@ from lbframe.service import SiteService
 from lbframe.site import load, reload as reload_site
 from tests.helpers import free_port
 from tests.httpkit import HTTPSiteMixin
-from tests.test_http_tls import https_get
+from tests.protocols.http.test_tls import https_get
 from tests.tlskit import cert_pem, make_ca, make_cert, write, write_bundle
 
 

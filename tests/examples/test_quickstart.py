@@ -18,7 +18,7 @@ import urllib.request
 from twisted.trial.unittest import SynchronousTestCase
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICKSTART = os.path.join(ROOT, "examples", "quickstart")
 #: ``twistd`` of this Python (``python -m twisted`` is ``twist``, not ``twistd``)
 TWISTD = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; "

@@ -264,7 +264,7 @@ class ParserAfterResponseTests(SynchronousTestCase):
 
     def _feed(self, *pieces, method="GET", clear_sink=False):
         from lbframe.protocols.http.parser import ResponseParser
-        from tests.test_http_parser import Recorder
+        from tests.protocols.http.test_parser import Recorder
 
         sink = Recorder()
         parser = ResponseParser(sink)

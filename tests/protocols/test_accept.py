@@ -21,8 +21,8 @@ from lbframe.protocols.ssl import SSLVirtualServer
 from lbframe.protocols.tcp import TCPVirtualServer
 from lbframe.service import build_runtime
 from tests.helpers import WaitMixin, free_port
-from tests.test_ssl_passthrough import client_hello_bytes
-from tests.test_tcp import Echo
+from tests.protocols.test_ssl import client_hello_bytes
+from tests.protocols.test_tcp import Echo
 
 
 class FakeListener:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from tests.test_admin import AdminServerTestCase, add_persistence
+from tests.admin.test_web import AdminServerTestCase, add_persistence
 
 
 class RefusedChangeTests(AdminServerTestCase):

@@ -16,9 +16,9 @@ import urllib.request
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests import test_quickstart
+from tests.examples import test_quickstart
 from tests.helpers import free_port
-from tests.test_quickstart import ROOT, copy_example, wait_for_port
+from tests.examples.test_quickstart import ROOT, copy_example, wait_for_port
 
 WEB = os.path.join(ROOT, "examples", "web")
 PORTS = (8080, 8443, 8405, 8091, 8092, 8093, 8094)

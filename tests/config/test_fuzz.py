@@ -21,9 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbframe.config import KEYS, ConfigError, Site, load_site
 from lbframe.errors import PluginError
-from tests.test_config import _write_tls_pair
+from tests.config.test_parser import _write_tls_pair
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "*", "site.ini")))
 
 #: keys of the built-in plugins, which ``lbframe check`` (not ``load_site``) checks

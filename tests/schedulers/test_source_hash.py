@@ -1,7 +1,7 @@
 """``source-hash`` table builds: in slices on the reactor while the old table
 answers, the same table as a build in one go (and as lbframe's first fill),
 and nothing built when nothing changed. The hashing itself (consistency,
-disruption, weights, fallbacks) is in tests/test_schedulers_groups.py."""
+disruption, weights, fallbacks) is in tests/schedulers/test_groups.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbframe.schedulers.maglev import MaglevBuild, maglev_table, table_size
 from lbframe.schedulers.source_hash import SourceHash, key_hash
 from tests.helpers import member_spec
-from tests.test_schedulers_groups import KEYS, build, ctx, differences, set_state
+from tests.schedulers.test_groups import KEYS, build, ctx, differences, set_state
 
 slow = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

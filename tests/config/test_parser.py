@@ -1166,7 +1166,7 @@ class ValueTests(SynchronousTestCase):
         code = ("import sys; from lbframe.config import parse_site\n"
                 f"parse_site({MINIMAL!r})\n"
                 "print('twisted.internet.reactor' in sys.modules)")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         output = subprocess.run([sys.executable, "-c", code], cwd=root, check=True,
                                 capture_output=True, text=True).stdout
         self.assertEqual(output.strip(), "False")
@@ -1176,7 +1176,7 @@ class DocsTests(_ConfigTestCase):
     """The reference's complete example must stay a valid site."""
 
     def test_complete_example(self):
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         with open(os.path.join(root, "docs", "configuration.md"), encoding="utf-8") as handle:
             doc = handle.read()
         example = doc.split("## A complete example", 1)[1].split("```ini\n", 1)[1]

@@ -483,7 +483,7 @@ def echo_exchange(port: int, data: bytes) -> bytes:
 
 
 def hello() -> bytes:
-    from tests.test_ssl_passthrough import client_hello_bytes
+    from tests.protocols.test_ssl import client_hello_bytes
     return client_hello_bytes()
 
 

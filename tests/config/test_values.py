@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbframe.config import ConfigError, load_site, parse_endpoint, parse_site
 from lbframe.config.values import is_loopback_endpoint
-from tests.test_config import MINIMAL, _write_tls_pair
+from tests.config.test_parser import MINIMAL, _write_tls_pair
 
 TOKEN = "Tk-5e6f-secret"
 
@@ -170,7 +170,7 @@ class AdminTransportTests(SynchronousTestCase):
                                      "has no effect without admin")
 
     def test_shipped_examples_still_load(self):
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         for name in ("quickstart", "ap-tier"):  # web needs the certificate it makes
             site = load_site(os.path.join(root, "examples", name, "site.ini"))
             self.assertTrue(site.lbframe.admin)

@@ -14,7 +14,7 @@ from lbframe.config import parse_site
 from lbframe.plugins import load_plugins
 from lbframe.service import build_runtime
 from tests.helpers import free_port
-from tests.test_tcp import TCPSiteMixin
+from tests.protocols.test_tcp import TCPSiteMixin
 
 
 class TCPAccessLogTests(TCPSiteMixin, TestCase):

@@ -420,7 +420,7 @@ class MethodTests(SynchronousTestCase):
 
     def setUp(self):
         from lbframe.persistence.ssl_session_id import SSLSessionID
-        from tests.test_tls_hello import client_hello, server_hello
+        from tests.tls.test_hello import client_hello, server_hello
 
         class Spec:
             name = "sess"

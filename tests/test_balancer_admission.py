@@ -14,7 +14,7 @@ from lbframe.monitors.tcp import TCPMonitor
 from lbframe.runtime import PoolState
 from lbframe.schedulers.weighted import Weighted
 from tests.helpers import member_spec
-from tests.test_tcp import TCPSiteMixin
+from tests.protocols.test_tcp import TCPSiteMixin
 
 
 class SlowStartTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """Unit tests of lbframe/protocols/http/parser.py: the malformed corpus of
-tests.test_http_strict at parser level, and hypothesis properties (no
+tests.protocols.http.test_strict at parser level, and hypothesis properties (no
 exception but HTTPError on any input, generated valid messages parse to what
 was generated, the events do not depend on how the bytes are split)."""
 
@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbframe.protocols.http.parser import (MAX_HEAD_SIZE, MAX_REQUEST_LINE, READ_SLACK,
                                            HTTPError, RequestParser, ResponseParser)
-from tests.test_http_strict import BAD_RESPONSES, CORPUS, _names, _values
+from tests.protocols.http.test_strict import BAD_RESPONSES, CORPUS, _names, _values
 
 _SETTINGS = settings(max_examples=100, deadline=None, database=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

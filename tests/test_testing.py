@@ -445,7 +445,7 @@ _example = _example_tests()
 
 
 # Subclasses, so that these tests are named (and found by trial's workers
-# under -j) as tests.test_plugin_kit.Example*.
+# under -j) as tests.test_testing.Example*.
 class ExampleTwoChoicesContract(_example.TwoChoicesContract):
     pass
 

@@ -26,7 +26,7 @@ from twisted.trial.unittest import TestCase
 
 from lbframe.admin import make_admin_service
 from tests.system.netns import require
-from tests.test_admin import TOKEN, make_runtime
+from tests.admin.test_web import TOKEN, make_runtime
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

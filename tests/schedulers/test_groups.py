@@ -37,7 +37,7 @@ def build(cls, specs, threshold=None, order=None):
 
 
 def set_state(pool, member, admin, healthy):
-    """As tests/test_schedulers.py does: the admin API's way, and health the
+    """As tests/schedulers/test_properties.py does: the admin API's way, and health the
     way the monitors' owner (PoolState) applies it."""
     if admin != member.admin:
         pool.set_admin(member, admin)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import TestCase
 
-from tests.test_tcp import TCPSiteMixin
+from tests.protocols.test_tcp import TCPSiteMixin
 
 
 class NamedEcho(protocol.Protocol):
