@@ -14,7 +14,7 @@ import pluggy
 __version__ = "0.1.0"
 
 #: The version of the plugin-facing API (hooks and interfaces).
-PLUGIN_API = (1, 0)
+PLUGIN_API = (1, 1)
 
 PROJECT = "lbframe"
 hookspec = pluggy.HookspecMarker(PROJECT)

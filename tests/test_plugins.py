@@ -213,13 +213,13 @@ class PluginAPITests(SynchronousTestCase):
         path = self.plugin("(1, 7)")
         e = self.assertRaises(PluginError, load_plugins, [path], entry_points=False)
         self.assertEqual(str(e), f"plugin '{path}' needs lbframe plugin API 1.7, but lbframe "
-                                 f"{lbframe.__version__} provides plugin API 1.0: upgrade lbframe")
+                                 f"{lbframe.__version__} provides plugin API 1.1: upgrade lbframe")
 
     def test_other_major_is_refused(self):
         path = self.plugin("(2, 0)")
         e = self.assertRaises(PluginError, load_plugins, [path], entry_points=False)
         self.assertEqual(str(e), f"plugin '{path}' needs lbframe plugin API 2.0, but lbframe "
-                                 f"{lbframe.__version__} provides plugin API 1.0: it was written "
+                                 f"{lbframe.__version__} provides plugin API 1.1: it was written "
                                  f"for a newer lbframe")
         path = self.plugin("(0, 9)")
         e = self.assertRaises(PluginError, load_plugins, [path], entry_points=False)
@@ -235,7 +235,7 @@ class PluginAPITests(SynchronousTestCase):
         path = self.plugin("'one'")
         e = self.assertRaises(PluginError, load_plugins, [path], entry_points=False)
         self.assertIn("declares LBFRAME_PLUGIN_API = 'one'; write it as a (major, minor) "
-                      "tuple, e.g. (1, 0)", str(e))
+                      "tuple, e.g. (1, 1)", str(e))
 
     def test_refused_at_start_by_twistd(self):
         """``twistd lbframe`` stops with the message (SystemExit: one line,
@@ -479,7 +479,7 @@ class PluginsCommandTests(SynchronousTestCase):
                     SCHEDULER_PLUGIN.format(name="mine"))
         rc, out, err = self.run_cli("plugins", self.site(mine))
         self.assertEqual((rc, err), (0, ""))
-        self.assertTrue(out.startswith(f"lbframe {lbframe.__version__}, plugin API 1.0\n"), out)
+        self.assertTrue(out.startswith(f"lbframe {lbframe.__version__}, plugin API 1.1\n"), out)
         self.assertIn("lbframe.monitors.http (built-in, 0.1.0)\n    monitor type: http, https\n", out)
         self.assertIn(f"{mine} (file, 2.3, plugin API 1.0)\n    scheduler: mine\n", out)
 
