@@ -129,16 +129,7 @@ def rank_of(path: str, table: list[list[str]]) -> int | None:
 
 #: Cycles known and waiting for their fix, each with why it is here. Any
 #: other cycle fails; so does an entry here that no longer is one.
-KNOWN_CYCLES = {
-    # The routed data plane (merged while issue 14 was under way):
-    # ruleset.ruleset() imports nat for NAT plans, nat imports ruleset (via
-    # routing) for NextHop, and nat.make_plan imports live_member from the
-    # package. Fix: live_member into ruleset, and each plan kind writing
-    # its own rules (no import of nat from ruleset).
-    ("lbframe.protocols.routed", "lbframe.protocols.routed.nat",
-     "lbframe.protocols.routed.program", "lbframe.protocols.routed.routing",
-     "lbframe.protocols.routed.ruleset"),
-}
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
 
 
 class ImportGraphTests(SynchronousTestCase):

@@ -17,10 +17,11 @@ from lbframe.config import parse_site
 from lbframe.errors import ConfigError, ListenError
 from lbframe.interfaces import IListener
 from lbframe.plugins import load_plugins
-from lbframe.protocols.routed import RoutedProtocol, RoutedVirtualServer
 from lbframe.protocols.routed import routing as checks
 from lbframe.protocols.routed import ruleset as rs
+from lbframe.protocols.routed.listener import RoutedVirtualServer
 from lbframe.protocols.routed.program import Programmer
+from lbframe.protocols.routed.protocol import RoutedProtocol
 from lbframe.protocols.routed.traffic import parse_traffic
 from lbframe.schedulers.symmetric_hash import BUCKETS, kernel_bucket
 from lbframe.service import build_runtime

@@ -9,10 +9,10 @@ from lbframe.config import parse_site
 from lbframe.errors import ConfigError
 from lbframe.plugins import load_plugins
 from lbframe.protocols.routed import ruleset as rs
-from lbframe.protocols.routed.nat import NatProtocol, parse_vip
+from lbframe.protocols.routed.nat import NatPlan, NatProtocol, nat_rules, parse_vip
 from lbframe.protocols.routed.program import Programmer
 from lbframe.service import build_runtime
-from tests.protocols.test_routed import FakeNft, FakeRouting, find, rules_of
+from tests.protocols.test_routed import FakeNft, FakeRouting, find, plan, rules_of
 
 SITE = """
 [virtual web]
@@ -102,6 +102,52 @@ class NatRulesTests(SynchronousTestCase):
         self.assertEqual(len(count), 4)
         self.assertIn({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
                       count[0])
+
+
+def chains_and_rules(payload):
+    """([(chain, type, hook, priority)], {chain: [rule, ...]}) of a transaction."""
+    chains, rules = [], {}
+    for c in payload["nftables"]:
+        add = c.get("add", {})
+        if "chain" in add:
+            ch = add["chain"]
+            chains.append((ch["name"], ch["type"], ch["hook"], ch["prio"]))
+        elif "rule" in add:
+            rules.setdefault(add["rule"]["chain"], []).append(add["rule"]["expr"])
+    return chains, rules
+
+
+class PlanKindsTests(SynchronousTestCase):
+    """ruleset() assembles what each kind of plan writes (``plan.rules()``):
+    routed and nat plans in one table, and no knowledge of nat in ruleset."""
+
+    def test_routed_and_nat_plans_share_one_table(self):
+        routed = plan()
+        nat = NatPlan(1, "web", (parse_vip("tcp:80:interface=198.18.1.1"),), "round-robin",
+                      (rs.NextHop("web1", "198.18.30.11", 4, "", 3),), (("web1", 8080),))
+        payload = rs.ruleset([routed, nat])
+        chains, rules = chains_and_rules(payload)
+        self.assertEqual(chains, [(rs.CHAIN, "filter", "prerouting", -150),
+                                  (rs.NAT_CHAIN, "nat", "prerouting", -100),
+                                  (rs.COUNT_CHAIN, "filter", "forward", 0)])
+        dnat, count = nat_rules(nat, "v1_drop", rs.counter_name)
+        self.assertEqual(rules, {rs.CHAIN: rs.virtual_rules(routed),
+                                 rs.NAT_CHAIN: dnat, rs.COUNT_CHAIN: count})
+        counters = {c["add"]["counter"]["name"] for c in payload["nftables"]
+                    if "counter" in c.get("add", {})}
+        self.assertEqual(counters, {"v0_drop", "v0_1_pkts", "v0_1_flows", "v0_2_pkts",
+                                    "v0_2_flows", "v1_drop", "v1_3_pkts", "v1_3_flows"})
+
+    def test_a_plan_kind_ruleset_never_heard_of(self):
+        class Other:
+            index, name, hops, routes = 9, "other", (), ()
+
+            def rules(self):
+                return {rs.COUNT_CHAIN: [[{"counter": "v9_drop"}]]}
+
+        chains, rules = chains_and_rules(rs.ruleset([Other()]))
+        self.assertEqual([c[0] for c in chains], [rs.CHAIN, rs.COUNT_CHAIN])
+        self.assertEqual(rules, {rs.COUNT_CHAIN: [[{"counter": "v9_drop"}]]})
 
 
 class NatConfigTests(SynchronousTestCase):

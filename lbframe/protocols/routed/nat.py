@@ -31,8 +31,11 @@ import ipaddress
 
 from lbframe.config.values import split_endpoint
 from lbframe.errors import ListenError, OptionError
+from lbframe.protocols.routed import program
 from lbframe.protocols.routed import routing as checks
-from lbframe.protocols.routed.ruleset import NextHop
+from lbframe.protocols.routed.listener import RoutedVirtualServer, live_member
+from lbframe.protocols.routed.ruleset import (COUNT_CHAIN, NAT_CHAIN, NextHop, counter_name,
+                                              drop_counter_name)
 from lbframe.schedulers.symmetric_hash import BUCKETS, DEFAULT_SEED, bucket_table
 
 import attrs
@@ -93,6 +96,12 @@ class NatPlan:
     def buckets_of(self, family: int) -> tuple[str, ...]:
         return dict(self.buckets).get(family, ())
 
+    def rules(self) -> dict[str, list]:
+        """Chain name → this plan's rules in it: the dnat rules, and the
+        per-member counters after translation (both chains even when empty)."""
+        dnat, count = nat_rules(self, drop_counter_name(self), counter_name)
+        return {NAT_CHAIN: dnat, COUNT_CHAIN: count}
+
 
 def _match(left, right, op="=="):
     return {"match": {"op": op, "left": left, "right": right}}
@@ -146,8 +155,6 @@ def nat_rules(plan: NatPlan, drop_counter: str, counter_name) -> tuple[list, lis
 
 
 def make_plan(listener, index: int) -> NatPlan:
-    from lbframe.protocols.routed import live_member
-
     proto = listener.protocol
     members = list(listener.balancer.pool.members.values())
     hops = tuple(NextHop(m.name, m.spec.address.host,
@@ -212,20 +219,19 @@ class NatProtocol:
         self.kernel_checks = kernel_checks
 
     def make_service(self, balancer, reactor):
-        from lbframe.protocols.routed import RoutedVirtualServer, program
-
-        class NatVirtualServer(RoutedVirtualServer):
-            """The running nat virtual server: its dnat rules in lbframe's table."""
-
-            def _resolve(self, strict: bool) -> None:
-                pass
-
-            def plan(self, index, slot_of):
-                return make_plan(self, index) if self.listening else None
-
         programmer = self.programmer or program.shared(reactor)
         return NatVirtualServer(balancer, self, programmer,
                                 kernel_checks=self.kernel_checks or nat_kernel_checks)
+
+
+class NatVirtualServer(RoutedVirtualServer):
+    """The running nat virtual server: its dnat rules in lbframe's table."""
+
+    def _resolve(self, strict: bool) -> None:
+        pass
+
+    def plan(self, index, slot_of):
+        return make_plan(self, index) if self.listening else None
 
 
 def nat_kernel_checks(listener) -> str | None:

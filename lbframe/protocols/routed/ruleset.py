@@ -30,6 +30,13 @@ mangle priority (before the routing decision):
 
 The packet mark selects the next hop's routing table (policy routing, see
 :mod:`lbframe.protocols.routed.routing`).
+
+Each kind of plan writes its own rules: a plan has ``index``, ``name``,
+``hops`` (its counters), ``routes`` (the next hops needing policy routing)
+and ``rules()`` (chain name → its rules, in order; the chain's hook is in
+:data:`CHAINS`). :func:`ruleset` only assembles them, so it knows no plan
+kind but its own :class:`VirtualPlan` (``protocol = nat``'s ``NatPlan``
+lives in :mod:`lbframe.protocols.routed.nat`, which imports this module).
 """
 
 from __future__ import annotations
@@ -50,6 +57,11 @@ MARK_BASE = 0x4C420000
 ROUTE_TABLE_BASE = 4200
 RULE_PRIORITY_BASE = 4200
 MAX_SLOTS = 255
+#: the base chains of lbframe's table: name → (type, hook, priority). The
+#: routed steering chain is always there; the others when a plan uses them.
+CHAINS = {CHAIN: ("filter", "prerouting", -150),
+          NAT_CHAIN: ("nat", "prerouting", -100),
+          COUNT_CHAIN: ("filter", "forward", 0)}
 _NFPROTO = {4: "ipv4", 6: "ipv6"}
 _IP = {4: "ip", 6: "ip6"}
 
@@ -102,6 +114,10 @@ class VirtualPlan:
 
     def buckets_of(self, family: int) -> tuple[str, ...]:
         return dict(self.buckets).get(family, ())
+
+    def rules(self) -> dict[str, list[list[dict]]]:
+        """Chain name → this plan's rules in it."""
+        return {CHAIN: virtual_rules(self)}
 
 
 def counter_name(plan: VirtualPlan, hop: NextHop, what: str) -> str:
@@ -254,31 +270,24 @@ def _table() -> dict:
 
 def ruleset(plans) -> dict:
     """The whole transaction that replaces lbframe's table with ``plans``'s
-    rules (routed :class:`VirtualPlan` and nat plans alike)."""
-    from lbframe.protocols.routed.nat import NatPlan, nat_rules
-
+    rules (each plan, routed or nat, writes its own: ``plan.rules()``)."""
     commands = [{"add": _table()}, {"delete": _table()}, {"add": _table()}]
     for plan in plans:
         for name in counter_names(plan):
             commands.append({"add": {"counter": {"family": FAMILY, "table": TABLE,
                                                  "name": name}}})
-    chains = {CHAIN: ("filter", "prerouting", -150)}
+    # chain name → its rules, in the order the chains are first used
     rules: dict[str, list] = {CHAIN: []}
     for plan in plans:
-        if isinstance(plan, NatPlan):
-            dnat, count = nat_rules(plan, drop_counter_name(plan), counter_name)
-            chains[NAT_CHAIN] = ("nat", "prerouting", -100)
-            chains[COUNT_CHAIN] = ("filter", "forward", 0)
-            rules.setdefault(NAT_CHAIN, []).extend(dnat)
-            rules.setdefault(COUNT_CHAIN, []).extend(count)
-        else:
-            rules[CHAIN].extend(virtual_rules(plan))
-    for name, (kind, hook, prio) in chains.items():
+        for name, chain_rules in plan.rules().items():
+            rules.setdefault(name, []).extend(chain_rules)
+    for name in rules:
+        kind, hook, prio = CHAINS[name]
         commands.append({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name,
                                            "type": kind, "hook": hook, "prio": prio,
                                            "policy": "accept"}}})
-    for name in chains:
-        for expr in rules.get(name, ()):
+    for name, chain_rules in rules.items():
+        for expr in chain_rules:
             commands.append({"add": {"rule": {"family": FAMILY, "table": TABLE,
                                               "chain": name, "expr": expr}}})
     return {"nftables": commands}
