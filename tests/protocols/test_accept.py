@@ -14,7 +14,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbframe.config import parse_site
 from lbframe.plugins import load_plugins
-from lbframe.protocols import accept
 from lbframe.protocols.accept import AcceptGate, SourceCounts, default_max_connections, source_key
 from lbframe.protocols.http.server import HTTPVirtualServer
 from lbframe.protocols.ssl import SSLVirtualServer
