@@ -25,6 +25,8 @@ _open: dict[str, "AccessLog"] = {}
 FIELDS = ("time", "client", "virtual", "rule", "pool", "member", "method", "target",
           "version", "status", "bytes_in", "bytes_out", "queue_ms", "connect_ms",
           "first_byte_ms", "total_ms", "outcome")
+#: written only by the protocols that fill them in (udp: datagrams each way)
+EXTRA_FIELDS = ("datagrams_in", "datagrams_out")
 
 
 def _text_value(value) -> str:
@@ -57,10 +59,13 @@ class AccessLog:
     def write(self, entry: dict) -> None:
         """Log one request; ``entry`` has (some of) :data:`FIELDS`."""
         entry.setdefault("time", _timestamp())
+        fields = FIELDS
+        if "datagrams_in" in entry:
+            fields = FIELDS + EXTRA_FIELDS
         if self.json_lines:
-            line = json.dumps({k: entry.get(k) for k in FIELDS}, separators=(",", ":"))
+            line = json.dumps({k: entry.get(k) for k in fields}, separators=(",", ":"))
         else:
-            line = " ".join(f"{k}={_text_value(entry.get(k))}" for k in FIELDS)
+            line = " ".join(f"{k}={_text_value(entry.get(k))}" for k in fields)
         try:
             self.file.write(line + "\n")
             if not self._owned:

@@ -648,6 +648,8 @@ class VirtualState:
     bytes_out: int = 0
     #: refusals by reason (:data:`REFUSAL_REASONS`); they add up to ``refused``
     refusals: dict = attrs.field(factory=lambda: dict.fromkeys(REFUSAL_REASONS, 0))
+    #: protocol udp: its flow and datagram counters (lbframe.protocols.udp.UDPCounters)
+    udp: object = None
 
     @property
     def name(self) -> str:

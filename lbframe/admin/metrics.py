@@ -187,6 +187,7 @@ class RuntimeCollector:
                 responses.add_metric([name, str(code)], count)
         yield from (active, total, refused, requests, responses, by_reason, most, v_in, v_out)
         yield from self._next_hops(runtime)
+        yield from self._udp(runtime)
         queue = GaugeMetricFamily("lbframe_pool_queue_length",
                                   "connections waiting for a member of the pool "
                                   "(queue_timeout)", labels=["pool"])
@@ -222,6 +223,42 @@ class RuntimeCollector:
                 flows.add_metric([name, member], c["flows"])
             dropped.add_metric([name], status["dropped_packets"])
         yield from (packets, nbytes, flows, dropped)
+    @staticmethod
+    def _udp(runtime) -> Iterator[Metric]:
+        """protocol udp: datagrams and bytes each way, flows live, evicted,
+        expired, and the datagrams not forwarded."""
+        udp = [(name, v.udp) for name, v in runtime.virtuals.items()
+               if getattr(v, "udp", None) is not None]
+        if not udp:
+            return
+        datagrams = CounterMetricFamily("lbframe_udp_datagrams_total",
+                                        "datagrams forwarded, by direction (in: from "
+                                        "clients, out: replies to clients)",
+                                        labels=["virtual", "direction"])
+        nbytes = CounterMetricFamily("lbframe_udp_bytes_total", "payload bytes forwarded, "
+                                     "by direction", labels=["virtual", "direction"])
+        flows = GaugeMetricFamily("lbframe_udp_flows", "live flows in the flow table",
+                                  labels=["virtual"])
+        ended = CounterMetricFamily("lbframe_udp_flows_ended_total", "flows ended by "
+                                    "max_flows (evicted) or timeout_client (expired)",
+                                    labels=["virtual", "why"])
+        dropped = CounterMetricFamily("lbframe_udp_dropped_total", "datagrams not "
+                                      "forwarded (no member, paused, send failed)",
+                                      labels=["virtual"])
+        unreachable = CounterMetricFamily("lbframe_udp_member_unreachable_total",
+                                          "ICMP port unreachable from members",
+                                          labels=["virtual"])
+        for name, c in udp:
+            datagrams.add_metric([name, "in"], c.datagrams_in)
+            datagrams.add_metric([name, "out"], c.datagrams_out)
+            nbytes.add_metric([name, "in"], c.bytes_in)
+            nbytes.add_metric([name, "out"], c.bytes_out)
+            flows.add_metric([name], c.flows)
+            ended.add_metric([name, "evicted"], c.evicted)
+            ended.add_metric([name, "expired"], c.expired)
+            dropped.add_metric([name], c.dropped)
+            unreachable.add_metric([name], c.unreachable)
+        yield from (datagrams, nbytes, flows, ended, dropped, unreachable)
 
     def _site(self, runtime) -> Iterator[Metric]:
         state = getattr(runtime.redundancy, "state", "standalone")

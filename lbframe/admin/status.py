@@ -106,6 +106,7 @@ def virtual_status(virtual: VirtualState) -> dict[str, Any]:
         "bytes_out": getattr(virtual, "bytes_out", 0),
         "requests": getattr(virtual, "requests", 0),
         "responses": dict(getattr(virtual, "responses", {})),
+        **({"udp": virtual.udp.as_dict()} if getattr(virtual, "udp", None) is not None else {}),
     }
     if spec.protocol in ("routed", "nat"):
         # the kernel's counters per next hop (lbframe.protocols.routed)

@@ -585,7 +585,9 @@ def build_virtual(name: str, keys: _Keys) -> Virtual:
         max_connections_per_source=keys.take("max_connections_per_source", _int(1)),
         accept_proxy=keys.take("accept_proxy", parse_bool, False),
         timeout_connect=keys.take("timeout_connect", _positive_duration, 5.0),
-        timeout_client=keys.take("timeout_client", _positive_duration, 60.0),
+        # udp flows are idle sooner (nginx proxy_timeout, conntrack's 30 s)
+        timeout_client=keys.take("timeout_client", _positive_duration,
+                                 30.0 if protocol == "udp" else 60.0),
         timeout_server=keys.take("timeout_server", _positive_duration, 60.0),
         forwarded_for=keys.take("forwarded_for", parse_bool, True),
         certificates=keys.take("certificates", _folder(base, "certificates folder")),
