@@ -20,7 +20,10 @@ a new one.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import socket
 import struct
 
 import dns.exception
@@ -30,7 +33,7 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 from twisted.internet import defer, protocol
-from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
 from lbframe import hookimpl
@@ -77,19 +80,44 @@ def judge(query: dns.message.Message, wire: bytes, expect) -> CheckResult | None
     return CheckResult(True)
 
 
-class _UDPAsk(protocol.DatagramProtocol):
-    """One query over a connected UDP socket."""
+@implementer(IReadDescriptor)
+class _UDPAsk:
+    """One query over a connected UDP socket of our own, read through the
+    reactor's ``addReader``. (Twisted's UDP ``Port`` closes itself when an
+    ICMP error leaves the socket with an error and nothing to read, without
+    telling its protocol; here that error is the answer "port unreachable".)
+    """
 
-    noisy = False
-
-    def __init__(self, check: "_Check"):
+    def __init__(self, check: "_Check", sock: socket.socket):
         self.check = check
+        self.sock = sock
+        self.fd = sock.fileno()
 
-    def datagramReceived(self, data, addr):
-        self.check.udp_reply(data)
+    def fileno(self) -> int:
+        return self.fd
 
-    def connectionRefused(self):
-        self.check.finish(CheckResult(False, "port unreachable (ICMP)"))
+    def logPrefix(self) -> str:
+        return "lbframe.monitor.dns"
+
+    def doRead(self):
+        for _ in range(8):  # bounded: stray datagrams cannot keep us here
+            try:
+                data = self.sock.recv(UDP_PAYLOAD)
+            except BlockingIOError:
+                return None
+            except OSError as e:
+                self.check.udp_error(e.errno)
+                return None
+            self.check.udp_reply(data)
+            if self.check.done or self.check.udp is not self:
+                return None  # answered, or gone on to TCP
+        return None
+
+    def connectionLost(self, reason):
+        if self.check.done:
+            return
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.check.udp_error(err or errno.EIO)
 
 
 class _TCPAsk(protocol.Protocol):
@@ -134,36 +162,44 @@ class _Check:
         self.wire = self.query.to_wire()
         self.expect = monitor.expect
         self.deferred = defer.Deferred(lambda _: self.cleanup())
-        self.udp_port = None
+        self.udp = None
         self.tcp = None
         self.tcp_connecting = None
         self.resend = None
         self.done = False
 
     def start(self) -> defer.Deferred:
-        ask = _UDPAsk(self)
-        interface = "::" if ":" in self.host else ""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         try:
-            self.udp_port = self.reactor.listenUDP(0, ask, interface=interface,
-                                                   maxPacketSize=UDP_PAYLOAD)
-            ask.transport.connect(self.host, self.port)
-        except (CannotListenError, OSError, ValueError) as e:
-            self.finish(CheckResult(False, f"cannot open a UDP socket: {e}"))
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.connect((self.host, self.port))
+        except OSError as e:
+            self.finish(CheckResult(False, f"cannot ask over UDP: {e.strerror or e}"))
             return self.deferred
+        self.udp = _UDPAsk(self, sock)
+        self.reactor.addReader(self.udp)
         self._send()
-        self.resend = self.reactor.callLater(self.monitor.spec.timeout / 2, self._send)
+        if not self.done:
+            self.resend = self.reactor.callLater(self.monitor.spec.timeout / 2, self._send)
         return self.deferred
 
-    def _send(self):
-        if self.udp_port is None:
+    def _send(self) -> None:
+        self.resend = None
+        if self.udp is None or self.done:
             return
         try:
-            self.udp_port.write(self.wire)
-        except OSError as e:  # ECONNREFUSED from the previous send's ICMP error
-            if getattr(e, "errno", None) == 111:
-                self.finish(CheckResult(False, "port unreachable (ICMP)"))
-            else:
-                self.finish(CheckResult(False, f"send failed: {e}"))
+            self.udp.sock.send(self.wire)
+        except BlockingIOError:
+            pass  # the resend (or the timeout) decides
+        except OSError as e:
+            self.udp_error(e.errno)
+
+    def udp_error(self, err: int) -> None:
+        if err == errno.ECONNREFUSED:
+            self.finish(CheckResult(False, "port unreachable (ICMP)"))
+        else:
+            self.finish(CheckResult(False, f"UDP error: {os.strerror(err).lower()}"))
 
     def udp_reply(self, data: bytes) -> None:
         if self.done:
@@ -207,9 +243,10 @@ class _Check:
         if self.resend is not None and self.resend.active():
             self.resend.cancel()
         self.resend = None
-        port, self.udp_port = self.udp_port, None
-        if port is not None:
-            port.stopListening()
+        udp, self.udp = self.udp, None
+        if udp is not None:
+            self.reactor.removeReader(udp)
+            udp.sock.close()
 
     def cleanup(self) -> None:
         """Close whatever is open (the check ended, or the runner cancelled it)."""
