@@ -891,10 +891,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds a balancer may take to accept and relay (default 20)")
     p.add_argument("--clients", type=int, default=50, help="wrk connections (default 50)")
     p.add_argument("--bulk-clients", type=int, default=4, help="bulk connections (default 4)")
-    p.add_argument("--mode", choices=("tcp", "http", "https"), default="tcp",
+    p.add_argument("--mode", choices=("tcp", "http", "https", "udp"), default="tcp",
                    help="tcp: L4 relay (HAProxy mode tcp, lbframe protocol tcp); http: L7 "
                         "(HAProxy mode http, lbframe protocol http), each request balanced; "
-                        "https: http with TLS terminated by the balancer (close = handshakes/s)")
+                        "https: http with TLS terminated by the balancer (close = handshakes/s); "
+                        "udp: lbframe protocol udp against nginx's stream module (bench/udp_bench.py)")
     p.add_argument("--key", choices=("rsa", "ec"), default="ec",
                    help="--mode https: RSA 2048 or ECDSA P-256 certificate (default ec)")
     p.add_argument("--output", default=None, help="markdown report path "
@@ -958,6 +959,10 @@ def _raise_interrupt(signum, frame):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--mode=udp" in argv or any(a == "--mode" and b == "udp" for a, b in zip(argv, argv[1:])):
+        import udp_bench  # lbframe against nginx's stream module: its own harness
+        return udp_bench.main(argv)
     args = parse_args(argv)
     # SIGINT explicitly too: a shell starts background jobs with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
