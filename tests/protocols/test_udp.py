@@ -388,6 +388,57 @@ class ClockTests(SynchronousTestCase):
         self.clock.advance(11.5)
         self.assertEqual(srv.connection_count(), 0)
 
+    def client(self):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        self.addCleanup(sock.close)
+        return sock
+
+    def test_an_active_flow_ahead_does_not_shield_idle_ones(self):
+        """The table is in least-recently-used order: a flow that keeps
+        sending moves to the back, so the idle flow behind it expires."""
+        srv = self.server("timeout_client = 10s")
+        vip = srv.vips[0]
+        address = vip.sock.getsockname()
+        busy, idle = self.client(), self.client()
+        busy.sendto(b"1", address)
+        idle.sendto(b"1", address)
+        vip.doRead()
+        self.assertEqual(list(vip.flows), [busy.getsockname(), idle.getsockname()])
+        for _ in range(6):
+            self.clock.advance(3)
+            busy.sendto(b"again", address)
+            vip.doRead()
+        self.assertEqual(list(vip.flows), [busy.getsockname()])
+        self.assertEqual(vip.flows[busy.getsockname()].dgrams_in, 7)
+
+    def test_datagrams_wait_for_a_remote_persistence_store(self):
+        srv = self.server()
+        vip = srv.vips[0]
+        store_read = defer.Deferred()
+        real = srv.balancer
+
+        class RemoteStore:
+            """The balancer, with a persistence store that answers later."""
+            virtual = real.virtual
+
+            def prepare(self, context):
+                return store_read
+
+            def choose(self, *args, **kw):
+                return real.choose(*args, **kw)
+
+        srv.balancer = RemoteStore()
+        srv.new_flow(vip, ("192.0.2.1", 1), memoryview(b"first"))
+        flow = vip.flows[("192.0.2.1", 1)]
+        srv.hold(flow, memoryview(b"second"))
+        self.assertIsNone(flow.sock)
+        self.assertEqual(srv.connection_count(), 1)
+        store_read.callback(None)
+        self.member.settimeout(1)
+        self.assertEqual([self.member.recv(100), self.member.recv(100)], [b"first", b"second"])
+        self.assertEqual(flow.member.name, "a")
+
     def test_table_bound_under_100000_one_datagram_flows(self):
         srv = self.server("max_flows = 500")
         vip = srv.vips[0]
