@@ -57,7 +57,9 @@ class PluginTests(SynchronousTestCase):
         for name in plugins.schedulers.names():
             self.assertTrue(verifyObject(IScheduler, plugins.schedulers.get(name).factory(pool, {})))
         for name in plugins.monitors.names():
-            mon = plugins.monitors.get(name).factory(Monitor("m", name, command="true"), {}, reactor)
+            options = {"dns": {"name": "example.com"}}.get(name, {})  # its required key
+            mon = plugins.monitors.get(name).factory(Monitor("m", name, command="true"), options,
+                                                     reactor)
             self.assertTrue(verifyObject(IMonitor, mon))
         virtual = Virtual("v", ("tcp:0:interface=127.0.0.1",), "web")
         self.assertTrue(verifyObject(IProtocol, plugins.protocols.get("tcp").factory(virtual, {}, None)))
