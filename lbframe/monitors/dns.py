@@ -39,7 +39,7 @@ from zope.interface import implementer
 from lbframe import hookimpl
 from lbframe.errors import OptionError, describe_connect_error, reject_unknown_options
 from lbframe.interfaces import IMonitor
-from lbframe.monitors import CheckResult, check_port
+from lbframe.monitoring import BaseMonitor, CheckResult, check_port
 from lbframe.monitors.tcp import client_endpoint
 
 #: a DNS message over TCP is at most this long (its 2-byte length prefix)
@@ -260,7 +260,7 @@ class _Check:
 
 
 @implementer(IMonitor)
-class DNSMonitor:
+class DNSMonitor(BaseMonitor):
     KEYS = ("name", "record")
 
     def __init__(self, spec, options, reactor):
@@ -283,10 +283,8 @@ class DNSMonitor:
         self.reactor = reactor
 
     def check(self, member):
+        # Nothing outlives a check (cancel closes its sockets): BaseMonitor's idle.
         return _Check(self, member.address.host, check_port(self.spec, member)).start()
-
-    def idle(self):
-        return defer.succeed(None)
 
 
 @hookimpl

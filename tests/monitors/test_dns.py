@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbframe.config import Monitor, parse_site
 from lbframe.errors import OptionError
-from lbframe.monitors import CheckResult, MonitorRunner
+from lbframe.monitoring import CheckResult, MonitorRunner
 from lbframe.monitors.dns import DNSMonitor
 from lbframe.runtime import PoolState
 from lbframe.schedulers.round_robin import RoundRobin
