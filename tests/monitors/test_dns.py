@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+import dns.name
+import dns.rdatatype
+
 from twisted.internet import defer, reactor
 from twisted.names import server
 from twisted.names import dns as tdns
@@ -172,3 +175,24 @@ timeout = 2s
                          ("dns", {"name": "www.example.test", "record": "AAAA"}))
         mon = DNSMonitor(spec, dict(spec.options), reactor)
         self.assertEqual(tdns.QUERY_TYPES.get(mon.rdtype), "AAAA")
+
+
+class JudgeProperties(SynchronousTestCase):
+    """Whatever a member sends back, the verdict is a result or "not for
+    us" — never an exception that would turn into a check error."""
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=600))
+    def test_any_bytes(self, wire):
+        import dns.message as message
+
+        from lbframe.monitors.dns import _build_query, judge
+        query = _build_query(dns.name.from_text("www.example.test"), dns.rdatatype.A)
+        try:
+            result = judge(query, query.id.to_bytes(2, "big") + wire, None)
+        except message.Truncated:
+            return
+        self.assertTrue(result is None or isinstance(result, CheckResult))

@@ -626,3 +626,22 @@ class OptionTests(SynchronousTestCase):
         site = parse_site(site_text({"a": 53}, "udp_mode = both"), "site.ini")
         with self.assertRaises((ConfigError, OptionError)):
             build_runtime(site, load_plugins(entry_points=False), reactor)
+
+
+class BindProperties(SynchronousTestCase):
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    @given(st.integers(0, 65535), st.ip_addresses(v=4).map(str))
+    def test_port_and_interface(self, port, host):
+        bind = udp_bind(f"udp:{port}:interface={host}")
+        self.assertEqual((bind.host, bind.port, bind.family), (host, port, socket.AF_INET))
+
+    @given(st.text(max_size=30))
+    def test_anything_else_is_an_option_error_or_a_bind(self, text):
+        try:
+            bind = udp_bind("udp:" + text)
+        except OptionError as e:
+            self.assertEqual(e.key, "listen")
+            return
+        self.assertTrue(0 <= bind.port <= 65535)
