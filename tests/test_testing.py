@@ -31,6 +31,7 @@ from lbframe.testing import (FakePool, HTTPBackends, MonitorContract, MonitorDri
 MONITOR_KEYS = {
     "script": {"refused_keys": {"command": "exit 1"}, "silent_keys": {"command": "sleep 30"},
                "monitor_keys": {"command": "exit 1"}},
+    "dns": {"options": {"name": "www.example.test"}},
 }
 #: Persistence profile fields some built-in methods need
 METHOD_KEYS: dict[str, dict] = {}

@@ -311,7 +311,14 @@ class _VIPSocket:
         return None
 
     def connectionLost(self, reason):
-        pass
+        """An error pending with nothing to read (the kernel reports ICMP
+        errors on an unconnected socket only with IP_RECVERR, so this is
+        not expected): read it, which clears it, so that epoll does not
+        report it again and again."""
+        try:
+            self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            pass
 
 
 # -- the listener --------------------------------------------------------------

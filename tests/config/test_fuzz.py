@@ -126,7 +126,7 @@ class ExampleMutationTests(SynchronousTestCase):
                 self.examples.append((folder, handle.read()))
 
     def test_examples_load(self):
-        self.assertEqual(len(self.examples), 4)  # quickstart, web, ap-tier, routed-web
+        self.assertEqual(len(self.examples), 5)  # quickstart, web, ap-tier, routed-web, dns
         for folder, _ in self.examples:
             self.assertIsInstance(load_site(os.path.join(folder, "site.ini")), Site)
 
