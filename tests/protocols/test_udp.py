@@ -70,6 +70,29 @@ class FlowTests(WaitMixin, TestCase):
         self.assertEqual((udp.datagrams_in, udp.datagrams_out, udp.flows), (18, 18, 6))
 
     @defer.inlineCallbacks
+    def test_ipv6(self):
+        from twisted.internet import reactor as r
+        member, port = start_member(self, "six", interface="::1")
+        svc = start_site(self, f"""
+[virtual dns]
+listen = udp:0:interface=\\:\\:1
+protocol = udp
+pool = p
+
+[pool p]
+member six = [::1]:{port}
+""")
+        vip = vip_of(svc)
+        self.assertEqual(vip[0], "::1")
+        from tests.protocols.udpkit import Client
+        client = Client()
+        listening = r.listenUDP(0, client, interface="::1")
+        self.addCleanup(listening.stopListening)
+        data, source = yield client.ask(b"v6", vip)
+        self.assertEqual(data, b"six:v6")
+        self.assertEqual(source[:2], vip)
+
+    @defer.inlineCallbacks
     def test_datagram_mode_balances_each_datagram(self):
         (a, b), ports = self.two_members()
         svc = start_site(self, site_text(ports, "udp_mode = datagram"))
