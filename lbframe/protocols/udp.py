@@ -829,6 +829,9 @@ class UDPProtocol:
 
     def __init__(self, virtual, options, site=None):
         reject_unknown_options(options, "protocol udp", self.KEYS)
+        if virtual.accept_proxy:
+            raise OptionError("accept_proxy", "protocol udp has no PROXY header to read "
+                                              "(it is a TCP stream preamble)")
         self.binds = [udp_bind(d) for d in virtual.listen]
         self.mode = _choice("udp_mode", options.get("udp_mode", "flow"), MODES)
         self.max_flows = _positive_int("max_flows", options.get("max_flows",

@@ -637,6 +637,11 @@ class OptionTests(SynchronousTestCase):
                 UDPProtocol(self.virtual(), options)
             self.assertIn(words, str(caught.exception))
 
+    def test_accept_proxy_is_refused(self):
+        with self.assertRaises(OptionError) as caught:
+            UDPProtocol(self.virtual("accept_proxy = yes"), {})
+        self.assertEqual(caught.exception.key, "accept_proxy")
+
     def test_udp_bind(self):
         bind = udp_bind("udp:5353:interface=\\:\\:1")
         self.assertEqual((bind.host, bind.port, bind.family), ("::1", 5353, socket.AF_INET6))
