@@ -350,13 +350,9 @@ class UDPVirtualServer(service.Service):
         self.setName(f"virtual:{self.virtual.name}")
 
     def _take_counters(self) -> None:
-        counters = getattr(self.virtual, "udp", None)
+        counters = self.virtual.udp
         if counters is None:
-            counters = UDPCounters()
-            try:
-                self.virtual.udp = counters
-            except AttributeError:  # a VirtualState without the field (tests' stand-ins)
-                pass
+            counters = self.virtual.udp = UDPCounters()
         self.counters = counters
         counters.max_flows = self.max_flows
 
@@ -496,8 +492,7 @@ class UDPVirtualServer(service.Service):
         super().startService()
         if self.access_log_setting is not None:
             self.access_log = access_log_for(*self.access_log_setting)
-        if hasattr(self.io, "acquire"):
-            self.io.acquire()
+        self.io.acquire()
         for vip in self.vips:
             self.io.addReader(vip)
             vip.reading = True
@@ -509,7 +504,7 @@ class UDPVirtualServer(service.Service):
     def stopService(self):
         self.close_all("stopping")
         self.stop_listening()
-        if self.running and hasattr(self.io, "release"):
+        if self.running:
             self.io.release()
         if self._sweep_call is not None and self._sweep_call.active():
             self._sweep_call.cancel()
@@ -599,7 +594,7 @@ class UDPVirtualServer(service.Service):
         else:
             vip.flows.move_to_end(key)
         self.virtual.total += 1
-        decision.pool.take(decision.member)
+        decision.pool.connection_opened(decision.member)
         flow.pending += 1
         self._send(flow, data)
 
@@ -627,7 +622,7 @@ class UDPVirtualServer(service.Service):
         member, pool = decision.member, decision.pool
         addr = member.sockaddr
         if addr is None:
-            addr = member.sockaddr = sockaddr_of(member.spec.address)
+            addr = member.remember_sockaddr(sockaddr_of(member.spec.address))
         family, sockaddr = addr
         try:
             sock = raw_socket(family, _DGRAM_NONBLOCK)
@@ -655,7 +650,7 @@ class UDPVirtualServer(service.Service):
         flow.member = member
         if take:
             self.virtual.total += 1
-            pool.take(member)
+            pool.connection_opened(member)
         self.io.addReader(flow)
         return True
 
@@ -719,7 +714,7 @@ class UDPVirtualServer(service.Service):
         every datagram sent on it was."""
         flow.pending -= 1
         decision = flow.decision
-        decision.pool.release(decision.member)
+        decision.pool.connection_closed(decision.member)
         if flow.pending == 0:
             self.end_flow(flow, "answered")
 
@@ -762,23 +757,21 @@ class UDPVirtualServer(service.Service):
             self.gate.closed()
         sock = flow.sock
         if sock is not None:
-            if hasattr(self.io, "forget"):
-                self.io.forget(flow)  # closing the socket takes it out of epoll
-            else:
-                self.io.removeReader(flow)
+            self.io.forget(flow)  # closing the socket takes it out of epoll
             sock.close()
             flow.fd = -1
         decision = flow.decision
         if decision is not None:
             member = decision.member
+            pool = decision.pool
             if flow.per_datagram:
+                # each datagram was a connection of the member until answered
                 for _ in range(flow.pending):
-                    decision.pool.release(member)
+                    pool.connection_closed(member)
                 flow.pending = 0
+                member.relayed(flow.bytes_in, flow.bytes_out)
             else:
-                decision.pool.release(member)
-            member.bytes_in += flow.bytes_in
-            member.bytes_out += flow.bytes_out
+                pool.connection_closed(member, flow.bytes_in, flow.bytes_out)
         if self.access_log is not None:
             self._log_flow(flow, reason)
 
