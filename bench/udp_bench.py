@@ -127,7 +127,11 @@ def start_balancer(name: str, procs, tmp: Path, members: list[int], args):
         proc = procs.start([nginx_bin(), "-c", str(conf), "-p", str(conf.parent)], log=logf)
     else:
         site = tmp / "site.ini"
-        site.write_text(f"""[virtual bench]
+        site.write_text(f"""[lbframe]
+; the flows of a run would otherwise be waited for (until idle) at its stop
+stop_grace = 1s
+
+[virtual bench]
 listen = udp:{port}:interface={B.HOST}
 protocol = udp
 pool = members

@@ -27,6 +27,11 @@ How it works, and why (nginx's ``stream`` UDP proxy and LVS do the same):
   one-datagram flows therefore costs at most ``max_flows`` sockets, and
   memory stays flat; each flow holds one descriptor and is counted by the
   process's accept gate (``[lbframe] max_connections``).
+- **Stopping** (a reload that changes ``listen``, a stop) closes the VIP
+  socket, and live flows go on: each gets a socket bound to the VIP address
+  and connected to its client (the kernel prefers it to an unconnected
+  socket for that client's datagrams), so replies still leave from the VIP
+  and a replacement listener can bind the address at once.
 - ``source = client`` (transparent mode, Linux ``IP_TRANSPARENT``): the
   socket toward the member is bound to the client's own address and port,
   so members see who asks. Their replies must be routed back through
@@ -59,6 +64,7 @@ from lbframe.interfaces import IListener, IProtocol
 from lbframe.protocols.accept import EXHAUSTION, AcceptGate
 from lbframe.protocols.endpoints import sockaddr_of
 from lbframe.protocols.engine import RelayEngine
+from lbframe.protocols.listening import ListenOutcome, reported_elsewhere
 
 log = Logger(namespace="lbframe.udp")
 
@@ -261,6 +267,9 @@ class _VIPSocket:
         self.flows: collections.OrderedDict = collections.OrderedDict()
         self.reading = False
 
+    #: a VIP socket of a running listener (see _ReplySocket)
+    retired = False
+
     def fileno(self) -> int:
         return self.fd
 
@@ -321,6 +330,63 @@ class _VIPSocket:
             pass
 
 
+@implementer(IReadDescriptor)
+class _ReplySocket:
+    """A flow of a listener that stopped listening: a socket bound to the
+    VIP address and connected to the flow's client. Replies leave from it;
+    what the client still sends arrives on it and goes on to the member."""
+
+    retired = True
+
+    def __init__(self, server: "UDPVirtualServer", flow: Flow, sock):
+        self.server = server
+        self.flow = flow
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.bind = flow.vip.bind
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "lbframe.udp.retired"
+
+    def doRead(self):
+        server, flow = self.server, self.flow
+        buf, view = server.buf, server.view
+        counters = server.counters
+        for _ in range(READ_BATCH):
+            try:
+                n = self.sock.recv_into(buf)
+            except BlockingIOError:
+                return None
+            except OSError:
+                # ICMP from the client (it left): nothing more will come back.
+                server.end_flow(flow, "client unreachable")
+                return None
+            counters.datagrams_in += 1
+            counters.bytes_in += n
+            if flow.sock is None:
+                server.hold(flow, view[:n])
+                continue
+            try:
+                flow.sock.send(view[:n])
+            except OSError as e:
+                server.send_failed(flow, e.errno)
+                if flow.closed:
+                    return None
+                continue
+            flow.dgrams_in += 1
+            flow.bytes_in += n
+            flow.last = server.now
+            flow.table.move_to_end(flow.key)
+        return None
+
+    def connectionLost(self, reason):
+        if not self.flow.closed:
+            self.server.end_flow(self.flow, "client unreachable")
+
+
 # -- the listener --------------------------------------------------------------
 
 @implementer(IListener)
@@ -339,8 +405,11 @@ class UDPVirtualServer(service.Service):
         self.view = memoryview(self.buf)
         self.now = self.clock.seconds()
         self._sweep_call = None
-        self._listening: defer.Deferred | None = None
-        self._listen_error: ListenError | None = None
+        self._outcome: ListenOutcome | None = None
+        self.engine_held = False
+        #: flows of VIP sockets closed by stop_listening (each with its own
+        #: reply socket), least recently used first
+        self.retired: collections.OrderedDict = collections.OrderedDict()
         self.accepting = True
         self.access_log = None
         self.balancer = balancer
@@ -369,27 +438,24 @@ class UDPVirtualServer(service.Service):
     # -- IListener ------------------------------------------------------------
 
     def start_listening(self) -> defer.Deferred:
-        if self._listening is None:
-            try:
-                self._bind()
-                self._listening = defer.succeed(None)
-            except ListenError as e:
-                self._listen_error = e
-                self._listening = defer.fail(e)
-                self._listening.addErrback(lambda f: None)  # kept for later callers
-        if self._listen_error is not None:
-            return defer.fail(self._listen_error)
-        return defer.succeed(None)
+        """Bind every endpoint (once: later calls get the first outcome)."""
+        if self._outcome is None:
+            self._outcome = ListenOutcome(self._bind())
+        return self._outcome.deferred()
 
-    def _bind(self) -> None:
+    def _bind(self) -> defer.Deferred:
         vips = []
         for bind in self.binds:
             try:
                 sock = socket.socket(bind.family, socket.SOCK_DGRAM)
             except OSError as e:
                 self._close_vips(vips)
-                raise ListenError(self.virtual.name, bind.text, e.strerror) from None
+                return defer.fail(ListenError(self.virtual.name, bind.text, e.strerror))
             try:
+                # As nginx does for UDP: a retiring listener's flows keep
+                # sockets bound to this address (connected to their clients,
+                # see stop_listening) while a replacement binds it again.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if bind.family == socket.AF_INET6 and bind.host == "::":
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
                 sock.bind((bind.host, bind.port))
@@ -397,9 +463,10 @@ class UDPVirtualServer(service.Service):
             except OSError as e:
                 sock.close()
                 self._close_vips(vips)
-                raise ListenError(self.virtual.name, bind.text, e.strerror) from None
+                return defer.fail(ListenError(self.virtual.name, bind.text, e.strerror))
             vips.append(_VIPSocket(self, bind, sock))
         self.vips = vips
+        return defer.succeed(vips)
 
     @staticmethod
     def _close_vips(vips) -> None:
@@ -440,9 +507,17 @@ class UDPVirtualServer(service.Service):
         self.apply(self.balancer, protocol)
 
     def stop_listening(self) -> defer.Deferred:
-        """Close the VIP sockets. A UDP flow's replies leave from its VIP
-        socket, so the flows end with it (a replacement listener may then
-        bind the same address); see docs/udp.md."""
+        """Close the VIP sockets; live flows go on (until idle, or
+        ``close_all``).
+
+        A flow's replies leave from its VIP address, so before the VIP
+        socket closes each flow gets a socket of its own bound to that
+        address and *connected to its client*: the kernel delivers that
+        client's datagrams to it (a connected socket is preferred to an
+        unconnected one) and the member's replies go out from the VIP
+        address as before. Everyone else's datagrams find no socket (or a
+        replacement listener, which may bind the address at once)."""
+        self._outcome = None
         self.gate.remove(self)
         vips, self.vips = self.vips, []
         for vip in vips:
@@ -450,18 +525,39 @@ class UDPVirtualServer(service.Service):
                 self.io.removeReader(vip)
                 vip.reading = False
         for vip in vips:
+            address = vip.sock.getsockname()
             for flow in list(vip.flows.values()):
-                self.end_flow(flow, "listener stopped")
+                self._retire_flow(flow, address)
             vip.sock.close()
-        self._listening = None
         return defer.succeed(None)
 
+    def _retire_flow(self, flow: Flow, address) -> None:
+        try:
+            sock = raw_socket(flow.vip.bind.family, _DGRAM_NONBLOCK)
+        except OSError as e:
+            self.end_flow(flow, f"listener stopped (no socket for its replies: {e.strerror})")
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.connect(flow.addr)
+        except OSError as e:
+            sock.close()
+            self.end_flow(flow, f"listener stopped (no socket for its replies: {e.strerror})")
+            return
+        del flow.table[flow.key]
+        reply = _ReplySocket(self, flow, sock)
+        flow.vip = reply
+        flow.table, flow.key = self.retired, flow
+        self.retired[flow] = flow
+        self.io.addReader(reply)
+
     def connection_count(self) -> int:
-        return sum(len(vip.flows) for vip in self.vips)
+        return sum(len(vip.flows) for vip in self.vips) + len(self.retired)
 
     def close_all(self, reason: str) -> None:
-        for vip in self.vips:
-            for flow in list(vip.flows.values()):
+        for table in [vip.flows for vip in self.vips] + [self.retired]:
+            for flow in list(table.values()):
                 self.end_flow(flow, reason)
 
     def pause_accepting(self) -> None:
@@ -475,41 +571,45 @@ class UDPVirtualServer(service.Service):
     # -- twistd service ------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
-        # Bind before twistd drops root (ports below 1024).
-        self._start_or_exit()
+        # Bind (and open the access log) before twistd drops root (ports
+        # below 1024). A failure is the site service's to report.
+        self.start_listening().addErrback(reported_elsewhere)
         if self.access_log_setting is not None:
             access_log_for(*self.access_log_setting)
         super().privilegedStartService()
 
-    def _start_or_exit(self) -> None:
-        self.start_listening()
-        if self._listen_error is not None:
-            # today's service tree: twistd prints the message, exits 1
-            raise SystemExit(f"lbframe: {self._listen_error}")
-
     def startService(self) -> None:
-        self._start_or_exit()
         super().startService()
         if self.access_log_setting is not None:
             self.access_log = access_log_for(*self.access_log_setting)
-        self.io.acquire()
+        self.gate.configure(self.max_connections)
+        self.start_listening().addCallbacks(self._reading, reported_elsewhere)
+
+    def _reading(self, _) -> None:
+        """Bound: read every VIP socket."""
+        if not self.running or not self.vips or self.vips[0].reading:
+            return
+        if not self.engine_held:
+            self.engine_held = True  # once per listener: the engine is shared
+            self.io.acquire()
         for vip in self.vips:
             self.io.addReader(vip)
             vip.reading = True
-        self.gate.configure(self.max_connections)
         self.gate.add(self)
         log.info("virtual {virtual} listening on udp {where}", virtual=self.virtual.name,
-                 where=", ".join(str(a.host) + ":" + str(a.port) for a in self.addresses()))
+                 where=", ".join(f"{a.host}:{a.port}" for a in self.addresses()))
 
     def stopService(self):
+        closed = self.stop_listening()
         self.close_all("stopping")
-        self.stop_listening()
-        if self.running:
+        if self.engine_held:
+            self.engine_held = False
             self.io.release()
         if self._sweep_call is not None and self._sweep_call.active():
             self._sweep_call.cancel()
         self._sweep_call = None
-        return super().stopService()
+        super().stopService()
+        return closed
 
     # -- new flows ------------------------------------------------------------
 
@@ -760,6 +860,10 @@ class UDPVirtualServer(service.Service):
             self.io.forget(flow)  # closing the socket takes it out of epoll
             sock.close()
             flow.fd = -1
+        reply = flow.vip
+        if reply.retired:
+            self.io.forget(reply)
+            reply.sock.close()
         decision = flow.decision
         if decision is not None:
             member = decision.member
@@ -800,16 +904,16 @@ class UDPVirtualServer(service.Service):
         self.now = now = self.clock.seconds()
         cutoff = now - self.timeout
         live = 0
-        for vip in self.vips:
+        for table in [vip.flows for vip in self.vips] + [self.retired]:
             expired = []
-            for flow in vip.flows.values():
+            for flow in table.values():
                 if flow.last > cutoff:
                     break
                 expired.append(flow)
             for flow in expired:
                 self.counters.expired += 1
                 self.end_flow(flow, f"idle timeout after {self.timeout:g}s")
-            live += len(vip.flows)
+            live += len(table)
         if live:
             self._arm_sweep()
 

@@ -227,8 +227,8 @@ member six = [::1]:{port}
         vport = port.getsockname()[1]
         port.close()
         listen = f"udp:{vport}:interface=127.0.0.1"
-        with open(path, "w") as f:
-            f.write(site_text(ports, listen=listen))
+        with open(path, "w") as f:  # the stop at the end does not wait for the flows
+            f.write("[lbframe]\nstop_grace = 0.1s\n" + site_text(ports, listen=listen))
         from lbframe.service import SiteService
         from lbframe.tap import load
         svc = SiteService(load(path, reactor), reactor, config_path=path)
@@ -242,7 +242,8 @@ member six = [::1]:{port}
             before.append(data.split(b":")[0])
         listener = svc.listeners["dns"]
         with open(path, "w") as f:  # a only: c replaces b; max_flows changes
-            f.write(site_text({"a": ports["a"], "c": pc}, "max_flows = 500", listen=listen))
+            f.write("[lbframe]\nstop_grace = 0.1s\n"
+                    + site_text({"a": ports["a"], "c": pc}, "max_flows = 500", listen=listen))
         self.assertTrue(svc.reload())
         self.assertIs(svc.listeners["dns"], listener)
         self.assertEqual(listener.max_flows, 500)
@@ -578,22 +579,43 @@ class ListenerTests(WaitMixin, TestCase):
         probe.close()
 
     @defer.inlineCallbacks
-    def test_stop_listening_frees_the_address_and_ends_flows(self):
+    def test_stop_listening_keeps_flows_and_frees_the_address(self):
+        """After stop_listening a flow goes on through a socket of its own
+        (bound to the VIP address, connected to its client); new clients
+        find nothing, or the replacement listener that binds the address."""
         runtime, srv = self.make()
         srv.startService()
+        self.addCleanup(srv.stopService)
         vip = srv.addresses()[0]
-        client, _ = start_client(self)
-        yield client.ask(b"x", (vip.host, vip.port))
-        self.assertEqual(srv.connection_count(), 1)
+        address = (vip.host, vip.port)
+        old, _ = start_client(self)
+        yield old.ask(b"x", address)
         d = srv.stop_listening()
         self.assertIsInstance(d, defer.Deferred)
         yield d
-        self.assertEqual((srv.connection_count(), srv.addresses()), (0, []))
-        again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        again.bind((vip.host, vip.port))
-        again.close()
-        self.assertEqual(runtime.pools["p"].members["a"].active, 0)
-        yield srv.stopService()
+        self.assertEqual((srv.connection_count(), srv.addresses()), (1, []))
+        data, source = yield old.ask(b"still", address)
+        self.assertEqual((data, source), (b"a:still", address))
+        stranger, _ = start_client(self)
+        with self.assertRaises(defer.TimeoutError):
+            yield stranger.ask(b"new", address, timeout=0.3)
+        # a replacement binds the same address at once and takes new clients
+        site = parse_site(site_text({"a": runtime.pools["p"].members["a"].address.port},
+                                    listen=f"udp:{vip.port}:interface=127.0.0.1"), "site.ini")
+        new_rt = build_runtime(site, load_plugins(entry_points=False), reactor)
+        replacement = new_rt.protocols["dns"].make_service(new_rt.balancers["dns"], reactor)
+        replacement.startService()
+        self.addCleanup(replacement.stopService)
+        yield replacement.start_listening()
+        data, _ = yield stranger.ask(b"new", address)
+        self.assertEqual(data, b"a:new")
+        self.assertEqual(replacement.connection_count(), 1)
+        data, _ = yield old.ask(b"old", address)  # still the retired flow's
+        self.assertEqual(data, b"a:old")
+        self.assertEqual((srv.connection_count(), replacement.connection_count()), (1, 1))
+        self.assertEqual(srv.retired[next(iter(srv.retired))].dgrams_in, 3)
+        srv.close_all("test")
+        self.assertEqual((srv.connection_count(), runtime.virtuals["dns"].active), (0, 0))
 
     @defer.inlineCallbacks
     def test_close_all(self):

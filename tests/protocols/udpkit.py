@@ -65,6 +65,13 @@ def start_client(test) -> tuple[Client, int]:
 
 
 def start_site(test, text: str) -> SiteService:
+    """Start a site; its stop does not wait for live flows (``stop_grace``
+    0.1 s: a stopping listener's flows go on until idle, as tcp
+    connections do, for up to ``stop_grace``)."""
+    if "[lbframe]" in text:
+        text = text.replace("[lbframe]", "[lbframe]\nstop_grace = 0.1s", 1)
+    else:
+        text = "[lbframe]\nstop_grace = 0.1s\n" + text
     site = parse_site(text, "site.ini")
     svc = SiteService(build_runtime(site, load_plugins(entry_points=False), reactor), reactor)
     svc.startService()

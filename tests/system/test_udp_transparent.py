@@ -116,6 +116,9 @@ class TransparentUDPTests(SynchronousTestCase):
         site = os.path.join(self.folder, "site.ini")
         with open(site, "w") as f:
             f.write(textwrap.dedent(f"""
+                [lbframe]
+                stop_grace = 1s
+
                 [virtual dns]
                 listen = udp:{VIP_PORT}:interface={VIP}
                 protocol = udp
