@@ -495,17 +495,6 @@ class UDPVirtualServer(service.Service):
         setting = self.access_log_setting
         self.access_log = access_log_for(*setting) if setting is not None else None
 
-    # today's service (until it calls apply): set_balancer, then set_protocol
-    def set_balancer(self, balancer: Balancer) -> None:
-        """Thin alias for the service that predates :meth:`apply`."""
-        self.balancer = balancer
-        self.virtual = balancer.virtual
-        self._take_counters()
-
-    def set_protocol(self, protocol: "UDPProtocol") -> None:
-        """Thin alias for the service that predates :meth:`apply`."""
-        self.apply(self.balancer, protocol)
-
     def stop_listening(self) -> defer.Deferred:
         """Close the VIP sockets; live flows go on (until idle, or
         ``close_all``).
@@ -653,7 +642,7 @@ class UDPVirtualServer(service.Service):
         decision = self.balancer.choose(flow.context, (), may_wait=False)
         if decision is None:
             self.counters.dropped += len(waiting)
-            self.virtual.refused += 1
+            self.virtual.refuse("no_member")
             self.end_flow(flow, "no member available")
             return
         if self._open(flow, decision):
@@ -677,7 +666,7 @@ class UDPVirtualServer(service.Service):
             self.now = self.clock.seconds()
         decision = self.balancer.choose(context, (), may_wait=False)
         if decision is None:
-            self.virtual.refused += 1
+            self.virtual.refuse("no_member")
             self.counters.dropped += 1
             self._log_refusal(context, "no member available", len(data))
             return
@@ -730,7 +719,7 @@ class UDPVirtualServer(service.Service):
             if e.errno in EXHAUSTION:
                 self.gate.exhausted(e)
             self.counters.dropped += 1
-            self.virtual.refused += 1
+            self.virtual.refuse("resources")
             self.end_flow(flow, f"cannot open a socket to a member: {e.strerror}")
             return False
         try:
@@ -740,7 +729,7 @@ class UDPVirtualServer(service.Service):
         except OSError as e:
             sock.close()
             self.counters.dropped += 1
-            self.virtual.refused += 1
+            self.virtual.refuse("member_failed")
             self.end_flow(flow, f"cannot reach member {pool.name}/{member.name}: "
                                 f"{e.strerror or e}")
             return False
@@ -783,7 +772,7 @@ class UDPVirtualServer(service.Service):
             flow.sent_at = self.clock.seconds()
 
     def _refuse(self, flow: Flow, reason: str, size: int) -> None:
-        self.virtual.refused += 1
+        self.virtual.refuse("no_member")
         self.counters.dropped += 1
         self._log_refusal(flow.context, reason, size)
 
@@ -876,6 +865,8 @@ class UDPVirtualServer(service.Service):
                 member.relayed(flow.bytes_in, flow.bytes_out)
             else:
                 pool.connection_closed(member, flow.bytes_in, flow.bytes_out)
+        self.virtual.bytes_in += flow.bytes_in
+        self.virtual.bytes_out += flow.bytes_out
         if self.access_log is not None:
             self._log_flow(flow, reason)
 

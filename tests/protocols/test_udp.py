@@ -229,9 +229,8 @@ member six = [::1]:{port}
         listen = f"udp:{vport}:interface=127.0.0.1"
         with open(path, "w") as f:  # the stop at the end does not wait for the flows
             f.write("[lbframe]\nstop_grace = 0.1s\n" + site_text(ports, listen=listen))
-        from lbframe.service import SiteService
-        from lbframe.tap import load
-        svc = SiteService(load(path, reactor), reactor, config_path=path)
+        from lbframe.site import make_service, reload
+        svc = make_service(path, reactor)
         svc.startService()
         self.addCleanup(svc.stopService)
         vip = ("127.0.0.1", vport)
@@ -244,7 +243,7 @@ member six = [::1]:{port}
         with open(path, "w") as f:  # a only: c replaces b; max_flows changes
             f.write("[lbframe]\nstop_grace = 0.1s\n"
                     + site_text({"a": ports["a"], "c": pc}, "max_flows = 500", listen=listen))
-        self.assertTrue(svc.reload())
+        self.assertTrue(reload(svc))
         self.assertIs(svc.listeners["dns"], listener)
         self.assertEqual(listener.max_flows, 500)
         for client, name in zip(clients, before):
