@@ -97,7 +97,15 @@ class RoutedWeb:
     def exec(self, name, *argv, check=True, timeout=30):
         return run(["ip", "netns", "exec", self.ns(name), *argv], check=check, timeout=timeout)
 
-    def build(self):
+    def build(self, members=True):
+        """The namespaces and links, and (``members``) the small web servers."""
+        self.build_network()
+        if members:
+            for web in WEBS:
+                self.start_web(web)
+
+    def build_network(self):
+        """Namespaces, links, addresses and routes; forwarding on in lb."""
         for name in ("client", "lb", *WEBS):
             run(["ip", "netns", "add", self.ns(name)])
             self.ip(name, "link", "set", "lo", "up")
@@ -122,7 +130,6 @@ class RoutedWeb:
             # The way back to the clients is through lbframe (in production:
             # the default gateway).
             self.ip(web, "route", "add", "198.18.20.0/24", "via", "198.18.30.1")
-            self.start_web(web)
         self.exec("lb", "sysctl", "-qw", "net.ipv4.ip_forward=1")
 
     def start_web(self, web):
