@@ -1,12 +1,22 @@
 #!/usr/bin/env python3
 """A routed web site in four network namespaces: lbframe's ``protocol = nat``.
 
-    sudo python3 examples/routed-web/routed_web.py
+    sudo python3 examples/routed-web/routed_web.py          # the NAT case
+    sudo python3 examples/routed-web/routed_web.py --flat   # the flat routed case
 
-Builds (198.18.0.0/15, no link to the host, no default route)::
+Builds (198.18.0.0/15, no link to the host)::
 
     client 198.18.20.10 (+29 more) ── lb (VIP 198.18.20.1) ──┬── web1 198.18.30.11
                                         198.18.30.1          └── web2 198.18.30.12
+
+The NAT case: the VIP is outside, on the clients' side (``site.ini``); the
+web servers route 198.18.20.0/24 through lb; no default route anywhere.
+The flat routed case (``--flat``, ``site-flat.ini``): the VIP 198.18.30.100
+is on the web servers' own subnet, the clients reach it through lb (their
+route to 198.18.30.0/24), and the web servers' **default gateway is lb**
+(lb itself has no default route and no link to the host, so nothing leaves
+the four namespaces); it also shows the bounce-back case failing (web1
+calling the VIP: the answer comes straight from the member).
 
 starts ``twistd lbframe --config site.ini`` in lb and a small web server in
 web1 and web2 that answers with the client address it sees; then sends 60
@@ -30,6 +40,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 VIP, VIP_PORT = "198.18.20.1", 80
+#: --flat: the VIP on the web servers' subnet
+FLAT_VIP = "198.18.30.100"
 CLIENTS = [f"198.18.20.{10 + i}" for i in range(30)]
 WEBS = {"web1": "198.18.30.11", "web2": "198.18.30.12"}
 WEB_PORT = 8080
@@ -82,8 +94,10 @@ def run(argv, check=True, timeout=30, **kw):
 
 
 class RoutedWeb:
-    def __init__(self, prefix="rw-", workdir=None, python=sys.executable):
+    def __init__(self, prefix="rw-", workdir=None, python=sys.executable, flat=False):
         self.prefix = prefix
+        self.flat = flat
+        self.vip = FLAT_VIP if flat else VIP
         self.workdir = workdir or tempfile.mkdtemp(prefix="lbframe-routed-web-")
         self.python = python
         self.procs: dict[str, subprocess.Popen] = {}
@@ -118,19 +132,35 @@ class RoutedWeb:
             self.ip("lb", "link", "set", f"to-{web}", "master", "in", "up")
         self.ip("lb", "address", "add", f"{VIP}/24", "dev", "out")
         self.ip("lb", "address", "add", "198.18.30.1/24", "dev", "in")
+        if self.flat:
+            self.ip("lb", "address", "add", f"{FLAT_VIP}/24", "dev", "in")
         for dev in ("out", "in"):
             self.ip("lb", "link", "set", dev, "up")
         self.ip("client", "address", "add", f"{CLIENTS[0]}/24", "dev", "lb")
         for src in CLIENTS[1:]:
             self.ip("client", "address", "add", f"{src}/24", "dev", "lb")
         self.ip("client", "link", "set", "lb", "up")
+        if self.flat:
+            # the VIP is on the web servers' subnet, behind lb
+            self.ip("client", "route", "add", "198.18.30.0/24", "via", VIP)
         for web, address in WEBS.items():
             self.ip(web, "address", "add", f"{address}/24", "dev", "lb")
             self.ip(web, "link", "set", "lb", "up")
-            # The way back to the clients is through lbframe (in production:
-            # the default gateway).
-            self.ip(web, "route", "add", "198.18.20.0/24", "via", "198.18.30.1")
+            if self.flat:
+                # The flat routed case: lbframe is the web servers' default
+                # gateway (lb has no default route: nothing goes further).
+                self.ip(web, "route", "add", "default", "via", "198.18.30.1")
+            else:
+                # The way back to the clients is through lbframe (in
+                # production: the default gateway).
+                self.ip(web, "route", "add", "198.18.20.0/24", "via", "198.18.30.1")
         self.exec("lb", "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # The bridge stands for the web servers' switch: with br_netfilter
+        # loaded, frames it switches between two web servers would go
+        # through lb's conntrack (and be un-NATed), which no switch does.
+        for family in ("iptables", "ip6tables"):
+            self.exec("lb", "sysctl", "-qw", f"net.bridge.bridge-nf-call-{family}=0",
+                      check=False)
 
     def start_web(self, web):
         proc = subprocess.Popen(["ip", "netns", "exec", self.ns(web), self.python, "-c",
@@ -152,7 +182,7 @@ class RoutedWeb:
                 proc.wait()
 
     def start_lbframe(self, config=None):
-        config = config or os.path.join(HERE, "site.ini")
+        config = config or os.path.join(HERE, "site-flat.ini" if self.flat else "site.ini")
         log = open(os.path.join(self.workdir, "lb.log"), "wb")
         argv = [self.python, "-c", "import sys; sys.argv[0] = 'twistd'; "
                 "from twisted.scripts.twistd import run; run()",
@@ -208,10 +238,14 @@ class RoutedWeb:
             time.sleep(0.1)
         return time.monotonic() - start
 
-    def connections(self, sources, timeout=2.0):
-        return json.loads(self.exec("client", self.python, "-c", CLIENT_CODE, VIP,
+    def connections(self, sources, timeout=2.0, netns="client"):
+        return json.loads(self.exec(netns, self.python, "-c", CLIENT_CODE, self.vip,
                                     str(VIP_PORT), str(timeout), *sources,
                                     timeout=timeout * len(sources) + 30))
+
+    def bounce_back(self, web="web1", timeout=2.0):
+        """``web`` calls the VIP (the flat case's bounce-back): the result."""
+        return self.connections([WEBS[web]], timeout=timeout, netns=web)[0]
 
     def clean(self):
         for key in list(self.procs):
@@ -228,18 +262,34 @@ def summary(results):
     return by, real
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv not in ([], ["--flat"]):
+        print("usage: routed_web.py [--flat]", file=sys.stderr)
+        return 2
     if os.geteuid() != 0 or shutil.which("nft") is None:
         print("run as root, with nftables installed", file=sys.stderr)
         return 1
-    rw = RoutedWeb()
+    rw = RoutedWeb(flat=argv == ["--flat"])
     try:
         rw.build()
         rw.start_lbframe()
+        if rw.flat:
+            print(f"flat routed: VIP {rw.vip} on the web servers' subnet; their routes: "
+                  + "; ".join(f"{w}: {rw.ip(w, 'route', 'show').strip().splitlines()[0]}"
+                              for w in WEBS))
         sources = [CLIENTS[i % 30] for i in range(60)]
-        by, real = summary(rw.connections(sources))
-        print(f"60 connections to {VIP}:{VIP_PORT}: served by {by}; "
-              f"{real} of 60 servers saw the client's own address")
+        results = rw.connections(sources)
+        by, real = summary(results)
+        replies = sorted({r["from"] for r in results if r["ok"]})
+        print(f"60 connections to {rw.vip}:{VIP_PORT}: served by {by}; "
+              f"{real} of 60 servers saw the client's own address; replies from {replies}")
+        if rw.flat:
+            r = rw.bounce_back("web1")
+            print("bounce-back, web1 calling the VIP: "
+                  + (f"answered by {r['server']} from {r['from']}" if r["ok"]
+                     else f"fails ({r['error']}): the chosen member answers web1 straight "
+                          "over the shared subnet, from its own address, and web1 resets it"))
         time.sleep(2.2)  # lbframe reads the kernel's counters every 2 s
         print("lbframe /api/status, per member:",
               json.dumps(rw.status()["virtuals"]["web"]["next_hops"]))
