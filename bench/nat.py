@@ -248,7 +248,9 @@ def start_balancer(topo: Topology, procs: Processes, kind: str, workdir: Path,
     last = None
     while True:
         if proc.poll() is not None:
-            raise StartError(f"{kind} exited with status {proc.returncode}:\n{tail(log_path)}")
+            last_line = (tail(log_path, 1) or "no output").strip()
+            raise StartError(f"{kind} exited with status {proc.returncode}: {last_line}\n"
+                             f"{tail(log_path)}")
         results = topo.connections(rw.CLIENTS[:4], timeout=1.0)
         if all(r["ok"] for r in results) and {r["server"] for r in results} == set(rw.WEBS):
             seen = {r["seen"] for r in results}
