@@ -87,6 +87,7 @@ BUILTIN_PLUGINS = (
     "lbframe.persistence.url_session",
     "lbframe.persistence.ssl_session_id",
     "lbframe.redundancy.none",
+    "lbframe.redundancy.vrrp.driver",
 )
 
 #: registration hook suffix → what one entry is called in messages

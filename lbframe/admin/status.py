@@ -116,10 +116,14 @@ def virtual_status(virtual: VirtualState) -> dict[str, Any]:
 
 
 def redundancy_status(runtime) -> dict[str, Any]:
-    return {
+    out = {
         "driver": runtime.site.redundancy.driver,
         "state": getattr(runtime.redundancy, "state", "standalone"),
     }
+    detail = getattr(runtime.redundancy, "status", None)  # a driver's extra keys (vrrp: groups)
+    if callable(detail):
+        out.update({k: v for k, v in detail().items() if k not in out})
+    return out
 
 
 def store_shown(url: str) -> str:

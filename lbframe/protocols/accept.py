@@ -40,6 +40,8 @@ import weakref
 from twisted.internet import tcp
 from twisted.logger import Logger
 
+from lbframe.protocols.endpoints import set_freebind
+
 log = Logger(namespace="lbframe.accept")
 
 #: accept errors that mean "no file descriptor or memory for now"; these,
@@ -294,6 +296,11 @@ class GatedPort(tcp.Port):
     def __init__(self, port, factory, backlog, interface, reactor, gate: AcceptGate):
         super().__init__(port, factory, backlog, interface, reactor)
         self.gate = gate
+
+    def createInternetSocket(self):
+        sock = super().createInternetSocket()
+        set_freebind(sock, self.interface)  # a VIP this node may own later
+        return sock
 
     def doRead(self):
         gate = self.gate

@@ -55,10 +55,43 @@ def tcp_bind(description: str) -> TCPBind:
                                 "tcp: and tcp6: endpoints")
 
 
+#: IP_FREEBIND (Linux): bind to an address the host does not have (yet)
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+#: addresses a redundancy driver may own later, by owner (see allow_nonlocal)
+_nonlocal: dict[object, frozenset[str]] = {}
+
+
+def allow_nonlocal(owner, hosts) -> None:
+    """Let listeners bind ``hosts`` before they are on an interface.
+
+    A redundancy driver calls this for its VIPs: a backup's listeners are
+    then bound (with ``IP_FREEBIND``) and ready, and serve as soon as the
+    address arrives; until then no packet for it reaches this host. Any
+    other address still fails to bind, so a mistyped ``listen`` is an error.
+    """
+    _nonlocal[owner] = frozenset(hosts)
+
+
+def forget_nonlocal(owner) -> None:
+    _nonlocal.pop(owner, None)
+
+
+def is_nonlocal(host: str) -> bool:
+    return any(host in hosts for hosts in _nonlocal.values())
+
+
+def set_freebind(sock: socket.socket, host: str) -> None:
+    """``IP_FREEBIND`` on ``sock`` when ``host`` is a VIP (see :func:`allow_nonlocal`)."""
+    if host and is_nonlocal(host):
+        # SOL_IP's IP_FREEBIND also covers AF_INET6 sockets on Linux
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+
+
 def listening_socket(bind: TCPBind) -> socket.socket:
     sock = socket.socket(bind.family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        set_freebind(sock, bind.host)
         if bind.family == socket.AF_INET6 and bind.host == "::":
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((bind.host, bind.port))
