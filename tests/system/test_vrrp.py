@@ -1,0 +1,193 @@
+"""``driver = vrrp`` between real processes in namespaces (see vrrp_lan.py).
+
+Two lbframe nodes (``twistd lbframe`` inside ``ip netns exec``), a member
+(Python's http.server) and a client share one bridge. Times are measured
+from the packets on the wire (tcpdump in the client's namespace): the last
+advert of the old master to the first advert of the new one, against the
+backup's Master_Down_Interval (RFC 5798 §6.1) plus 50 ms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import textwrap
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbframe.redundancy.vrrp.machine import master_down_interval, skew_time
+from tests.system import netns
+from tests.system.vrrp_lan import LAN, VIP, kill9, parse_capture, wait_for
+
+SLACK = 0.05
+
+
+def node_config(address: str, priority: int, interval: str = "1s", preempt: str = "yes",
+                version: int = 3, extra: str = "") -> str:
+    return textwrap.dedent(f"""\
+        [lbframe]
+        admin = tcp:8404:interface=127.0.0.1
+
+        [virtual web]
+        listen = tcp:80:interface={VIP}
+        protocol = http
+        pool = web
+
+        [virtual raw]
+        listen = tcp:81:interface={VIP}
+        protocol = tcp
+        pool = web
+
+        [pool web]
+        member m = 198.18.0.50:8081
+
+        [redundancy]
+        driver = vrrp
+        interface = eth0
+        vrid = 51
+        vips = {VIP}/24
+        priority = {priority}
+        advert_interval = {interval}
+        preempt = {preempt}
+        version = {version}
+        """) + extra
+
+
+class PairBase(SynchronousTestCase):
+    timeout = 120
+
+    def setUp(self):
+        netns.require_system()
+        netns.require(shutil.which("tcpdump") is not None, "needs tcpdump")
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.lan = LAN.build(self)
+        self.lan.add("a", 1)
+        self.lan.add("b", 2)
+        self.lan.add("client", 100)
+        self.lan.add("member", 50)
+        self.lan.member("member", os.path.join(self.dir, "www"), "from member\n")
+        self.wire = os.path.join(self.dir, "wire.txt")
+        self.lan.capture("client", self.wire)
+        time.sleep(0.3)  # tcpdump attaches
+
+    def start_node(self, name: str, priority: int, **kw):
+        path = os.path.join(self.dir, f"{name}.ini")
+        with open(path, "w") as f:
+            f.write(node_config(self.lan.address(name), priority, **kw))
+        return self.lan.lbframe(name, path, os.path.join(self.dir, f"{name}.log"))
+
+    def status(self, name: str) -> dict:
+        body = self.lan.get(name, "http://127.0.0.1:8404/api/status")
+        return json.loads(body) if body else {}
+
+    def state(self, name: str) -> str | None:
+        return self.status(name).get("redundancy", {}).get("state")
+
+    def wait_state(self, name: str, state: str, timeout: float = 15):
+        wait_for(lambda: self.state(name) == state, timeout, f"{name} {state}", step=0.2)
+
+    def adverts(self, since: float = 0.0) -> list:
+        return [s for s in parse_capture(self.wire) if s.kind == "advert" and s.time >= since]
+
+    def first_advert_from(self, source: str, since: float, timeout: float = 10):
+        def find():
+            for s in self.adverts(since):
+                if s.source == source and s.priority > 0:
+                    return s
+        return wait_for(find, timeout, f"an advert from {source}", step=0.05)
+
+    def last_advert_from(self, source: str, before: float):
+        found = [s for s in self.adverts() if s.source == source and s.time <= before]
+        self.assertTrue(found, f"no advert from {source} before {before}")
+        return found[-1]
+
+
+class ElectionTests(PairBase):
+    def test_election_failover_preempt_and_clean_stop(self):
+        """Priority decides; SIGKILL of the master → the backup's adverts start
+        within its Master_Down_Interval; it answers HTTP on the VIP; the first
+        node back preempts; a clean stop hands over within Skew_Time."""
+        a_addr, b_addr = self.lan.address("a"), self.lan.address("b")
+        a = self.start_node("a", 200)
+        self.start_node("b", 100)
+        self.wait_state("a", "master")
+        self.wait_state("b", "backup")
+        self.assertTrue(self.lan.has_vip("a"))
+        self.assertFalse(self.lan.has_vip("b"))
+        self.assertEqual(self.lan.get("client", f"http://{VIP}/"), "from member\n")
+        self.assertEqual(self.lan.get("client", f"http://{VIP}:81/"), "from member\n")
+        # adverts on the wire, byte for byte as tcpdump decodes them
+        seen = self.adverts()
+        ours = [s for s in seen if s.source == a_addr]
+        self.assertTrue(ours)
+        for s in ours:
+            self.assertEqual((s.version, s.vrid, s.priority, s.ttl, s.interval_cs),
+                             (3, 51, 200, 255, 100), s.text)
+            self.assertIn("addrs: 198.18.0.10", s.text)  # tcpdump checks the checksum too
+        self.assertNotIn("bad", " ".join(s.text for s in ours))
+
+        # the master dies
+        killed = kill9(a)
+        first_b = self.first_advert_from(b_addr, killed)
+        last_a = self.last_advert_from(a_addr, killed)
+        took = first_b.time - last_a.time
+        mdi = master_down_interval(100, 1.0)
+        self.assertLessEqual(took, mdi + SLACK, f"took {took:.3f}s, MDI {mdi:.3f}s")
+        self.assertGreaterEqual(took, mdi - SLACK)
+        wait_for(lambda: self.lan.has_vip("b"), 2, "VIP on b")
+        garps = wait_for(lambda: [s for s in parse_capture(self.wire)
+                                  if s.kind == "arp" and s.source == VIP
+                                  and s.time >= first_b.time - 0.01],
+                         2, "a gratuitous ARP for the VIP from b")
+        self.assertLessEqual(garps[0].time - last_a.time, mdi + SLACK)
+        self.assertEqual(self.lan.get("client", f"http://{VIP}/"), "from member\n")
+        self.wait_state("b", "master")
+
+        # a comes back with the higher priority: preempts after its Master_Down_Interval
+        self.start_node("a", 200)
+        self.wait_state("a", "master", timeout=20)
+        self.wait_state("b", "backup")
+        self.assertTrue(self.lan.has_vip("a"))
+        self.assertFalse(self.lan.has_vip("b"))
+
+        # clean stop of a (SIGTERM): priority 0, b takes over within its Skew_Time
+        a2 = self.lan_proc_of("a")
+        stopped = time.time()
+        a2.terminate()
+        a2.wait(20)
+        zero = [s for s in self.adverts(stopped - 0.1) if s.source == a_addr and s.priority == 0]
+        self.assertTrue(zero, "no priority-0 advert on a clean stop")
+        first_b = self.first_advert_from(b_addr, zero[0].time)
+        took = first_b.time - zero[0].time
+        self.assertLessEqual(took, skew_time(100, 1.0) + SLACK, f"took {took:.3f}s")
+        self.assertFalse(self.lan.has_vip("a"))
+        wait_for(lambda: self.lan.has_vip("b"), 2, "VIP on b")
+
+    def lan_proc_of(self, name):
+        return self._procs[name]
+
+    def start_node(self, name, priority, **kw):
+        proc = super().start_node(name, priority, **kw)
+        self._procs = getattr(self, "_procs", {})
+        self._procs[name] = proc
+        return proc
+
+    def test_no_preempt(self):
+        """``preempt = no``: a higher-priority node that comes back stays backup."""
+        a = self.start_node("a", 200, preempt="no")
+        self.start_node("b", 100, preempt="no")
+        self.wait_state("a", "master")
+        self.wait_state("b", "backup")
+        kill9(a)
+        self.wait_state("b", "master")
+        self.start_node("a", 200, preempt="no")
+        self.wait_state("a", "backup")
+        time.sleep(5)  # well past a's Master_Down_Interval
+        self.assertEqual(self.state("a"), "backup")
+        self.assertEqual(self.state("b"), "master")
+        self.assertTrue(self.lan.has_vip("b"))
+        self.assertFalse(self.lan.has_vip("a"))
