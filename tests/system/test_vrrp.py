@@ -191,3 +191,168 @@ class ElectionTests(PairBase):
         self.assertEqual(self.state("b"), "master")
         self.assertTrue(self.lan.has_vip("b"))
         self.assertFalse(self.lan.has_vip("a"))
+
+
+CLIENT_LOOP = """\
+import sys, time, urllib.request
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    t = time.time()
+    try:
+        body = urllib.request.urlopen(sys.argv[1], timeout=0.3).read().decode().strip()
+        print(f"{t:.3f} ok {body}", flush=True)
+    except Exception as e:
+        print(f"{t:.3f} fail {type(e).__name__}", flush=True)
+    time.sleep(max(0, 0.05 - (time.time() - t)))
+"""
+
+
+class FastAdvertTests(PairBase):
+    def test_failover_at_100ms_with_traffic(self):
+        """0.1 s adverts: the backup's adverts start within its
+        Master_Down_Interval (≈0.36 s) of the master's last; a client that
+        asks every 50 ms sees failures only in that gap (plus one timeout)."""
+        a_addr, b_addr = self.lan.address("a"), self.lan.address("b")
+        a = self.start_node("a", 200, interval="0.1s")
+        self.start_node("b", 100, interval="0.1s")
+        self.wait_state("a", "master")
+        self.wait_state("b", "backup")
+        script = os.path.join(self.dir, "client.py")
+        with open(script, "w") as f:
+            f.write(CLIENT_LOOP)
+        out = os.path.join(self.dir, "client.txt")
+        import sys
+        loop = self.lan.popen("client", [sys.executable, script, f"http://{VIP}/", "8"], out)
+        wait_for(lambda: os.path.exists(out) and " ok " in open(out).read(), 5,
+                 "the client's first answer")
+        time.sleep(1)
+        killed = kill9(a)
+        first_b = self.first_advert_from(b_addr, killed)
+        last_a = self.last_advert_from(a_addr, killed)
+        took = first_b.time - last_a.time
+        mdi = master_down_interval(100, 0.1)
+        self.assertLessEqual(took, mdi + SLACK, f"took {took:.3f}s, MDI {mdi:.3f}s")
+        self.assertGreaterEqual(took, mdi - SLACK)
+        loop.wait(20)
+        results = [line.split() for line in open(out).read().splitlines()]
+        fails = [float(r[0]) for r in results if r[1] == "fail"]
+        oks_after = [float(r[0]) for r in results if r[1] == "ok" and float(r[0]) > killed]
+        self.assertTrue(oks_after, "no answer after the failover")
+        # failures only inside the gap: from the kill until the new master's
+        # first advert, plus one request's timeout and the GARP
+        for t in fails:
+            self.assertGreaterEqual(t, killed - 0.35, f"a request failed before the kill: {t}")
+            self.assertLessEqual(t, first_b.time + 0.1, f"a request failed after takeover: {t}")
+        self.assertGreater(len(oks_after), 50)
+
+
+KEEPALIVED_CONF = """\
+global_defs {{
+  router_id {name}
+  vrrp_version {version}
+}}
+vrrp_instance VI_1 {{
+  state BACKUP
+  interface eth0
+  virtual_router_id 51
+  priority {priority}
+  advert_int {interval}
+  virtual_ipaddress {{
+    {vip}/24
+  }}
+}}
+"""
+
+
+class KeepalivedV3Tests(PairBase):
+    """lbframe and Debian's keepalived in one VRRP group, each as master and as backup."""
+
+    version = 3
+
+    def setUp(self):
+        netns.require(shutil.which("keepalived") is not None, "needs keepalived (apt)")
+        super().setUp()
+
+    def start_keepalived(self, name: str, priority: int):
+        conf = os.path.join(self.dir, f"keepalived-{name}.conf")
+        with open(conf, "w") as f:
+            f.write(KEEPALIVED_CONF.format(name=name, version=self.version, priority=priority,
+                                           interval=1, vip=VIP))
+        return self.lan.popen(name, ["keepalived", "-n", "-l", "-D", "--vrrp", "-f", conf,
+                                     "-p", os.path.join(self.dir, f"k-{name}.pid"),
+                                     "-r", os.path.join(self.dir, f"k-{name}-vrrp.pid")],
+                              os.path.join(self.dir, f"keepalived-{name}.log"),
+                              start_new_session=True)
+
+    def stop_keepalived(self, proc):
+        """SIGTERM: keepalived sends priority 0 and removes its VIP."""
+        proc.terminate()
+        proc.wait(20)
+
+    def test_keepalived_master_lbframe_backup(self):
+        """keepalived (200) is master, lbframe (100) backup; the link of the
+        keepalived node goes down (it vanishes): lbframe takes over within
+        its Master_Down_Interval; keepalived comes back and preempts; its
+        clean stop hands over within lbframe's Skew_Time."""
+        k_addr, b_addr = self.lan.address("a"), self.lan.address("b")
+        k = self.start_keepalived("a", 200)
+        self.start_node("b", 100, version=self.version)
+        wait_for(lambda: self.lan.has_vip("a"), 15, "keepalived's VIP")
+        self.wait_state("b", "backup")
+        time.sleep(2)
+        self.assertEqual(self.state("b"), "backup")  # keepalived's adverts are accepted
+        self.assertFalse(self.lan.has_vip("b"))
+        self.assertEqual(self.lan.get("client", f"http://{VIP}/"), None)  # keepalived serves nothing
+        cut = time.time()
+        netns.ip("link", "set", "eth0", "down", netns=self.lan.ns("a"))
+        first_b = self.first_advert_from(b_addr, cut)
+        took = first_b.time - self.last_advert_from(k_addr, cut).time
+        mdi = master_down_interval(100, 1.0)
+        self.assertLessEqual(took, mdi + SLACK, f"took {took:.3f}s")
+        self.wait_state("b", "master")
+        self.assertEqual(self.lan.get("client", f"http://{VIP}/"), "from member\n")
+        # keepalived is back (its VIP went with the link): it preempts lbframe
+        netns.ip("link", "set", "eth0", "up", netns=self.lan.ns("a"))
+        self.wait_state("b", "backup", timeout=20)
+        wait_for(lambda: self.lan.has_vip("a"), 10, "keepalived's VIP again")
+        self.assertFalse(self.lan.has_vip("b"))
+        # keepalived stops cleanly: priority 0, lbframe takes over within Skew_Time
+        stopped = time.time()
+        self.stop_keepalived(k)
+        zero = wait_for(lambda: [s for s in self.adverts(stopped - 0.1)
+                                 if s.source == k_addr and s.priority == 0], 5,
+                        "keepalived's priority-0 advert")
+        first_b = self.first_advert_from(b_addr, zero[0].time)
+        self.assertLessEqual(first_b.time - zero[0].time, skew_time(100, 1.0) + SLACK)
+
+    def test_lbframe_master_keepalived_backup(self):
+        """lbframe (200) is master, keepalived (100) backup: keepalived accepts
+        our adverts (it stays backup, no VIP); SIGKILL of lbframe → keepalived
+        owns the VIP; lbframe restarts, removes nothing of keepalived's,
+        preempts, and keepalived gives the VIP back."""
+        a_addr, k_addr = self.lan.address("a"), self.lan.address("b")
+        a = self.start_node("a", 200, version=self.version)
+        self.wait_state("a", "master")
+        self.start_keepalived("b", 100)
+        time.sleep(5)  # longer than keepalived's Master_Down_Interval
+        self.assertFalse(self.lan.has_vip("b"), "keepalived took the VIP from a live master")
+        self.assertEqual(self.state("a"), "master")
+        killed = kill9(a)
+        first_k = self.first_advert_from(k_addr, killed)
+        took = first_k.time - self.last_advert_from(a_addr, killed).time
+        self.assertLessEqual(took, master_down_interval(100, 1.0) + SLACK, f"took {took:.3f}s")
+        wait_for(lambda: self.lan.has_vip("b"), 3, "keepalived's VIP")
+        # the crashed lbframe left its VIP behind: the restart removes it before backup
+        self.assertTrue(self.lan.has_vip("a"))
+        self.start_node("a", 200, version=self.version)
+        log = os.path.join(self.dir, "a.log")
+        wait_for(lambda: "left there by an earlier run" in open(log).read(), 10,
+                 "a's leftover VIP removed")
+        self.assertFalse(self.lan.has_vip("a") and self.state("a") == "backup")
+        self.wait_state("a", "master", timeout=20)
+        wait_for(lambda: not self.lan.has_vip("b"), 5, "keepalived releasing the VIP")
+        self.assertEqual(self.lan.get("client", f"http://{VIP}/"), "from member\n")
+
+
+class KeepalivedV2Tests(KeepalivedV3Tests):
+    version = 2
