@@ -287,7 +287,7 @@ def redundancy_section(view: View) -> str:
             extra += f' <span class="muted">· {_e(key)} {_e(value)}</span>'
     return (f'<p id="redundancy">Redundancy: <span class="state" data-driver="'
             f'{_e(red.get("driver"))}">{_e(summary.redundancy_line(red))}</span>{extra}'
-            f"{when}</p>\n")
+            f"{when}</p>\n" + _redundancy_groups(red))
 
 
 VIRTUAL_GROUPS = [("virtual server", 2), ("sessions", 4), ("rate", 2), ("bytes", 2),
@@ -466,6 +466,19 @@ SECTIONS: list[Callable[[View], str]] = [redundancy_section, virtuals_section,
 
 def _no_rates(*key) -> list[float]:
     return []
+
+
+def _redundancy_groups(red: dict[str, Any]) -> str:
+    """One line per VRRP group (driver ``vrrp``): state, priority, master, VIPs."""
+    groups = red.get("groups") or {}
+    if not groups:
+        return ""
+    items = "".join(
+        f'<li>VRID {_e(vrid)}: <span class="state">{_e(g.get("state"))}</span>, priority '
+        f'{_e(g.get("priority"))}{" (fault)" if g.get("fault") else ""}, master '
+        f'{_e(g.get("master") or "unknown")}, VIPs {_e(", ".join(g.get("vips", [])))}</li>'
+        for vrid, g in groups.items())
+    return f'<ul class="redundancy">{items}</ul>\n'
 
 
 def render_page(status: dict[str, Any], rates: Callable[..., list[float]] = _no_rates,
