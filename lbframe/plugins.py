@@ -88,6 +88,7 @@ BUILTIN_PLUGINS = (
     "lbframe.persistence.ssl_session_id",
     "lbframe.redundancy.none",
     "lbframe.redundancy.vrrp.driver",
+    "lbframe.redundancy.heartbeat",
 )
 
 #: registration hook suffix → what one entry is called in messages

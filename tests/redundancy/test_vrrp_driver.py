@@ -179,6 +179,23 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(status["groups"]["51"]["state"], "master")
         self.assertEqual(status["primary"], PRIMARY)
 
+    def test_cannot_start_stays_init_and_says_why(self):
+        d, clock, fakes, runtime = make()
+
+        def refused(interface):
+            raise PermissionError(1, "Operation not permitted")
+        d.addresses_factory = refused
+        events = []
+        from twisted.logger import formatEvent, globalLogPublisher
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        d.start()
+        self.assertEqual(d.state, "init")
+        text = " ".join(formatEvent(e) for e in events)
+        self.assertIn("CAP_NET_ADMIN", text)
+        self.assertTrue(endpoints.is_nonlocal("198.18.0.10"))  # listeners still bind
+        d.stop()
+
     def test_graceful_stop(self):
         d, clock, fakes, runtime = make()
         d.start()

@@ -195,9 +195,23 @@ class VRRPDriver:
     # life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
+        """Take part in the group; on a missing privilege or interface, log
+        why and stay ``init`` (the node then never owns a VIP, so it cannot
+        serve one, and /api/status shows it)."""
+        endpoints.allow_nonlocal(self, self.vip_hosts)
+        try:
+            self._start()
+        except OSError as e:
+            log.error("VRRP on {interface} cannot start: {error}. It needs CAP_NET_RAW and "
+                      "CAP_NET_ADMIN: run as root without twistd --uid, or under systemd "
+                      "with User= and AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN "
+                      "(docs/redundancy.md)", interface=self.interface, error=e)
+            self.stop()
+            endpoints.allow_nonlocal(self, self.vip_hosts)  # listeners still bind
+
+    def _start(self) -> None:
         from lbframe.redundancy.vrrp import net
 
-        endpoints.allow_nonlocal(self, self.vip_hosts)
         make_addresses = self.addresses_factory or net.Addresses
         make_socket = self.socket_factory or net.AdvertSocket
         make_announcer = self.announcer_factory or net.ARPAnnouncer
@@ -218,6 +232,7 @@ class VRRPDriver:
                              interface=self.interface)
         self._announcer = make_announcer(self.interface, self.reactor, self.garp_repeat,
                                          self.garp_delay)
+        getattr(self._announcer, "open", lambda: None)()  # now, so a missing privilege shows
         self._socket = make_socket(self.interface, self._addresses.index, self.primary,
                                    self.reactor, self._deliver)
         for group in self.groups:

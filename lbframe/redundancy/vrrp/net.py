@@ -135,7 +135,14 @@ class ARPAnnouncer:
     """Sends gratuitous ARP for VIPs on one interface: ``repeat`` frames each
     at once, and the same again ``delay`` seconds later (keepalived's
     ``garp_master_repeat`` and ``garp_master_delay``), since a switch or a
-    host may miss the first burst while the link settles."""
+    host may miss the first burst while the link settles.
+
+    One packet socket is opened on first use and kept: it is opened with
+    protocol 0, so it receives nothing, and opening and closing one per
+    burst would cost tens of milliseconds (the kernel waits for a network
+    grace period when a packet socket with a protocol closes) — right when
+    the new master should be announcing itself.
+    """
 
     def __init__(self, interface: str, reactor, repeat: int = 5, delay: float = 5.0):
         self.interface = interface
@@ -143,37 +150,38 @@ class ARPAnnouncer:
         self.repeat = repeat
         self.delay = delay
         self._later = []
+        self._sock = None
         self.sent = 0
+
+    def open(self) -> None:
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
 
     def announce(self, mac: bytes, addresses, again: bool = True) -> None:
         try:
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-        except OSError as e:
-            log.error("gratuitous ARP on {interface} impossible: {error}",
-                      interface=self.interface, error=e)
-            return
-        try:
-            sock.bind((self.interface, ETH_P_ARP))
+            self.open()
             for address in addresses:
                 frame = arp_announcement(mac, address)
                 for _ in range(self.repeat):
-                    sock.send(frame)
+                    self._sock.sendto(frame, (self.interface, ETH_P_ARP))
                     self.sent += 1
         except OSError as e:
             log.error("gratuitous ARP on {interface} failed: {error}",
                       interface=self.interface, error=e)
-        finally:
-            sock.close()
         if again and self.delay > 0:
             self._later = [c for c in self._later if c.active()]
             self._later.append(self.reactor.callLater(self.delay, self.announce, mac,
                                                       tuple(addresses), False))
 
     def cancel(self) -> None:
+        """Forget the second bursts still to come and close the socket."""
         for call in self._later:
             if call.active():
                 call.cancel()
         self._later = []
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 @implementer(IReadDescriptor)
