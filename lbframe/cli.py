@@ -116,6 +116,18 @@ def cmd_member(args) -> int:
     return 0
 
 
+def cmd_redundancy(args) -> int:
+    from lbframe.admin.client import AdminClientError, redundancy_command
+
+    try:
+        red = redundancy_command(args.admin, _token(args), args.command)
+    except AdminClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"redundancy: {red.get('driver', '-')} ({red.get('state', '-')})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from lbframe import __version__
     from lbframe.config.values import MEMBER_WEIGHT
@@ -134,7 +146,11 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_plugins)
 
     for name, func, helptext in (("status", cmd_status, "show a running instance's status"),
-                                 ("member", cmd_member, "drain, disable, enable or weight a member")):
+                                 ("member", cmd_member, "drain, disable, enable or weight a member"),
+                                 ("takeover", cmd_redundancy,
+                                  "heartbeat driver: this node takes the shared IP now"),
+                                 ("release", cmd_redundancy,
+                                  "heartbeat driver: hand the shared IP to the peer")):
         c = sub.add_parser(name, help=helptext)
         if name == "member":
             c.add_argument("pool", help="the pool's name")

@@ -6,7 +6,10 @@
   and/or ``{"weight": N}`` changes it and answers its new JSON;
 - ``/api/persistence``: GET the persistence profiles;
 - ``/api/persistence/NAME``: GET a profile's entries (``?offset=&limit=``);
-  DELETE forgets them all.
+  DELETE forgets them all;
+- ``/api/redundancy``: GET this node's redundancy state;
+  ``/api/redundancy/takeover`` and ``/api/redundancy/release``: POST, the
+  manual failback of the heartbeat driver (``lbframe takeover|release``).
 
 Member changes go through :class:`lbframe.runtime.PoolState`, the one owner
 of member state; this module only checks the request and says what changed.
@@ -51,10 +54,11 @@ class ApiRoot(Endpoint):
         self.putChild(b"status", StatusResource(context))
         self.putChild(b"pools", PoolsResource(context))
         self.putChild(b"persistence", PersistenceResource(context))
+        self.putChild(b"redundancy", RedundancyResource(context))
 
     def render_GET(self, request):
         return send_json(request, {"endpoints": ["/api/status", "/api/pools",
-                                                 "/api/persistence"]})
+                                                 "/api/persistence", "/api/redundancy"]})
 
 
 class StatusResource(Endpoint):
@@ -353,3 +357,44 @@ class ProfileResource(Endpoint):
         d = defer.maybeDeferred(store.clear)
         d.addCallback(cleared)
         return _answer_later(request, d, f"clearing persistence profile {self.name!r}")
+
+
+# -- redundancy ----------------------------------------------------------------
+
+
+class RedundancyResource(Endpoint):
+    def __init__(self, context: AdminContext):
+        super().__init__(context)
+        self.putChild(b"takeover", RedundancyCommand(context, "takeover"))
+        self.putChild(b"release", RedundancyCommand(context, "release"))
+
+    def render_GET(self, request):
+        from lbframe.admin.status import redundancy_status
+        return send_json(request, redundancy_status(self.runtime))
+
+
+class RedundancyCommand(Endpoint):
+    """POST: ask the redundancy driver to take the shared IP over or release
+    it; 409 when the driver has no such command or cannot do it now."""
+
+    def __init__(self, context: AdminContext, command: str):
+        super().__init__(context)
+        self.command = command
+
+    def render_POST(self, request):
+        from lbframe.admin.status import redundancy_status
+
+        driver = self.runtime.redundancy
+        fn = getattr(driver, self.command, None)
+        if not callable(fn):
+            return send_error(request, 409, f"redundancy driver "
+                                            f"{self.runtime.site.redundancy.driver!r} has no "
+                                            f"manual {self.command}")
+        try:
+            result = fn()
+        except Exception as e:  # the driver's CommandError: why not now
+            return send_error(request, 409, f"{self.command} refused: {e}")
+        log.warn("admin API from {client}: redundancy {command}: {result}",
+                 client=client_host(request), command=self.command, result=result,
+                 lbframe_event="admin_change")
+        return send_json(request, redundancy_status(self.runtime))

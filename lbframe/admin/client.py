@@ -175,6 +175,16 @@ def change_member(admin_url: str, token: str | None, pool: str, member: str, act
                     not_found=f"no member {member!r} in pool {pool!r}")
 
 
+def redundancy_command(admin_url: str, token: str | None, command: str,
+                       timeout: float = TIMEOUT) -> dict[str, Any]:
+    """``takeover`` or ``release`` (the heartbeat driver's manual failback);
+    the node's new redundancy status."""
+    if command not in ("takeover", "release"):
+        raise AdminClientError(f"unknown redundancy command {command!r}")
+    return _request(admin_url, token, "POST", f"/api/redundancy/{command}", {},
+                    timeout=timeout, not_found="this lbframe has no /api/redundancy")
+
+
 # -- the status table ----------------------------------------------------------
 
 
