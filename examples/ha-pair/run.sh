@@ -28,11 +28,13 @@ trap cleanup EXIT INT TERM
 for tool in ip redis-server; do
   command -v $tool >/dev/null || { echo "needs $tool (apt install iproute2 redis-server)"; exit 1; }
 done
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -c "import lbframe, lbframe_redis" 2>/dev/null || {
-  echo "needs lbframe and its Redis store: pip install '$ROOT' '$ROOT/plugins/lbframe-redis'"; exit 1; }
+# lbframe and its Redis store from this checkout (an installed one works too)
+export PYTHONPATH="$ROOT:$ROOT/plugins/lbframe-redis/src${PYTHONPATH:+:$PYTHONPATH}"
+"$PYTHON" -c "import lbframe, lbframe_redis, txredisapi" 2>/dev/null || {
+  echo "needs lbframe's dependencies and txredisapi: pip install '$ROOT[test]'"; exit 1; }
 
 in() { local n=$1; shift; ip netns exec "$P-$n" "$@"; }
-bg() { local n=$1 log=$2; shift 2; in "$n" env PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$@" >"$WORK/$log" 2>&1 & PIDS+=($!); }
+bg() { local n=$1 log=$2; shift 2; in "$n" "$@" >"$WORK/$log" 2>&1 & PIDS+=($!); }
 
 echo "== building the LAN"
 for n in "${NS[@]}"; do ip netns add "$P-$n"; ip -n "$P-$n" link set lo up; done
