@@ -10,7 +10,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-P=hapair$$                          # namespace prefix, unique to this run
+P=${HA_PAIR_PREFIX:-hapair$$}        # namespace prefix, unique to this run
 WORK="$(mktemp -d /tmp/ha-pair.XXXXXX)"
 NS=(sw a b client m1 m2 redis)
 PIDS=()
@@ -33,8 +33,9 @@ export PYTHONPATH="$ROOT:$ROOT/plugins/lbframe-redis/src${PYTHONPATH:+:$PYTHONPA
 "$PYTHON" -c "import lbframe, lbframe_redis, txredisapi" 2>/dev/null || {
   echo "needs lbframe's dependencies and txredisapi: pip install '$ROOT[test]'"; exit 1; }
 
-in() { local n=$1; shift; ip netns exec "$P-$n" "$@"; }
-bg() { local n=$1 log=$2; shift 2; in "$n" "$@" >"$WORK/$log" 2>&1 & PIDS+=($!); }
+nsx() { local n=$1; shift; ip netns exec "$P-$n" "$@"; }
+# in the background; $! is the program's pid (ip netns exec execs it)
+bg() { local n=$1 log=$2; shift 2; ip netns exec "$P-$n" "$@" >"$WORK/$log" 2>&1 & PIDS+=($!); }
 
 echo "== building the LAN"
 for n in "${NS[@]}"; do ip netns add "$P-$n"; ip -n "$P-$n" link set lo up; done
@@ -45,8 +46,8 @@ declare -A ADDR=([a]=198.18.0.1 [b]=198.18.0.2 [client]=198.18.0.100 [m1]=198.18
                  [m2]=198.18.0.52 [redis]=198.18.0.60)
 for n in a b client m1 m2 redis; do
   i=$((i + 1))
-  ip link add "$P-p$i" netns "$P-sw" type veth peer name eth0 netns "$P-$n"
-  ip -n "$P-sw" link set "$P-p$i" master br0 up
+  ip link add "p$i" netns "$P-sw" type veth peer name eth0 netns "$P-$n"
+  ip -n "$P-sw" link set "p$i" master br0 up
   ip -n "$P-$n" link set eth0 up
   ip -n "$P-$n" addr add "${ADDR[$n]}/24" dev eth0
 done
@@ -62,13 +63,13 @@ sleep 1
 
 TWISTD=("$PYTHON" -c "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()")
 start_node() { bg "$1" "node-$1.log" "${TWISTD[@]}" -n --pidfile= lbframe --config "$HERE/node-$1.ini"; eval "PID_$1=\$!"; }
-state() { in "$1" "$PYTHON" -c "import json, urllib.request
+state() { nsx "$1" "$PYTHON" -c "import json, urllib.request
 print(json.load(urllib.request.urlopen('http://127.0.0.1:8404/api/status', timeout=1))['redundancy']['state'])" 2>/dev/null || echo down; }
 wait_state() {
   for _ in $(seq 100); do [ "$(state "$1")" = "$2" ] && return 0; sleep 0.2; done
   echo "node $1 never became $2; see $WORK/node-$1.log"; exit 1
 }
-vip_on() { in "$1" ip -4 -o addr show dev eth0 | grep -q ' 198.18.0.10/' && echo yes || echo no; }
+vip_on() { nsx "$1" ip -4 -o addr show dev eth0 | grep -q ' 198.18.0.10/' && echo yes || echo no; }
 
 echo "== starting node a (priority 200) and node b (priority 100)"
 cd "$ROOT"
@@ -79,7 +80,7 @@ wait_state b backup
 echo "a: $(state a), VIP on a: $(vip_on a);  b: $(state b), VIP on b: $(vip_on b)"
 
 echo "== the client asks http://198.18.0.10/ every 200 ms (answer: the member)"
-in client "$PYTHON" -u -c "
+ip netns exec "$P-client" "$PYTHON" -u -c "
 import time, urllib.request
 end = time.time() + 24
 while time.time() < end:

@@ -4,6 +4,7 @@ failback (see vrrp_lan.py for the LAN)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -66,10 +67,7 @@ class HeartbeatBase(SynchronousTestCase):
                       "b": f"udp:{self.lan.address('a')}:694"}
         if self.serial:
             netns.require(shutil.which("socat") is not None, "needs socat (apt)")
-            try:
-                import serial  # noqa: F401
-            except ImportError:
-                netns.require(False, "needs pyserial")
+            netns.require(importlib.util.find_spec("serial") is not None, "needs pyserial")
             ttys = [os.path.join(self.dir, "tty-a"), os.path.join(self.dir, "tty-b")]
             socat = subprocess.Popen(["socat", f"pty,raw,echo=0,link={ttys[0]}",
                                       f"pty,raw,echo=0,link={ttys[1]}"],

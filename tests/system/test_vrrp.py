@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import struct
 import textwrap
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from lbframe.redundancy.vrrp import packet
 from lbframe.redundancy.vrrp.machine import master_down_interval, skew_time
 from tests.system import netns
-from tests.system.vrrp_lan import LAN, VIP, kill9, parse_capture, wait_for
+from tests.system.vrrp_lan import LAN, VIP, kill9, parse_capture, read_pcap, wait_for
 
 SLACK = 0.05
 
@@ -71,6 +74,8 @@ class PairBase(SynchronousTestCase):
         self.lan.member("member", os.path.join(self.dir, "www"), "from member\n")
         self.wire = os.path.join(self.dir, "wire.txt")
         self.lan.capture("client", self.wire)
+        self.pcap = os.path.join(self.dir, "wire.pcap")
+        self.lan.capture_pcap("client", self.pcap)
         time.sleep(0.3)  # tcpdump attaches
 
     def start_node(self, name: str, priority: int, **kw):
@@ -88,6 +93,32 @@ class PairBase(SynchronousTestCase):
 
     def wait_state(self, name: str, state: str, timeout: float = 15):
         wait_for(lambda: self.state(name) == state, timeout, f"{name} {state}", step=0.2)
+
+    def check_bytes(self, source, priority, centis, version=3):
+        """Our adverts as captured, field by field from the raw bytes."""
+        datagrams = wait_for(lambda: [d for _, d in read_pcap(self.pcap)
+                                      if d[12:16] == socket.inet_aton(source)],
+                             3, "an advert in the pcap")
+        for d in datagrams:
+            self.assertEqual(d[8], 255)  # TTL
+            self.assertEqual(d[9], 112)  # protocol
+            self.assertEqual(d[16:20], socket.inet_aton("224.0.0.18"))
+            vrrp = d[(d[0] & 0x0F) * 4:]
+            self.assertEqual(vrrp[0], (version << 4) | 1)  # version, type advertisement
+            self.assertEqual(vrrp[1], 51)  # VRID
+            self.assertEqual(vrrp[2], priority)
+            self.assertEqual(vrrp[3], 1)  # one address
+            self.assertEqual(vrrp[8:12], socket.inet_aton(VIP))
+            if version == 3:
+                self.assertEqual(struct.unpack("!H", vrrp[4:6])[0] & 0x0FFF, centis)
+                self.assertEqual(len(vrrp), 12)
+                pseudo = packet.pseudo_header(source, "224.0.0.18", len(vrrp))
+                self.assertEqual(packet.checksum(pseudo + vrrp), 0)  # the checksum holds
+            else:
+                self.assertEqual((vrrp[4], vrrp[5]), (0, centis // 100))  # no auth, seconds
+                self.assertEqual(vrrp[12:20], bytes(8))  # authentication data
+                self.assertEqual(len(vrrp), 20)
+                self.assertEqual(packet.checksum(vrrp), 0)
 
     def adverts(self, since: float = 0.0) -> list:
         return [s for s in parse_capture(self.wire) if s.kind == "advert" and s.time >= since]
@@ -128,6 +159,7 @@ class ElectionTests(PairBase):
                              (3, 51, 200, 255, 100), s.text)
             self.assertIn("addrs: 198.18.0.10", s.text)  # tcpdump checks the checksum too
         self.assertNotIn("bad", " ".join(s.text for s in ours))
+        self.check_bytes(a_addr, priority=200, centis=100)
 
         # the master dies
         killed = kill9(a)
@@ -332,6 +364,7 @@ class KeepalivedV3Tests(PairBase):
         a_addr, k_addr = self.lan.address("a"), self.lan.address("b")
         a = self.start_node("a", 200, version=self.version)
         self.wait_state("a", "master")
+        self.check_bytes(a_addr, priority=200, centis=100, version=self.version)
         self.start_keepalived("b", 100)
         time.sleep(5)  # longer than keepalived's Master_Down_Interval
         self.assertFalse(self.lan.has_vip("b"), "keepalived took the VIP from a live master")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -115,6 +116,23 @@ class LAN:
         self.test.addCleanup(stop)
         return proc
 
+    def capture_pcap(self, name: str, path: str) -> subprocess.Popen:
+        """The same, written raw (``tcpdump -w``, flushed per packet) for byte checks."""
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(name), "tcpdump", "-i", "eth0",
+                                 "-n", "-U", "-w", path, "vrrp"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def stop():
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.test.addCleanup(stop)
+        return proc
+
     def get(self, client: str, url: str, timeout: float = 2.0, token: str | None = None
             ) -> str | None:
         """One HTTP GET from ``client``'s namespace; the body, or None on failure."""
@@ -179,6 +197,23 @@ def parse_capture(path: str) -> list[Seen]:
             r = re.match(r"^(\d+\.\d+) ARP, .*Reply ([\d.]+) is-at", line)
             out.append(Seen(float(r.group(1)), "arp-reply", r.group(2), text=line))
         i += 1
+    return out
+
+
+def read_pcap(path: str) -> list[tuple[float, bytes]]:
+    """(time, IPv4 datagram) of each Ethernet frame in a classic pcap file."""
+    data = open(path, "rb").read()
+    if len(data) < 24:
+        return []
+    endian = "<" if data[:4] == bytes.fromhex("d4c3b2a1") else ">"
+    out, off = [], 24
+    while off + 16 <= len(data):
+        sec, usec, incl, _ = struct.unpack(endian + "IIII", data[off:off + 16])
+        frame = data[off + 16:off + 16 + incl]
+        if len(frame) < incl:
+            break
+        out.append((sec + usec / 1e6, frame[14:]))
+        off += 16 + incl
     return out
 
 
