@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import socket
+import weakref
 
 import attrs
 from twisted.internet import endpoints
@@ -57,8 +58,9 @@ def tcp_bind(description: str) -> TCPBind:
 
 #: IP_FREEBIND (Linux): bind to an address the host does not have (yet)
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
-#: addresses a redundancy driver may own later, by owner (see allow_nonlocal)
-_nonlocal: dict[object, frozenset[str]] = {}
+#: addresses a redundancy driver may own later, by owner (see allow_nonlocal);
+#: weak, so a driver that was built but never stopped (a refused reload) is forgotten
+_nonlocal: "weakref.WeakKeyDictionary[object, frozenset[str]]" = weakref.WeakKeyDictionary()
 
 
 def allow_nonlocal(owner, hosts) -> None:

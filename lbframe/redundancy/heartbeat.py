@@ -109,6 +109,11 @@ class _DriverService(service.Service):
         self.driver = driver
         self.setName("redundancy")
 
+    def privilegedStartService(self):
+        # before any listener binds (twistd binds them here, before --uid)
+        endpoints.allow_nonlocal(self.driver, self.driver.vip_hosts)
+        super().privilegedStartService()
+
     def startService(self):
         super().startService()
         self.driver.start()
@@ -184,7 +189,6 @@ class HeartbeatDriver:
         self._logged: set = set()
         self.service = _DriverService(self)
         self.vip_hosts = {v.split("/")[0] for v in self.vips}
-        endpoints.allow_nonlocal(self, self.vip_hosts)
 
     # life cycle -----------------------------------------------------------------
 

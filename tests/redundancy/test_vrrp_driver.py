@@ -325,6 +325,10 @@ class ARPTests(SynchronousTestCase):
         self.assertEqual(net.virtual_mac(51), "00:00:5e:00:01:33")
 
 
+class _Owner:
+    """Stands for a driver (the registry holds owners weakly)."""
+
+
 class FreebindTests(SynchronousTestCase):
     """A VIP the host does not have binds only while a driver allows it."""
 
@@ -340,7 +344,7 @@ class FreebindTests(SynchronousTestCase):
         self.assertEqual(e.exception.errno, errno.EADDRNOTAVAIL)
 
     def test_allowed_vip_binds(self):
-        owner = object()
+        owner = _Owner()
         endpoints.allow_nonlocal(owner, {self.ADDRESS})
         self.addCleanup(endpoints.forget_nonlocal, owner)
         sock = self.bind()
@@ -352,7 +356,7 @@ class FreebindTests(SynchronousTestCase):
 
         from lbframe.protocols.accept import AcceptGate, GatedPort
 
-        owner = object()
+        owner = _Owner()
         endpoints.allow_nonlocal(owner, {self.ADDRESS})
         self.addCleanup(endpoints.forget_nonlocal, owner)
         port = GatedPort(0, protocol.Factory(), 5, self.ADDRESS, reactor, AcceptGate(reactor))

@@ -124,6 +124,11 @@ class _DriverService(service.Service):
         self.driver = driver
         self.setName("redundancy")
 
+    def privilegedStartService(self):
+        # before any listener binds (twistd binds them here, before --uid)
+        endpoints.allow_nonlocal(self.driver, self.driver.vip_hosts)
+        super().privilegedStartService()
+
     def startService(self):
         super().startService()
         self.driver.start()
@@ -180,7 +185,6 @@ class VRRPDriver:
         self.runtime = None
         self.service = _DriverService(self)
         self.vip_hosts = {vip.split("/")[0] for g in self.groups for vip in g.vips}
-        endpoints.allow_nonlocal(self, self.vip_hosts)
 
     # wiring -----------------------------------------------------------------
 
