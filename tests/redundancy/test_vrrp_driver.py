@@ -280,7 +280,7 @@ class ReceiveChecksTests(SynchronousTestCase):
         self.got = []
         s = net.AdvertSocket.__new__(net.AdvertSocket)
         s.interface, s.source, s.dropped, s._logged = "eth0", PRIMARY, {}, set()
-        s.deliver = lambda advert, source: self.got.append((advert, source))
+        s.deliver = lambda advert, source, at=None: self.got.append((advert, source))
         self.sock = s
 
     def test_good_advert_delivered(self):

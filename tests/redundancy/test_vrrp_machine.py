@@ -82,6 +82,24 @@ class BackupTests(SynchronousTestCase):
         clock.advance(0.01)
         self.assertEqual(r.state, MASTER)
 
+    def test_timer_counts_from_the_kernel_receive_time(self):
+        r, clock, rec = router(priority=100)
+        r.start()
+        clock.advance(1)
+        r.receive(advert(200), PEER, received_at=clock.seconds() - 0.2)  # read 200 ms late
+        clock.advance(3 + 156 / 256 - 0.2 - 0.001)
+        self.assertEqual(r.state, BACKUP)
+        clock.advance(0.002)
+        self.assertEqual(r.state, MASTER)
+
+    def test_receive_time_correction_is_bounded(self):
+        r, clock, rec = router(priority=100)
+        r.start()
+        clock.advance(1)
+        r.receive(advert(200), PEER, received_at=clock.seconds() - 100)  # a clock step
+        clock.advance(3 - 0.001)
+        self.assertEqual(r.state, BACKUP)  # at most Skew_Time early
+
     def test_learns_master_adver_interval_v3(self):
         r, clock, rec = router(priority=100, interval=1.0)
         r.start()

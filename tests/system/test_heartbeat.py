@@ -95,7 +95,7 @@ class HeartbeatBase(SynchronousTestCase):
     def state(self, name):
         return self.api(name).get("redundancy", {}).get("state")
 
-    def wait_state(self, name, state, timeout=15):
+    def wait_state(self, name, state, timeout=30):
         wait_for(lambda: self.state(name) == state, timeout, f"{name} {state}", step=0.2)
 
     def owner(self):

@@ -91,7 +91,7 @@ class PairBase(SynchronousTestCase):
     def state(self, name: str) -> str | None:
         return self.status(name).get("redundancy", {}).get("state")
 
-    def wait_state(self, name: str, state: str, timeout: float = 15):
+    def wait_state(self, name: str, state: str, timeout: float = 30):
         wait_for(lambda: self.state(name) == state, timeout, f"{name} {state}", step=0.2)
 
     def check_bytes(self, source, priority, centis, version=3):

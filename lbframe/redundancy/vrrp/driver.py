@@ -329,7 +329,7 @@ class VRRPDriver:
                 except Exception:
                     log.failure("lbframe_redundancy_state_changed hook failed")
 
-    def _deliver(self, advert, source) -> None:
+    def _deliver(self, advert, source, received_at=None) -> None:
         if advert.version != self.version:
             self._socket._drop(f"version {advert.version}", source, "configured "
                                f"version {self.version}")
@@ -337,7 +337,9 @@ class VRRPDriver:
         router = self.routers.get(advert.vrid)
         if router is None:
             return  # another VRID: not ours (RFC 5798 §7.1)
-        router.receive(advert, source)
+        # the kernel stamps with the wall clock; the reactor's clock is the wall
+        # clock too (a task.Clock in tests, where nothing is stamped)
+        router.receive(advert, source, received_at)
 
     # tracking -----------------------------------------------------------------
 

@@ -121,8 +121,13 @@ class VirtualRouter:
         self._cancel_down()
         self._set_state(INIT)
 
-    def receive(self, advert: Advert, source: str) -> None:
-        """An advertisement for this VRID that passed the packet checks."""
+    def receive(self, advert: Advert, source: str, received_at: float | None = None) -> None:
+        """An advertisement for this VRID that passed the packet checks.
+
+        ``received_at``: when the kernel received it (the clock's time base);
+        a backup's Master_Down_Timer counts from then, not from when a busy
+        process got round to reading it. The correction is at most Skew_Time,
+        so a step of the wall clock cannot start a takeover much early."""
         if advert.vrid != self.vrid or self.state == INIT:
             return
         if source == self.primary:
@@ -132,14 +137,17 @@ class VirtualRouter:
         if self.version == 2 and advert.interval != self.advert_interval:
             return  # RFC 3768 §7.1: discarded (and logged once above)
         if self.state == BACKUP:
+            late = 0.0
+            if received_at is not None:
+                late = min(max(0.0, self.clock.seconds() - received_at), self.skew_time)
             if advert.priority == 0:
                 self.master = None
-                self._arm_down(self.skew_time)
+                self._arm_down(self.skew_time - late)
             elif not self._preempting() or advert.priority >= self.priority:
                 self.master = source
                 if self.version == 3:
                     self.master_adver_interval = advert.interval
-                self._arm_down(self.master_down_interval)
+                self._arm_down(self.master_down_interval - late)
             # else: a lower-priority master and we preempt: let the timer run out
         elif self.state == MASTER:
             if advert.priority == 0:

@@ -32,6 +32,8 @@ log = Logger(namespace="lbframe.redundancy.vrrp")
 
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
 IP_TOS_INTERNETCONTROL = 0xC0
 ETH_P_ARP = 0x0806
 BROADCAST_MAC = b"\xff" * 6
@@ -213,6 +215,8 @@ class AdvertSocket:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, packet.TTL)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, IP_TOS_INTERNETCONTROL)
+            # the kernel's receive time of each advert (see VirtualRouter.receive)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.setblocking(False)
         except OSError:
             sock.close()
@@ -253,15 +257,21 @@ class AdvertSocket:
             if self.sock is None:
                 return
             try:
-                data = self.sock.recv(RECV_LIMIT)
+                data, ancillary, _, _ = self.sock.recvmsg(RECV_LIMIT, 64)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
                 self._drop("receive failed", self.interface, e)
                 return
-            self.handle(data)
+            received_at = None
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS \
+                        and len(value) >= _TIMESPEC.size:
+                    sec, nsec = _TIMESPEC.unpack_from(value)
+                    received_at = sec + nsec / 1e9
+            self.handle(data, received_at)
 
-    def handle(self, data: bytes) -> None:
+    def handle(self, data: bytes, received_at: float | None = None) -> None:
         """Check one IPv4 datagram from the socket and deliver its advert."""
         try:
             header, payload = packet.split_ipv4(data)
@@ -283,7 +293,7 @@ class AdvertSocket:
         except packet.PacketError as e:
             self._drop("bad advert", header.source, e)
             return
-        self.deliver(advert, header.source)
+        self.deliver(advert, header.source, received_at)
 
     def _drop(self, reason: str, source: str, detail) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
