@@ -180,6 +180,7 @@ class VRRPDriver:
         self._mac = None
         self._tracker = None
         self.tracking_down: tuple[str, ...] = ()
+        self._missing_logged: set[str] = set()
         #: the runtime to take pools and the plugin manager from; set by
         #: :meth:`attach` or found through the service's parent
         self.runtime = None
@@ -353,6 +354,11 @@ class VRRPDriver:
             pool = pools.get(name)
             if pool is None:
                 down.append(f"{name} (no such pool)")
+                if name not in self._missing_logged:
+                    self._missing_logged.add(name)
+                    log.error("VRRP: track_pools names {pool}, which this site has no "
+                              "[pool] for: this node gives up master until it has",
+                              pool=name)
             elif not any(m.state == "up" for m in pool.members.values()):
                 down.append(name)
         if tuple(down) != self.tracking_down:
