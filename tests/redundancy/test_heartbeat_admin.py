@@ -8,7 +8,7 @@ from twisted.internet.threads import deferToThread
 
 from lbframe.admin.client import AdminClientError, redundancy_command
 from tests.redundancy.test_heartbeat import Wire, node
-from tests.test_admin import AdminServerTestCase
+from tests.admin.test_web import AdminServerTestCase
 
 TOKEN = "heartbeat-admin-token"
 
