@@ -388,3 +388,32 @@ class KeepalivedV3Tests(PairBase):
 
 class KeepalivedV2Tests(KeepalivedV3Tests):
     version = 2
+
+
+class VirtualMACTests(PairBase):
+    def neighbour_mac(self) -> str | None:
+        out = netns.ip("neigh", "show", VIP, netns=self.lan.ns("client"))
+        words = out.split()
+        return words[words.index("lladdr") + 1] if "lladdr" in words else None
+
+    def test_use_vmac(self):
+        """``use_vmac = yes``: the client learns 00:00:5e:00:01:33 for the VIP,
+        and after the failover the same MAC answers from the other node."""
+        vmac = "00:00:5e:00:01:33"
+        a = self.start_node("a", 200, extra="use_vmac = yes\n")
+        self.start_node("b", 100, extra="use_vmac = yes\n")
+        self.wait_state("a", "master")
+        self.wait_state("b", "backup")
+        self.assertFalse(self.lan.has_vip("b"))
+        self.assertNotIn(VIP, netns.ip("-4", "addr", "show", "dev", "vrrp.51",
+                                       netns=self.lan.ns("b")))
+        self.assertIn(VIP, netns.ip("-4", "addr", "show", "dev", "vrrp.51",
+                                    netns=self.lan.ns("a")))
+        self.assertEqual(self.lan.get("client", f"http://{VIP}/"), "from member\n")
+        self.assertEqual(self.neighbour_mac(), vmac)
+        kill9(a)
+        self.wait_state("b", "master")
+        self.assertEqual(self.lan.get("client", f"http://{VIP}/"), "from member\n")
+        self.assertEqual(self.neighbour_mac(), vmac)
+        self.assertIn(VIP, netns.ip("-4", "addr", "show", "dev", "vrrp.51",
+                                    netns=self.lan.ns("b")))

@@ -44,7 +44,8 @@ from lbframe.redundancy.vrrp.machine import BACKUP, INIT, MASTER, OWNER, Virtual
 
 log = Logger(namespace="lbframe.redundancy.vrrp")
 
-KNOWN = ("preempt_delay", "track_pools", "track_weight", "garp_repeat", "garp_delay")
+KNOWN = ("preempt_delay", "track_pools", "track_weight", "garp_repeat", "garp_delay",
+         "use_vmac")
 _GROUP_KEY = re.compile(r"^vrid\.(\d+)\.(vips|priority|preempt)$")
 
 
@@ -119,6 +120,14 @@ def parse_groups(redundancy, options) -> list[GroupSpec]:
     return groups
 
 
+class _Vmac:
+    """A group's virtual MAC interface and what sends from it."""
+
+    def __init__(self, name, mac, addresses, sender, announcer):
+        self.name, self.mac, self.addresses = name, mac, addresses
+        self.sender, self.announcer = sender, announcer
+
+
 class _DriverService(service.Service):
     def __init__(self, driver):
         self.driver = driver
@@ -166,6 +175,7 @@ class VRRPDriver:
         self.track_weight = _option(options, "track_weight", lambda t: parse_int(t, 0, 254), 0)
         self.garp_repeat = _option(options, "garp_repeat", lambda t: parse_int(t, 1, 100), 5)
         self.garp_delay = _option(options, "garp_delay", parse_duration, 5.0)
+        self.use_vmac = _option(options, "use_vmac", parse_bool, False)
         if self.preempt_delay < 0 or self.garp_delay < 0:
             raise OptionError("preempt_delay", "must not be negative")
         if reactor is None:
@@ -179,6 +189,8 @@ class VRRPDriver:
         self._announcer = None
         self._mac = None
         self._tracker = None
+        self._vmacs: dict[int, _Vmac] = {}
+        self._sysctls: list[tuple[str, str]] = []
         self.tracking_down: tuple[str, ...] = ()
         self._missing_logged: set[str] = set()
         #: the runtime to take pools and the plugin manager from; set by
@@ -240,10 +252,13 @@ class VRRPDriver:
         getattr(self._announcer, "open", lambda: None)()  # now, so a missing privilege shows
         self._socket = make_socket(self.interface, self._addresses.index, self.primary,
                                    self.reactor, self._deliver)
+        if self.use_vmac:
+            self._start_vmacs(make_addresses, make_socket, make_announcer)
         for group in self.groups:
             self.routers[group.vrid] = VirtualRouter(
                 group.vrid, group.priority, tuple(v.split("/")[0] for v in group.vips),
-                self.advert_interval, self.primary, self.reactor, send=self._sender(),
+                self.advert_interval, self.primary, self.reactor,
+                send=self._sender(group.vrid),
                 take=self._take, release=self._release, changed=self._changed,
                 version=self.version, preempt=group.preempt, preempt_delay=self.preempt_delay)
         self._socket.start()
@@ -268,6 +283,7 @@ class VRRPDriver:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+        self._stop_vmacs()
         if self._addresses is not None:
             self._addresses.close()
             self._addresses = None
@@ -276,12 +292,14 @@ class VRRPDriver:
 
     # the routers' callbacks -----------------------------------------------
 
-    def _sender(self):
+    def _sender(self, vrid):
         from lbframe.redundancy.vrrp import packet
 
         def send(advert):
-            if self._socket is not None:
-                self._socket.send(packet.encode(advert, self.primary))
+            vmac = self._vmacs.get(vrid)
+            sock = vmac.sender if vmac is not None else self._socket
+            if sock is not None:
+                sock.send(packet.encode(advert, self.primary))
         return send
 
     def _group(self, vrid):
@@ -289,21 +307,78 @@ class VRRPDriver:
 
     def _take(self, router) -> None:
         vips = self._group(router.vrid).vips
+        vmac = self._vmacs.get(router.vrid)
+        addresses = vmac.addresses if vmac is not None else self._addresses
         for vip in vips:
             try:
-                self._addresses.add(vip)
+                addresses.add(vip)
             except Exception as e:
                 log.error("VRRP VRID {vrid}: cannot add {vip} to {interface}: {error}",
-                          vrid=router.vrid, vip=vip, interface=self.interface, error=e)
-        self._announcer.announce(self._mac, [v.split("/")[0] for v in vips])
+                          vrid=router.vrid, vip=vip, interface=addresses.interface, error=e)
+        announcer, mac = (vmac.announcer, vmac.mac) if vmac is not None else \
+            (self._announcer, self._mac)
+        announcer.announce(mac, [v.split("/")[0] for v in vips])
 
     def _release(self, router) -> None:
+        vmac = self._vmacs.get(router.vrid)
+        addresses = vmac.addresses if vmac is not None else self._addresses
         for vip in self._group(router.vrid).vips:
             try:
-                self._addresses.remove(vip)
+                addresses.remove(vip)
             except Exception as e:
                 log.error("VRRP VRID {vrid}: cannot remove {vip} from {interface}: {error}",
-                          vrid=router.vrid, vip=vip, interface=self.interface, error=e)
+                          vrid=router.vrid, vip=vip, interface=addresses.interface, error=e)
+
+    # virtual MAC (use_vmac) -------------------------------------------------
+
+    def _start_vmacs(self, make_addresses, make_socket, make_announcer) -> None:
+        """One macvlan per group, ``vrrp.VRID`` with 00:00:5e:00:01:VRID
+        (RFC 5798 §7.3), as keepalived's ``use_vmac``: the VIPs live on it,
+        adverts and gratuitous ARP leave from it. It is up on every node of
+        the group, since a macvlan hands a frame whose source is its own MAC
+        (the peer's adverts) to itself only, not to ``interface``: adverts
+        are read from it too. ``arp_ignore = 1`` on ``interface`` (restored
+        on stop) keeps the real MAC from answering ARP for the VIPs, and
+        ``arp_announce = 2`` from asking with a VIP as the sender address."""
+        from lbframe.redundancy.vrrp import net
+
+        # the real MAC must not answer ARP for a VIP (arp_ignore) nor ask with a
+        # VIP as sender (arp_announce), or neighbours learn it for the VIP
+        for key, value in (("arp_ignore", "1"), ("arp_announce", "2")):
+            path = f"net/ipv4/conf/{self.interface}/{key}"
+            old = net.set_sysctl(path, value)
+            if old is not None:
+                self._sysctls.append((path, old))
+        for group in self.groups:
+            name, mac = f"vrrp.{group.vrid}", net.virtual_mac(group.vrid)
+            self._addresses.create_macvlan(name, mac)
+            # no IPv6 link-local traffic from a MAC two nodes share
+            net.set_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
+            self._addresses.set_link(name, True)
+            addresses = make_addresses(name)
+            sender = make_socket(name, addresses.index, self.primary, self.reactor,
+                                 self._deliver)
+            sender.start()
+            announcer = make_announcer(name, self.reactor, self.garp_repeat, self.garp_delay)
+            self._vmacs[group.vrid] = _Vmac(name, net.mac_bytes(mac), addresses, sender,
+                                            announcer)
+
+    def _stop_vmacs(self) -> None:
+        from lbframe.redundancy.vrrp import net
+
+        for vmac in self._vmacs.values():
+            vmac.announcer.cancel()
+            vmac.sender.close()
+            vmac.addresses.close()
+            if self._addresses is not None:
+                try:
+                    self._addresses.delete_link(vmac.name)
+                except Exception as e:
+                    log.error("VRRP: cannot delete {name}: {error}", name=vmac.name, error=e)
+        self._vmacs = {}
+        for path, value in self._sysctls:
+            net.set_sysctl(path, value)
+        self._sysctls = []
 
     def _changed(self, router, old, new) -> None:
         log.warn("VRRP VRID {vrid} on {interface}: {old} -> {new} (priority {priority}"

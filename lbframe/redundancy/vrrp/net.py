@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 import struct
 
@@ -95,6 +96,25 @@ class Addresses:
         raise InterfaceError(f"interface {self.interface!r} has no IPv4 address of its own "
                              "to send VRRP adverts from")
 
+    def create_macvlan(self, name: str, mac: str) -> None:
+        """A macvlan ``name`` on this interface with ``mac``, private mode, down
+        (RFC 5798 §7.3's virtual MAC); one left by an earlier run is replaced."""
+        self.delete_link(name)
+        self._ipr.link("add", ifname=name, kind="macvlan", link=self.index,
+                       macvlan_mode="private", address=mac)
+
+    def delete_link(self, name: str) -> bool:
+        found = self._ipr.link_lookup(ifname=name)
+        if not found:
+            return False
+        self._ipr.link("del", index=found[0])
+        return True
+
+    def set_link(self, name: str, up: bool) -> None:
+        found = self._ipr.link_lookup(ifname=name)
+        if found:
+            self._ipr.link("set", index=found[0], state="up" if up else "down")
+
     def has(self, vip: str) -> bool:
         ip = str(ipaddress.ip_interface(vip).ip)
         return any(a == ip for a, _ in self.ipv4())
@@ -122,6 +142,19 @@ class Addresses:
                 return False
             raise
         return True
+
+
+def set_sysctl(path: str, value: str) -> str | None:
+    """Write ``value`` to ``/proc/sys/PATH``; the old value (None when absent)."""
+    full = os.path.join("/proc/sys", path)
+    try:
+        with open(full) as f:
+            old = f.read().strip()
+        with open(full, "w") as f:
+            f.write(value)
+    except OSError:
+        return None
+    return old
 
 
 def arp_announcement(mac: bytes, address: str) -> bytes:
