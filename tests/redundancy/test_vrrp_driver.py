@@ -47,6 +47,16 @@ class FakeAddresses:
     def close(self):
         pass
 
+    # virtual MAC
+    def create_macvlan(self, name, mac):
+        self.log.append(("macvlan", name, mac))
+
+    def delete_link(self, name):
+        self.log.append(("delete", name))
+
+    def set_link(self, name, up):
+        self.log.append(("up" if up else "down", name))
+
 
 class FakeSocket:
     def __init__(self, interface, index, source, reactor, deliver):
@@ -230,6 +240,36 @@ class LifecycleTests(SynchronousTestCase):
             fakes["socket"].deliver(Advert(51, 200, 1.0, ("198.18.0.10",), 2), PEER)
         self.assertEqual(d.state, "master")
         self.assertEqual(fakes["socket"].dropped, {"version 2": 5})
+
+
+class VirtualMACTests(SynchronousTestCase):
+    def test_vips_adverts_and_arp_on_the_vmac(self):
+        d, clock, fakes, runtime = make({"use_vmac": "yes"})
+        per_if, sysctls, sockets, announcers = {}, {}, [], []
+        d.addresses_factory = lambda i: per_if.setdefault(i, FakeAddresses(i))
+        d.socket_factory = lambda *a: sockets.append(FakeSocket(*a)) or sockets[-1]
+        d.announcer_factory = lambda *a: announcers.append(FakeAnnouncer(*a)) or announcers[-1]
+        d.sysctl = lambda path, value: sysctls.setdefault(path, []).append(value) or "0"
+        d.start()
+        base, vmac = per_if["eth0"], per_if["vrrp.51"]
+        self.assertIn(("macvlan", "vrrp.51", "00:00:5e:00:01:33"), base.log)
+        self.assertIn(("up", "vrrp.51"), base.log)
+        self.assertEqual(sysctls["net/ipv4/conf/eth0/arp_ignore"], ["1"])
+        self.assertEqual(sysctls["net/ipv4/conf/eth0/arp_announce"], ["2"])
+        self.assertEqual(sysctls["net/ipv6/conf/vrrp.51/disable_ipv6"], ["1"])
+        clock.advance(4)
+        self.assertEqual(d.state, "master")
+        self.assertEqual(vmac.present, {"198.18.0.10/24"})  # on the vmac, not the base
+        self.assertNotIn(("add", "198.18.0.10/24"), base.log)
+        base_sock, vmac_sock = sockets
+        self.assertEqual(base_sock.sent, [])
+        self.assertEqual(vmac_sock.sent[0].priority, 100)
+        self.assertEqual(announcers[1].announced, [(bytes.fromhex("00005e000133"),
+                                                     ("198.18.0.10",))])
+        d.stop()
+        self.assertEqual(vmac_sock.sent[-1].priority, 0)
+        self.assertIn(("delete", "vrrp.51"), base.log)
+        self.assertEqual(sysctls["net/ipv4/conf/eth0/arp_ignore"], ["1", "0"])  # restored
 
 
 class TrackingTests(SynchronousTestCase):

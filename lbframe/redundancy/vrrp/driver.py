@@ -155,6 +155,8 @@ class VRRPDriver:
     addresses_factory = None
     socket_factory = None
     announcer_factory = None
+    #: ``sysctl(path, value) -> old value``; tests replace it
+    sysctl = None
 
     def __init__(self, redundancy, options=None, reactor=None):
         options = dict(options or {})
@@ -342,18 +344,19 @@ class VRRPDriver:
         ``arp_announce = 2`` from asking with a VIP as the sender address."""
         from lbframe.redundancy.vrrp import net
 
+        sysctl = self.sysctl or net.set_sysctl
         # the real MAC must not answer ARP for a VIP (arp_ignore) nor ask with a
         # VIP as sender (arp_announce), or neighbours learn it for the VIP
         for key, value in (("arp_ignore", "1"), ("arp_announce", "2")):
             path = f"net/ipv4/conf/{self.interface}/{key}"
-            old = net.set_sysctl(path, value)
+            old = sysctl(path, value)
             if old is not None:
                 self._sysctls.append((path, old))
         for group in self.groups:
             name, mac = f"vrrp.{group.vrid}", net.virtual_mac(group.vrid)
             self._addresses.create_macvlan(name, mac)
             # no IPv6 link-local traffic from a MAC two nodes share
-            net.set_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
+            sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
             self._addresses.set_link(name, True)
             addresses = make_addresses(name)
             sender = make_socket(name, addresses.index, self.primary, self.reactor,
@@ -377,7 +380,7 @@ class VRRPDriver:
                     log.error("VRRP: cannot delete {name}: {error}", name=vmac.name, error=e)
         self._vmacs = {}
         for path, value in self._sysctls:
-            net.set_sysctl(path, value)
+            (self.sysctl or net.set_sysctl)(path, value)
         self._sysctls = []
 
     def _changed(self, router, old, new) -> None:
