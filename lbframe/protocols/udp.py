@@ -62,7 +62,7 @@ from lbframe.config.values import split_endpoint
 from lbframe.errors import ListenError, OptionError, reject_unknown_options
 from lbframe.interfaces import IListener, IProtocol
 from lbframe.protocols.accept import EXHAUSTION, AcceptGate
-from lbframe.protocols.endpoints import sockaddr_of
+from lbframe.protocols.endpoints import set_freebind, sockaddr_of
 from lbframe.protocols.engine import RelayEngine
 from lbframe.protocols.listening import ListenOutcome, reported_elsewhere
 
@@ -456,6 +456,7 @@ class UDPVirtualServer(service.Service):
                 # sockets bound to this address (connected to their clients,
                 # see stop_listening) while a replacement binds it again.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                set_freebind(sock, bind.host)  # a VIP this node may own later
                 if bind.family == socket.AF_INET6 and bind.host == "::":
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
                 sock.bind((bind.host, bind.port))

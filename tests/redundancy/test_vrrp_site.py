@@ -1,4 +1,4 @@
-"""A whole site with ``driver = vrrp`` (host faked): its http and tcp
+"""A whole site with ``driver = vrrp`` (host faked): its http, tcp and udp
 listeners bind a VIP this host does not have, under twistd's order
 (privilegedStartService binds before any startService), and the driver
 finds the site's pools and plugin hook through the service tree."""
@@ -24,7 +24,7 @@ class SiteTests(TestCase):
     def setUp(self):
         self.dir = self.mktemp()
         os.makedirs(self.dir)
-        self.http_port, self.tcp_port = free_port(), free_port()
+        self.http_port, self.tcp_port, self.udp_port = free_port(), free_port(), free_port()
         path = os.path.join(self.dir, "site.ini")
         with open(path, "w") as f:
             f.write(textwrap.dedent(f"""\
@@ -36,6 +36,11 @@ class SiteTests(TestCase):
                 [virtual raw]
                 listen = tcp:{self.tcp_port}:interface={VIP}
                 protocol = tcp
+                pool = web
+
+                [virtual dns]
+                listen = udp:{self.udp_port}:interface={VIP}
+                protocol = udp
                 pool = web
 
                 [pool web]
@@ -79,6 +84,8 @@ class SiteTests(TestCase):
             ss = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
             self.assertIn(f"{VIP}:{self.http_port}", ss)
             self.assertIn(f"{VIP}:{self.tcp_port}", ss)
+            udp = subprocess.run(["ss", "-lunH"], capture_output=True, text=True).stdout
+            self.assertIn(f"{VIP}:{self.udp_port}", udp)
         finally:
             d = defer.maybeDeferred(svc.stopService)
 
