@@ -74,6 +74,8 @@ class ClientConnection(Protocol):
 
     def connectionMade(self) -> None:
         server = self.server
+        if server.dispatch is not None:
+            server.dispatch.adopt(self.transport)
         peer = self.transport.getPeer()
         self.client_host = getattr(peer, "host", "")
         self.client_port = getattr(peer, "port", 0)

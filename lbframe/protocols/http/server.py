@@ -24,6 +24,7 @@ from lbframe.interfaces import IListener
 from lbframe.protocols.accept import AcceptGate, GatedPort, SourceCounts
 from lbframe.protocols.endpoints import tcp_bind
 from lbframe.protocols.http.client import ClientConnection
+from lbframe.protocols.http.dispatch import Dispatcher
 from lbframe.protocols.http.members import IdleConnections
 from lbframe.protocols.listening import ListenOutcome, reported_elsewhere, why_not
 from lbframe.protocols.timeouts import TimerWheel
@@ -141,6 +142,9 @@ class HTTPVirtualServer(service.Service):
         self.idle = IdleConnections(self.clock, settings.member_keepalive,
                                     settings.member_idle_timeout)
         self.connections: set[ClientConnection] = set()
+        #: where our connections wait for readiness (None: in the reactor)
+        self.dispatch = Dispatcher.for_reactor(reactor)
+        self._dispatching = False
         #: the binding's outcome (start_listening), None when not bound
         self._outcome: ListenOutcome | None = None
         self.stopping = False
@@ -197,6 +201,9 @@ class HTTPVirtualServer(service.Service):
         self.stopping = False
         self.access_log = access_log_for(self.settings.access_log, self.settings.access_log_json)
         self.idle.start()
+        if self.dispatch is not None and not self._dispatching:
+            self._dispatching = True
+            self.dispatch.acquire()
         self.gate.configure(self.settings.max_connections_process)
         listening = self.start_listening()
         listening.addCallbacks(self._accepting, reported_elsewhere, callbackArgs=(self._outcome,))
@@ -214,6 +221,9 @@ class HTTPVirtualServer(service.Service):
         self.close_all("stopping")
         self.idle.stop()
         self.timeouts.stop()
+        if self._dispatching:
+            self._dispatching = False
+            self.dispatch.release()
         super().stopService()
         return closed
 
