@@ -28,6 +28,10 @@ log = Logger(namespace="lbframe.http")
 
 _UNKNOWN = object()
 
+#: ``exchanges`` of a connection with none: a deque costs 760 bytes, and
+#: most kept-alive connections wait idle most of the time (see ``_rest``)
+_NO_EXCHANGES = ()
+
 #: request bytes we hold for requests waiting for their turn or their member
 MAX_BUFFERED = 256 * 1024
 #: requests one client may have outstanding before we stop reading from it
@@ -39,9 +43,14 @@ MAX_PIPELINE = 32
 class ClientConnection(Protocol):
     def __init__(self, server):
         self.server = server
-        self.exchanges: deque = deque()
+        self.exchanges: deque | tuple = _NO_EXCHANGES
         self.incoming: Exchange | None = None  # the request being received
         self.parser: RequestParser | None = None
+        #: no request in progress: the parser went back to the server's
+        #: pool (``_rest``); one is taken from it with the next byte
+        self.resting = False
+        #: inside ``parser.feed`` (a local answer may end an exchange there)
+        self.feeding = False
         self.buffered = 0
         self.paused = False
         self.closing = False
@@ -74,6 +83,8 @@ class ClientConnection(Protocol):
 
     def connectionMade(self) -> None:
         server = self.server
+        if server.dispatch is not None:
+            server.dispatch.adopt(self.transport)
         peer = self.transport.getPeer()
         self.client_host = getattr(peer, "host", "")
         self.client_port = getattr(peer, "port", 0)
@@ -81,7 +92,8 @@ class ClientConnection(Protocol):
             self.transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
             pass
-        self.parser = RequestParser(self, server.max_request_line, server.max_head)
+        self.parser = server.take_parser(self)
+        self.resting = False
         if server.virtual.spec.accept_proxy:
             self.proxy_buffer = b""
         self.last_read = self.wait_started = server.clock.seconds()
@@ -125,19 +137,27 @@ class ClientConnection(Protocol):
             if not data:
                 return
         parser = self.parser
+        if parser is None and self.resting:
+            self.resting = False
+            parser = self.parser = self.server.take_parser(self)
         if parser is None:
             # After an Upgrade request, until the member answers it.
             self.held += data
             self.buffered += len(data)
             self.update_reading()
             return
+        self.feeding = True
         try:
             parser.feed(data)
         except HTTPError as e:
+            self.feeding = False
             self.refuse(e)
             return
+        self.feeding = False
         if self.head_began is None and parser.in_head:
             self.head_began = self.last_read
+        if not self.exchanges:
+            self._rest()  # (bytes that began no request: empty lines)
         self.update_reading()
 
     def _proxy_header(self, data: bytes) -> bytes:
@@ -187,6 +207,8 @@ class ClientConnection(Protocol):
         self.head_began = None
         exchange = Exchange(self, head, keep_alive, has_body, self.parser.chunked)
         self.incoming = exchange
+        if self.exchanges is _NO_EXCHANGES:
+            self.exchanges = deque()
         self.exchanges.append(exchange)
         if len(self.exchanges) == 1:
             exchange.start()
@@ -229,6 +251,8 @@ class ClientConnection(Protocol):
         exchange = Exchange(self, None, False, False, False)
         exchange.local_error = error
         exchange.request_complete = True
+        if self.exchanges is _NO_EXCHANGES:
+            self.exchanges = deque()
         self.exchanges.append(exchange)
         if len(self.exchanges) == 1:
             exchange.start()
@@ -272,6 +296,8 @@ class ClientConnection(Protocol):
             self.buffered -= len(held)
             if held:
                 self.dataReceived(held)
+        if not self.feeding:
+            self._rest()
         self.update_reading()
 
     def start_tunnel(self, exchange: Exchange) -> None:
@@ -353,6 +379,22 @@ class ClientConnection(Protocol):
             self.tick = server.timeouts.schedule(self, min(server.idle_step, deadline - now))
             return
         self.tick = server.timeouts.schedule(self, server.idle_step)
+
+    def _rest(self) -> None:
+        """Nothing in flight and no head begun: let go of what only a
+        request in progress needs, so that an idle keep-alive connection
+        holds little memory (10,000 of them: see docs/performance.md). The
+        parser (llhttp's state and httptools' bound callbacks, about 1 KiB)
+        goes back to the server's pool — between messages llhttp is in its
+        start state, so any connection may take it next — and the empty
+        deque (760 bytes) goes."""
+        parser = self.parser
+        if parser is not None and not parser.in_head and not self.exchanges \
+                and self.incoming is None and not self.held and not self.closing:
+            self.parser = None
+            self.resting = True
+            self.exchanges = _NO_EXCHANGES
+            self.server.give_parser(parser)
 
     def _head_deadline(self) -> float:
         """When the request head being received must be complete

@@ -318,7 +318,7 @@ class Exchange:
         forwarded = client.client_host if server.virtual.spec.forwarded_for else None
         client_cert = client.certificate_subject() if server.settings.client_auth else False
         data.append(heads.request_bytes(self.head, forwarded, client.scheme, self.wants_upgrade,
-                                        client_cert))
+                                        client_cert, server.idle.per_member > 0))
         # On a kept-alive connection the member may be closing it right now:
         # keep what we send of an idempotent request's body, to resend it.
         self.replay = [] if conn.reused and self.head.method in IDEMPOTENT else None

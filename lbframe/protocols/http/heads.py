@@ -70,7 +70,8 @@ _FORWARDED = frozenset((b"x-forwarded-proto",))
 
 
 def request_bytes(head: RequestHead, forwarded_for: str | None, proto: bytes,
-                  upgrade: bool, client_cert: str | None | bool = False) -> bytes:
+                  upgrade: bool, client_cert: str | None | bool = False,
+                  member_keep_alive: bool = False) -> bytes:
     """The request head to send to a member.
 
     ``forwarded_for`` is the client's address to append as
@@ -80,6 +81,13 @@ def request_bytes(head: RequestHead, forwarded_for: str | None, proto: bytes,
     certificate, or None when it showed none; any
     ``X-Client-Cert-Subject`` the client sent is dropped either way. False:
     no client certificates here, the header is not ours to touch.
+    ``member_keep_alive``: we keep member connections for reuse, so an
+    HTTP/1.0 request asks the member to keep this one open
+    (``Connection: keep-alive``; HTTP/1.1 is persistent without it). The
+    client's own ``Connection`` header is hop-by-hop and never decides
+    that: without this, every HTTP/1.0 request (``ab -k``, old proxies)
+    would cost a new member connection, as the member closes after
+    answering a plain HTTP/1.0 request. HAProxy does the same.
     """
     extra = _NO_EXTRA if forwarded_for is None else _FORWARDED
     if client_cert is not False:
@@ -95,6 +103,8 @@ def request_bytes(head: RequestHead, forwarded_for: str | None, proto: bytes,
         out.append(b"%s: %s\r\n" % (name, value))
     if upgrade:
         out.append(b"Connection: Upgrade\r\n")
+    elif member_keep_alive and head.version == "1.0":
+        out.append(b"Connection: keep-alive\r\n")
     if forwarded_for is not None:
         out.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"
                    % (forwarded_for.encode("ascii"), proto))

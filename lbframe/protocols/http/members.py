@@ -159,6 +159,9 @@ class Connect(ClientFactory):
     def made(self, conn: MemberConnection) -> None:
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
+            dispatch = exchange.server.dispatch
+            if dispatch is not None:
+                dispatch.adopt(conn.transport)
             exchange.member_connected(conn, fresh=True)
         else:
             conn.transport.loseConnection()

@@ -24,11 +24,17 @@ from lbframe.interfaces import IListener
 from lbframe.protocols.accept import AcceptGate, GatedPort, SourceCounts
 from lbframe.protocols.endpoints import tcp_bind
 from lbframe.protocols.http.client import ClientConnection
+from lbframe.protocols.http.dispatch import Dispatcher
 from lbframe.protocols.http.members import IdleConnections
+from lbframe.protocols.http.parser import RequestParser
 from lbframe.protocols.listening import ListenOutcome, reported_elsewhere, why_not
 from lbframe.protocols.timeouts import TimerWheel
 
 log = Logger(namespace="lbframe.http")
+
+#: request parsers kept for reuse by the connections of one virtual server
+#: (a connection holds one only while a request is in progress)
+PARSER_POOL = 256
 
 
 @attrs.frozen
@@ -141,6 +147,11 @@ class HTTPVirtualServer(service.Service):
         self.idle = IdleConnections(self.clock, settings.member_keepalive,
                                     settings.member_idle_timeout)
         self.connections: set[ClientConnection] = set()
+        #: idle request parsers (see ClientConnection._rest)
+        self.parsers: list = []
+        #: where our connections wait for readiness (None: in the reactor)
+        self.dispatch = Dispatcher.for_reactor(reactor)
+        self._dispatching = False
         #: the binding's outcome (start_listening), None when not bound
         self._outcome: ListenOutcome | None = None
         self.stopping = False
@@ -197,6 +208,9 @@ class HTTPVirtualServer(service.Service):
         self.stopping = False
         self.access_log = access_log_for(self.settings.access_log, self.settings.access_log_json)
         self.idle.start()
+        if self.dispatch is not None and not self._dispatching:
+            self._dispatching = True
+            self.dispatch.acquire()
         self.gate.configure(self.settings.max_connections_process)
         listening = self.start_listening()
         listening.addCallbacks(self._accepting, reported_elsewhere, callbackArgs=(self._outcome,))
@@ -214,6 +228,9 @@ class HTTPVirtualServer(service.Service):
         self.close_all("stopping")
         self.idle.stop()
         self.timeouts.stop()
+        if self._dispatching:
+            self._dispatching = False
+            self.dispatch.release()
         super().stopService()
         return closed
 
@@ -235,6 +252,7 @@ class HTTPVirtualServer(service.Service):
         self.settings = attrs.evolve(new, listen=self.settings.listen)
         self.max_head = new.max_head
         self.max_request_line = new.max_request_line
+        self.parsers = []  # (made with the old limits)
         self.timeout_keepalive = new.timeout_keepalive
         self.timeout_tunnel = new.timeout_tunnel
         self.timeout_http_request = new.timeout_http_request
@@ -318,6 +336,21 @@ class HTTPVirtualServer(service.Service):
         conn.closing = True
         conn.transport.abortConnection()
         return False
+
+    def take_parser(self, sink) -> RequestParser:
+        """A request parser between messages, for ``sink`` (a connection)."""
+        parsers = self.parsers
+        if parsers:
+            parser = parsers.pop()
+            parser.sink = sink
+            return parser
+        return RequestParser(sink, self.max_request_line, self.max_head)
+
+    def give_parser(self, parser: RequestParser) -> None:
+        """``parser`` is between messages and its connection needs it no more."""
+        if len(self.parsers) < PARSER_POOL:
+            parser.sink = None
+            self.parsers.append(parser)
 
     def connection_lost(self, conn: ClientConnection) -> None:
         if conn in self.connections:

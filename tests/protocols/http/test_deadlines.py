@@ -147,3 +147,64 @@ class HeadDeadlineSettingTests(HTTPSiteMixin, TestCase):
             build_runtime(parse_site(text, "/tmp/site.ini"), load_plugins(entry_points=False),
                           Clock())
         self.assertIn("timeout_http_request", str(caught.exception))
+
+
+class IdleMemoryTests(HTTPSiteMixin, TestCase):
+    """A kept-alive connection waiting for its next request lets go of its
+    parser (back to the server's pool) and its empty queue of exchanges,
+    and serves the next request as before."""
+
+    def setUp(self):
+        self.clock = Clock()
+        mport, self.member_factory = self.member()
+        self.port = self.serve_http(f"member a = 127.0.0.1:{mport}", clock=self.clock)
+
+    @defer.inlineCallbacks
+    def test_an_idle_connection_rests_and_serves_the_next_request(self):
+        client = yield self.connect(self.port)
+        client.transport.write(HEAD)
+        yield client.wait_responses(1)
+        conn = next(iter(self.service.connections))
+        self.assertIsNone(conn.parser)
+        self.assertEqual(conn.exchanges, ())
+        self.assertEqual(len(self.service.parsers), 1)
+        self.clock.advance(self.service.idle_step * 2)
+        self.assertIsNone(conn.parser)
+        # The next request, in two pieces (the head spans the rest's end).
+        client.transport.write(HEAD[:7])
+        yield self.wait_until(lambda: conn.parser is not None)
+        self.assertTrue(conn.parser.in_head)
+        self.assertEqual(self.service.parsers, [])  # taken from the pool
+        client.transport.write(HEAD[7:] + HEAD)
+        responses = yield client.wait_responses(3)
+        self.assertEqual([r.status for r in responses], [200, 200, 200])
+        self.assertEqual(len(self.member_factory.requests), 3)
+        # Two connections in turn share one parser.
+        other = yield self.connect(self.port)
+        other.transport.write(HEAD)
+        responses = yield other.wait_responses(1)
+        self.assertEqual(responses[0].status, 200)
+        self.assertEqual(len(self.service.parsers), 1)
+
+    @defer.inlineCallbacks
+    def test_a_resting_connection_still_closes_at_timeout_keepalive(self):
+        client = yield self.connect(self.port)
+        client.transport.write(HEAD)
+        yield client.wait_responses(1)
+        self.assertIsNone(next(iter(self.service.connections)).parser)
+        self.clock.advance(11)  # timeout_keepalive (10 s) passed
+        yield client.lost
+
+    @defer.inlineCallbacks
+    def test_a_head_in_progress_is_kept(self):
+        client = yield self.connect(self.port)
+        client.transport.write(HEAD)
+        yield client.wait_responses(1)
+        conn = next(iter(self.service.connections))
+        client.transport.write(HEAD[:7])
+        yield self.wait_until(lambda: conn.parser is not None and conn.parser.in_head)
+        self.clock.advance(self.service.idle_step * 2)
+        self.assertIsNotNone(conn.parser)
+        client.transport.write(HEAD[7:])
+        responses = yield client.wait_responses(2)
+        self.assertEqual(responses[1].status, 200)

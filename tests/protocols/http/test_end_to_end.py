@@ -91,6 +91,40 @@ class KeepAliveTests(HTTPSiteMixin, TestCase):
         self.assertEqual(client.responses[0].header("connection"), "close")
 
     @defer.inlineCallbacks
+    def test_http10_requests_reuse_member_connections(self):
+        # A member as HTTP/1.0 wants it (nginx, Apache): it closes after a
+        # 1.0 request unless that asks for keep-alive. ab -k's requests,
+        # and plain 1.0 ones from other clients, share one member connection.
+        def answer(raw):
+            close = raw.startswith(b"GET /") and b" HTTP/1.0\r\n" in raw.split(b"\r\n")[0] + \
+                b"\r\n" and b"connection: keep-alive" not in raw.lower()
+            return (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n%s\r\nok"
+                    % (b"Connection: close\r\n" if close else b""))
+        mport, member = self.member(answer=answer)
+        port = self.serve_http(f"member a = 127.0.0.1:{mport}")
+        client = yield self.connect(port)
+        for i in range(3):
+            client.transport.write(b"GET /%d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % i)
+            responses = yield client.wait_responses(i + 1)
+            self.assertEqual(responses[i].header("connection"), "keep-alive")
+        other = yield self.exchange(port, b"GET /plain HTTP/1.0\r\n\r\n")
+        yield other.lost
+        self.assertEqual(other.responses[0].header("connection"), "close")
+        self.assertEqual(len(member.requests), 4)
+        self.assertEqual(member.connections, 1)
+        for raw in member.requests:
+            self.assertEqual(raw.count(b"Connection:"), 1)
+            self.assertIn(b"\r\nConnection: keep-alive\r\n", raw)
+
+    @defer.inlineCallbacks
+    def test_http10_request_without_member_keepalive_asks_for_nothing(self):
+        mport, member = self.member()
+        port = self.serve_http(f"member a = 127.0.0.1:{mport}", "member_keepalive = 0")
+        client = yield self.exchange(port, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        self.assertEqual(client.responses[0].status, 200)
+        self.assertNotIn(b"Connection", member.requests[0])
+
+    @defer.inlineCallbacks
     def test_connection_close_from_client_is_honoured(self):
         mport, member = self.member()
         port = self.serve_http(f"member a = 127.0.0.1:{mport}")
