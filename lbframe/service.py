@@ -229,7 +229,7 @@ class SiteService(service.MultiService):
             self.admin.setServiceParent(self)
 
         for name, proto in runtime.protocols.items():
-            self.listeners[name] = proto.make_service(runtime.balancers[name], reactor)
+            self.listeners[name] = self.make_listener(name, proto, runtime.balancers[name])
 
     #: set by ``twistd lbframe`` for ``log_format = json`` (see setServiceParent)
     log_observer = None
@@ -244,6 +244,15 @@ class SiteService(service.MultiService):
             from twisted.logger import ILogObserver
             parent.setComponent(ILogObserver, self.log_observer)
         return super().setServiceParent(parent)
+
+    def make_listener(self, name: str, protocol, balancer) -> IListener:
+        """The listener of virtual ``name``. lbframe.workers overrides it: its
+        parent holds the sockets the workers accept on."""
+        return protocol.make_service(balancer, self.reactor)
+
+    def site_applied(self) -> None:
+        """:func:`lbframe.site.apply` made this service run a new site: the
+        workers' parent (lbframe.workers) passes the reload on."""
 
     def make_admin(self, runtime):
         from lbframe.admin import make_admin_service
@@ -458,7 +467,7 @@ class SiteService(service.MultiService):
         later, is logged with its one line (``virtual web: cannot listen on
         ENDPOINT: why``) and the rest of the site keeps serving. Fires when
         the listener listens (or failed)."""
-        listener = protocol.make_service(balancer, self.reactor)
+        listener = self.make_listener(name, protocol, balancer)
         self.listeners[name] = listener
         listener.privilegedStartService()
         listener.startService()

@@ -71,7 +71,11 @@ def make_service(path: str, reactor, *, signals: bool = False,
     site's objects are kept out of the garbage collector's full walks after
     start and after every reload (:func:`settle_heap`); a test or a program
     embedding lbframe keeps its collector as it is."""
-    svc = SiteService(load(path, reactor), reactor, config_path=path, signals=signals)
+    runtime = load(path, reactor)
+    service_class = SiteService
+    if runtime.site.lbframe.workers > 1:  # a control plane and N data-path processes
+        from lbframe.workers.parent import ParentService as service_class
+    svc = service_class(runtime, reactor, config_path=path, signals=signals)
     svc.on_hup = lambda: reload_in_thread(svc)
     svc.own_process = own_process
     if own_process:
@@ -347,6 +351,7 @@ def apply(svc: SiteService, site: Site, plugins: Plugins, changes: Changes) -> t
     _close_dropped_stores(old.persistence_stores, stores)
     svc.runtime = new
     plugins.hook.lbframe_site_reloaded(old=old.site, new=site)
+    svc.site_applied()
     return kept, started
 
 

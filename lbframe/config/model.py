@@ -89,6 +89,8 @@ class Global:
     stop_grace: float = 30.0
     #: client connections of all listeners together; None: from RLIMIT_NOFILE
     max_connections: int | None = None
+    #: data-path processes (lbframe.workers); 1: the one process serves
+    workers: int = 1
     source: Source | None = attrs.field(default=None, eq=False)
 
 

@@ -45,7 +45,7 @@ T = TypeVar("T")
 #: The keys the contract defines for each section kind (``member NAME`` aside).
 KEYS: Mapping[str, tuple[str, ...]] = {
     "lbframe": ("admin", "admin_token", "admin_token_file", "admin_insecure", "plugins",
-                "access_log", "log_format", "stop_grace", "max_connections"),
+                "access_log", "log_format", "stop_grace", "max_connections", "workers"),
     "virtual": ("listen", "protocol", "pool", "persistence", "rules", "sorry",
                 "sorry_status", "max_connections", "max_connections_per_source",
                 "accept_proxy", "timeout_connect",
@@ -517,8 +517,19 @@ def build_global(keys: _Keys) -> Global:
         log_format=keys.take("log_format", _choice("log format", ("text", "json")), "text"),
         stop_grace=keys.take("stop_grace", parse_duration, 30.0),
         max_connections=keys.take("max_connections", _int(1)),
+        workers=keys.take("workers", _workers, 1),
         source=keys.source,
     )
+
+
+def _workers(text: str) -> int:
+    """``workers``: a count (1-64), or ``auto``: one per core this process may use."""
+    if text.strip().lower() == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            return max(1, os.cpu_count() or 1)
+    return parse_int(text, low=1, high=64)
 
 
 # [virtual NAME]

@@ -296,6 +296,9 @@ class GatedPort(tcp.Port):
     def __init__(self, port, factory, backlog, interface, reactor, gate: AcceptGate):
         super().__init__(port, factory, backlog, interface, reactor)
         self.gate = gate
+        from lbframe.workers import inherited  # a worker process: the parent bound it
+
+        self._preexistingSocket = inherited.take(interface, port)
 
     def createInternetSocket(self):
         sock = super().createInternetSocket()

@@ -90,6 +90,11 @@ def set_freebind(sock: socket.socket, host: str) -> None:
 
 
 def listening_socket(bind: TCPBind) -> socket.socket:
+    from lbframe.workers import inherited  # a worker process: the parent bound it
+
+    sock = inherited.take(bind.host, bind.port)
+    if sock is not None:
+        return sock
     sock = socket.socket(bind.family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
