@@ -63,7 +63,11 @@ class ApiRoot(Endpoint):
 
 class StatusResource(Endpoint):
     def render_GET(self, request):
-        return send_json(request, site_status(self.runtime, getattr(self.context, "rates", None)))
+        status = site_status(self.runtime, getattr(self.context, "rates", None))
+        workers = getattr(self.context, "workers", None)  # workers = N (lbframe.workers)
+        if workers is not None:
+            status["workers"] = workers.status()
+        return send_json(request, status)
 
 
 # -- pools and members ---------------------------------------------------------

@@ -314,10 +314,38 @@ class RuntimeCollector:
         yield from (lookups, dropped)
 
 
-def make_registry(get_runtime: Callable[[], object]) -> CollectorRegistry:
-    """A private registry holding one :class:`RuntimeCollector`."""
+class WorkersCollector:
+    """``workers = N`` (lbframe.workers): the worker processes themselves.
+    Their traffic counters are already in the runtime's (the parent adds
+    them up), so the other metrics need no label for them."""
+
+    def __init__(self, get_workers: Callable[[], object]):
+        self.get_workers = get_workers
+
+    def collect(self) -> Iterator[Metric]:
+        workers = self.get_workers()
+        if workers is None:
+            return
+        rows = workers.status()
+        up = GaugeMetricFamily("lbframe_worker_up", "1 while worker N runs and serves",
+                               labels=["worker"])
+        restarts = CounterMetricFamily("lbframe_worker_restarts_total",
+                                       "times worker N died and was started again",
+                                       labels=["worker"])
+        for row in rows:
+            up.add_metric([str(row["worker"])], 1 if row["ready"] else 0)
+            restarts.add_metric([str(row["worker"])], row["restarts"])
+        yield from (up, restarts)
+
+
+def make_registry(get_runtime: Callable[[], object],
+                  get_workers: Callable[[], object] | None = None) -> CollectorRegistry:
+    """A private registry holding one :class:`RuntimeCollector` (and a
+    :class:`WorkersCollector` when ``get_workers`` is given)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RuntimeCollector(get_runtime))
+    if get_workers is not None:
+        registry.register(WorkersCollector(get_workers))
     return registry
 
 
@@ -333,7 +361,8 @@ class MetricsResource(Endpoint):
 
     def __init__(self, context):
         super().__init__(context)
-        self.registry = make_registry(lambda: context.runtime)
+        self.registry = make_registry(lambda: context.runtime,
+                                      lambda: getattr(context, "workers", None))
 
     def render_GET(self, request):
         if request.postpath not in ([], [b""]):

@@ -38,7 +38,7 @@ from lbframe.monitoring import MonitorRunner
 from lbframe.service import SiteService
 from lbframe.workers import inherited, served_by_workers
 from lbframe.workers.channel import Channel
-from lbframe.workers.state import apply_member_state, counters
+from lbframe.workers.state import apply_member_state, counters, member_state, state_digest
 
 log = Logger(namespace="lbframe")
 
@@ -156,6 +156,8 @@ class Worker:
         self._next_id = 0
         self._counter_call = None
         self.stopping = False
+        #: digest of the member state table as this worker has it (None: to compute)
+        self._digest: str | None = None
         svc.after_reload = self.wrap_stores
         self.wrap_stores()
 
@@ -207,6 +209,7 @@ class Worker:
             os.close(fd)
         if kind == "state":
             apply_member_state(self.svc.runtime, message.get("rows", {}))
+            self._digest = None
         elif kind == "pval":
             d, timeout = self.waiting.pop(message.get("id"), (None, None))
             if d is not None:
@@ -227,7 +230,10 @@ class Worker:
         self._counter_call = self.reactor.callLater(COUNTER_INTERVAL, self._counters)
 
     def _counters(self) -> None:
-        self.send({"t": "counters", "values": counters(self.svc.runtime)})
+        if self._digest is None:
+            self._digest = state_digest(member_state(self.svc.runtime))
+        self.send({"t": "counters", "values": counters(self.svc.runtime),
+                   "state": self._digest})
         self._counter_call = self.reactor.callLater(COUNTER_INTERVAL, self._counters)
 
     def reload(self, digest: str) -> None:

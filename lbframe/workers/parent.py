@@ -30,7 +30,7 @@ from lbframe.protocols.listening import ListenOutcome
 from lbframe.service import SiteService
 from lbframe.workers import served_by_workers
 from lbframe.workers.channel import Channel
-from lbframe.workers.state import CounterSum, changed_rows, member_state
+from lbframe.workers.state import CounterSum, changed_rows, member_state, state_digest
 
 log = Logger(namespace="lbframe")
 
@@ -155,10 +155,15 @@ class ParentService(SiteService):
 
     def __init__(self, runtime, reactor, config_path=None, signals=False, on_hup=None,
                  command=None):
+        self.workers = Workers(self, command=command)  # before the admin is made
+        self._workers_stopped: list | None = None
         super().__init__(runtime, reactor, config_path=config_path, signals=signals,
                          on_hup=on_hup)
-        self.workers = Workers(self, command=command)
-        self._workers_stopped: list | None = None
+
+    def make_admin(self, runtime):
+        admin = super().make_admin(runtime)
+        admin.context.workers = self.workers  # /api/status shows them
+        return admin
 
     def make_listener(self, name, protocol, balancer):
         spec = balancer.virtual.spec  # the new one on a reload (self.runtime is still the old)
@@ -229,10 +234,13 @@ class WorkerSlot:
         self.ended: defer.Deferred | None = None
         #: the member state last sent to it
         self.sent_state: dict = {}
+        #: the digest of its member state table, as it last reported it
+        self.state_digest: str | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self, digest: str | None = None) -> dict:
         return {"worker": self.index, "pid": self.pid, "ready": self.ready,
                 "restarts": self.restarts,
+                "in_step": self.state_digest is not None and self.state_digest == digest,
                 "up_seconds": round(time.time() - self.started, 1) if self.pid else 0}
 
 
@@ -249,7 +257,6 @@ class Workers:
 
     def __init__(self, parent: ParentService, command=None):
         self.parent = parent
-        self.reactor = parent.reactor
         #: argv of a worker, before its own arguments (tests may change it)
         self.command = list(command or [sys.executable, "-m", "lbframe.workers.child"])
         self.slots: list[WorkerSlot] = []
@@ -259,6 +266,10 @@ class Workers:
         self._counter_call = None
         self._last_state: dict = {}
         self._lookups = 0
+
+    @property
+    def reactor(self):
+        return self.parent.reactor
 
     @property
     def count(self) -> int:
@@ -285,13 +296,14 @@ class Workers:
         proc = slot.proto = _WorkerProcess(self, slot)
         try:
             slot.process = self.reactor.spawnProcess(
-                proc, argv[0], argv, env=os.environ.copy(),
+                proc, argv[0], argv, env=worker_environment(),
                 childFDs={0: "w", 1: 1, 2: 2, 3: theirs.fileno()})
         finally:
             theirs.close()
         slot.pid = slot.process.pid
         slot.started = time.time()
         slot.ready = False
+        slot.state_digest = None
         slot.ended = defer.Deferred()
         channel = Channel(lambda m, fds, slot=slot: self.received(slot, m, fds))
         transport = self.reactor.adoptStreamConnection(
@@ -347,6 +359,7 @@ class Workers:
         kind = message.get("t")
         if kind == "counters":
             self.counters.report(slot.index, message.get("values", {}))
+            slot.state_digest = message.get("state")
         elif kind == "pget":
             self._persistence_get(slot, message)
         elif kind in ("pset", "ptouch", "pdel"):
@@ -470,8 +483,15 @@ class Workers:
 
         return d.addBoth(done)
 
+    def state_digest(self) -> str:
+        """The digest of the parent's member state, as its workers should have it."""
+        return state_digest(member_state(self.parent.runtime))
+
     def status(self) -> list[dict]:
-        return [slot.as_dict() for slot in self.slots]
+        """One row per worker: pid, ready, restarts, whether its member state
+        is the parent's (``in_step``) and how long it has run."""
+        digest = self.state_digest()
+        return [slot.as_dict(digest) for slot in self.slots]
 
 
 class _OneProtocol(protocol.Factory):
@@ -487,6 +507,19 @@ def _signal(process, name: str) -> None:
         process.signalProcess(name)
     except (error.ProcessExitedAlready, OSError):
         pass
+
+
+def worker_environment() -> dict:
+    """The parent's environment, with the directory lbframe was imported
+    from first on ``PYTHONPATH``: a worker runs the parent's code, wherever
+    its working directory is and whatever else is installed."""
+    import lbframe
+
+    env = os.environ.copy()
+    home = os.path.dirname(os.path.dirname(os.path.abspath(lbframe.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([home] + [p for p in env.get("PYTHONPATH", "").split(
+        os.pathsep) if p and p != home])
+    return env
 
 
 def _digest(path) -> str:

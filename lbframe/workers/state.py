@@ -40,6 +40,16 @@ def member_state(runtime) -> dict:
             for pname, pool in runtime.pools.items()}
 
 
+def state_digest(table: dict) -> str:
+    """A short digest of a :func:`member_state` table: a worker reports its
+    own, and the parent compares (``/api/status`` ``workers``: ``in_step``)."""
+    import hashlib
+    import json
+
+    rows = [(p, m, bool(r[0]), r[1], r[2]) for p, ms in table.items() for m, r in ms.items()]
+    return hashlib.sha1(json.dumps(sorted(rows)).encode()).hexdigest()[:16]
+
+
 def changed_rows(before: dict, now: dict) -> dict:
     """The rows of ``now`` that differ from ``before`` (same shape)."""
     out: dict = {}
