@@ -84,13 +84,19 @@ class HeldListener(service.Service):
     """A worker-served virtual server, as the parent runs it: the bound
     sockets (handed to every worker), no accepting, no connection."""
 
-    def __init__(self, name: str, listen, reactor):
+    def __init__(self, name: str, listen, reactor, spare: dict | None = None):
         self.virtual = name
         self.listen = tuple(listen)
         self.reactor = reactor
+        #: sockets a reload retired, by (host, port): a listener binding
+        #: the same address takes one back, since the workers still hold
+        #: it open (a new bind of that address would fail)
+        self.spare = spare if spare is not None else {}
         #: (host, port) → socket, once bound
         self.sockets: dict[tuple[str, int], socket.socket] = {}
         self._outcome: ListenOutcome | None = None
+        #: the ParentService (set by it), to tell a reload from a stop
+        self.parent_service = None
         self.setName(f"virtual:{name}")
 
     def start_listening(self) -> defer.Deferred:
@@ -103,7 +109,8 @@ class HeldListener(service.Service):
         for description in self.listen:
             try:
                 host, port, family, backlog = bind_address(description)
-                bound[(host, port)] = bind_socket(host, port, family, backlog)
+                kept = self.spare.pop((host, port), None)
+                bound[(host, port)] = kept or bind_socket(host, port, family, backlog)
             except (OSError, ValueError) as e:
                 for s in bound.values():
                     s.close()
@@ -130,8 +137,15 @@ class HeldListener(service.Service):
         """Nothing to hand over: the workers apply the reload themselves."""
 
     def stop_listening(self) -> defer.Deferred:
-        for s in self.sockets.values():
-            s.close()
+        """Retired by a reload: the sockets wait in :attr:`spare` until the
+        workers have the reload (:meth:`Workers.reload` closes those not
+        taken back). Stopped: they close."""
+        parent = self.parent_service
+        for key, s in self.sockets.items():
+            if parent is not None and parent.running and not parent.stopping:
+                self.spare[key] = s
+            else:
+                s.close()
         self.sockets = {}
         return defer.succeed(None)
 
@@ -156,6 +170,8 @@ class ParentService(SiteService):
     def __init__(self, runtime, reactor, config_path=None, signals=False, on_hup=None,
                  command=None):
         self.workers = Workers(self, command=command)  # before the admin is made
+        #: listening sockets a reload retired (see HeldListener.spare)
+        self.spare: dict = {}
         self._workers_stopped: list | None = None
         super().__init__(runtime, reactor, config_path=config_path, signals=signals,
                          on_hup=on_hup)
@@ -168,7 +184,9 @@ class ParentService(SiteService):
     def make_listener(self, name, protocol, balancer):
         spec = balancer.virtual.spec  # the new one on a reload (self.runtime is still the old)
         if served_by_workers(spec):
-            return HeldListener(name, spec.listen, self.reactor)
+            listener = HeldListener(name, spec.listen, self.reactor, self.spare)
+            listener.parent_service = self
+            return listener
         return super().make_listener(name, protocol, balancer)
 
     def held_sockets(self) -> list[tuple[str, int, socket.socket]]:
@@ -438,6 +456,11 @@ class Workers:
             if slot.channel is not None:
                 self.send_sockets(slot)
                 slot.channel.send({"t": "reload", "digest": digest})
+        spare, self.parent.spare = dict(self.parent.spare), self.parent.spare
+        for key, sock in spare.items():  # no listener took them back: they are done
+            if self.parent.spare.get(key) is sock:
+                del self.parent.spare[key]
+                sock.close()
         self._resize()
 
     def _resize(self) -> None:

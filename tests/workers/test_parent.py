@@ -103,7 +103,10 @@ class WorkersCase(unittest.TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
         return self.until(lambda: all(s.ready for s in self.svc.workers.slots))
 
-    def write_site(self, weights=None, extra_members="", workers=2):
+    sections = ""
+
+    def write_site(self, weights=None, extra_members="", workers=2, raw_listen=None):
+        raw_listen = raw_listen or f"tcp:{self.tcp_port}:interface=127.0.0.1"
         weights = weights or {}
         members = "\n".join(f"member {n} = 127.0.0.1:{p} weight={weights.get(n, 1)}"
                             for n, (p, _) in self.backends.items())
@@ -121,13 +124,14 @@ pool = app
 {self.extra}
 
 [virtual raw]
-listen = tcp:{self.tcp_port}:interface=127.0.0.1
+listen = {raw_listen}
 protocol = tcp
 pool = app
 
 [pool app]
 {members}
 {extra_members}
+{self.sections}
 """)
 
     @defer.inlineCallbacks
@@ -309,6 +313,25 @@ class ReloadTests(WorkersCase):
         self.assertEqual(len(reloaded), 2 * len(steps))
 
     @defer.inlineCallbacks
+    def test_reload_adds_a_listen_address_keeping_the_first(self):
+        """A reload that gives a virtual server a second address re-binds it
+        in every process; the first address, held open by the workers, is
+        taken over (not bound again, which would fail) and serves throughout."""
+        second = free_port()
+        first = f"tcp:{self.tcp_port}:interface=127.0.0.1"
+        self.write_site(raw_listen=f"{first}, tcp:{second}:interface=127.0.0.1")
+        self.assertTrue(reload_site(self.svc))
+        yield self.until(lambda: [e for e in self.events
+                                  if e.get("worker_event") == "reload"][1:],
+                         what="both workers reloaded")
+        for port in (self.tcp_port, second):
+            replies = yield defer.gatherResults(
+                [threads.deferToThread(tcp_roundtrip, port) for _ in range(6)])
+            self.assertTrue(all("member" in r for r in replies), replies)
+        failed = [e for e in self.events if e.get("lbframe_event") == "listener_failed"]
+        self.assertEqual(failed, [])
+
+    @defer.inlineCallbacks
     def test_graceful_stop_drains_every_worker(self):
         """A stop while requests are in flight in the workers: each gets its
         answer, the workers exit, then the parent's stop fires."""
@@ -323,3 +346,29 @@ class ReloadTests(WorkersCase):
             self.assertRaises(ProcessLookupError, os.kill, pid, 0)
         stopped = [e for e in self.events if e.get("lbframe_event") == "worker_stopped"]
         self.assertEqual(len(stopped), 2)
+
+
+class PersistenceTests(WorkersCase):
+    """``store = memory`` with workers: the parent holds the table."""
+
+    extra = "persistence = sticky"
+    sections = """
+[persistence sticky]
+method = source-ip
+"""
+
+    @defer.inlineCallbacks
+    def test_source_ip_is_kept_across_workers(self):
+        """Every request from 127.0.0.1 goes to the one member the first was
+        given, whichever worker accepts it: both workers read the table in
+        the parent (round-robin alone would alternate)."""
+        first = yield self.fetch()
+        results = yield defer.gatherResults([self.fetch() for _ in range(30)])
+        self.assertEqual({body for _, body in results}, {first[1]})
+        live = self.svc.workers.counters.live
+        yield self.until(lambda: sum(v.get("v/web/requests", 0)
+                                     for v in self.svc.workers.counters.live.values()) == 31)
+        served = [v.get("v/web/requests", 0) for v in live.values()]
+        self.assertEqual(len(served), 2)
+        store = self.svc.runtime.profiles["sticky"].store
+        self.assertEqual(len(store), 1)
