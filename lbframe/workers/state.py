@@ -126,7 +126,8 @@ class CounterSum:
     def __init__(self):
         self.live: dict[int, dict] = {}
         self.retired: dict[str, int] = {}
-        self.written: dict[str, int] = {}
+        #: path → (id of the object written, the workers' sum written into it)
+        self.written: dict[str, tuple] = {}
 
     def report(self, slot: int, values: dict) -> None:
         self.live[slot] = values
@@ -157,13 +158,16 @@ class CounterSum:
             if field in MAXIMA:
                 value = max(current, n)
             else:
-                own = current - written.get(path, 0)
+                # What was written into this very object (a reload may have
+                # replaced it: a re-addressed member starts afresh).
+                owner, before = written.get(path, (None, 0))
+                own = current - (before if owner == id(obj) else 0)
                 value = own + n
             if key is not None:
                 obj[key] = value
             else:
                 setattr(obj, field, value)
-            written[path] = n if field not in MAXIMA else 0
+            written[path] = (id(obj), n if field not in MAXIMA else 0)
         # Objects a reload replaced start from their own values.
         for path in [p for p in written if p not in total]:
             del written[path]
