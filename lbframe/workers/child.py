@@ -222,10 +222,19 @@ class Worker:
         elif kind == "stop":
             self.stop()
 
+    #: the process's exit status (main returns it)
+    exit_code = 0
+
     def start(self) -> None:
         svc = self.svc
-        svc.privilegedStartService()
-        svc.startService()
+        try:
+            svc.privilegedStartService()
+            svc.startService()
+        except SystemExit as e:  # a listener could not listen: its one line
+            log.error("cannot serve: {error}", error=str(e), lbframe_event="listener_failed")
+            self.exit_code = 1
+            self.reactor.callLater(0, self.reactor.stop)
+            return
         self.send({"t": "ready"})
         self._counter_call = self.reactor.callLater(COUNTER_INTERVAL, self._counters)
 
@@ -323,7 +332,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(worker.stop))
     settle_heap()
     reactor.run(installSignalHandlers=False)
-    return 0
+    return worker.exit_code
 
 
 class _Factory:

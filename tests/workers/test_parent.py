@@ -332,6 +332,25 @@ class ReloadTests(WorkersCase):
         self.assertEqual(failed, [])
 
     @defer.inlineCallbacks
+    def test_reload_changes_the_number_of_workers(self):
+        """workers = 2 → 3 → 2 in reloads: one more worker starts and serves,
+        then the last one stops gracefully."""
+        self.write_site(workers=3)
+        self.assertTrue(reload_site(self.svc))
+        slots = self.svc.workers.slots
+        self.assertEqual(len(slots), 3)
+        yield self.until(lambda: all(s.ready for s in slots), what="three workers ready")
+        third = slots[2].pid
+        self.write_site(workers=2)
+        self.assertTrue(reload_site(self.svc))
+        self.assertEqual(len(self.svc.workers.slots), 2)
+        yield self.until(lambda: not os.path.exists(f"/proc/{third}"), what="worker 3 gone")
+        results = yield defer.gatherResults([self.fetch() for _ in range(10)])
+        self.assertEqual([s for s, _ in results], [200] * 10)
+        stopped = [e for e in self.events if e.get("lbframe_event") == "worker_stopped"]
+        self.assertEqual([e["worker"] for e in stopped], [3])
+
+    @defer.inlineCallbacks
     def test_graceful_stop_drains_every_worker(self):
         """A stop while requests are in flight in the workers: each gets its
         answer, the workers exit, then the parent's stop fires."""
