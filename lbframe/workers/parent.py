@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from lbframe.errors import ListenError
 from lbframe.interfaces import IListener
-from lbframe.protocols.endpoints import tcp_bind
+from lbframe.protocols.endpoints import TCPBind, listening_socket, tcp_bind
 from lbframe.protocols.listening import ListenOutcome
 from lbframe.service import SiteService
 from lbframe.workers import served_by_workers
@@ -64,19 +64,10 @@ def bind_address(description: str) -> tuple[str, int, int, int]:
 
 
 def bind_socket(host: str, port: int, family: int, backlog: int) -> socket.socket:
-    """A listening socket on ``host:port`` that nobody in this process accepts on."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and host == "::":
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    """A listening socket on ``host:port`` that nobody in this process
+    accepts on: bound as a listener of one process would bind it
+    (``SO_REUSEADDR``, ``IP_FREEBIND`` for a redundancy driver's VIP)."""
+    return listening_socket(TCPBind(host, port, backlog, family))
 
 
 @implementer(IListener)
