@@ -778,6 +778,10 @@ class ListenerContract:
 
         return TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=self.contract_timeout)
 
+    def contract_free_port(self) -> int:
+        """A port nothing is bound to now, of the listener's socket type."""
+        return closed_port()
+
     def contract_occupy(self):
         """A socket holding a port of the listener's kind: (socket, port)."""
         s = socket.socket()
@@ -927,7 +931,7 @@ class ListenerContract:
 
         busy, busy_port = self.contract_occupy()
         self.addCleanup(busy.close)
-        free = closed_port()
+        free = self.contract_free_port()
         endpoint = self.contract_endpoint(busy_port)
         listener = self.contract_listener(
             self.contract_members("a"), f"{self.contract_endpoint(free)}, {endpoint}")

@@ -172,6 +172,13 @@ class UDPListenerContract(ListenerContract, TestCase):
     def contract_client_endpoint(self, port: int):
         return _ClientEndpoint(port)
 
+    def contract_free_port(self) -> int:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        return port
+
     def contract_occupy(self):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.0.1", 0))
