@@ -34,7 +34,6 @@ import ipaddress
 import re
 import socket
 
-from twisted.application import service
 from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
@@ -44,6 +43,7 @@ from lbframe import hookimpl
 from lbframe.config.values import parse_address, parse_duration, parse_int
 from lbframe.errors import OptionError
 from lbframe.interfaces import IRedundancyDriver
+from lbframe.redundancy.driver_service import DriverService
 from lbframe.protocols import endpoints
 
 log = Logger(namespace="lbframe.redundancy.heartbeat")
@@ -102,25 +102,6 @@ class _Serial(LineOnlyReceiver):
     def lineLengthExceeded(self, line):
         self.driver._refuse("line too long")
         self.clearLineBuffer()
-
-
-class _DriverService(service.Service):
-    def __init__(self, driver):
-        self.driver = driver
-        self.setName("redundancy")
-
-    def privilegedStartService(self):
-        # before any listener binds (twistd binds them here, before --uid)
-        endpoints.allow_nonlocal(self.driver, self.driver.vip_hosts)
-        super().privilegedStartService()
-
-    def startService(self):
-        super().startService()
-        self.driver.start()
-
-    def stopService(self):
-        super().stopService()
-        self.driver.stop()
 
 
 @implementer(IRedundancyDriver)
@@ -187,7 +168,7 @@ class HeartbeatDriver:
         self._beat = None
         self._dead = None
         self._logged: set = set()
-        self.service = _DriverService(self)
+        self.service = DriverService(self)
         self.vip_hosts = {v.split("/")[0] for v in self.vips}
 
     # life cycle -----------------------------------------------------------------

@@ -30,7 +30,6 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from twisted.application import service
 from twisted.internet import task
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -39,6 +38,7 @@ from lbframe import hookimpl
 from lbframe.config.values import parse_bool, parse_duration, parse_int, parse_list
 from lbframe.errors import OptionError
 from lbframe.interfaces import IRedundancyDriver
+from lbframe.redundancy.driver_service import DriverService
 from lbframe.protocols import endpoints
 from lbframe.redundancy.vrrp.machine import BACKUP, INIT, MASTER, OWNER, VirtualRouter
 
@@ -128,25 +128,6 @@ class _Vmac:
         self.sender, self.announcer = sender, announcer
 
 
-class _DriverService(service.Service):
-    def __init__(self, driver):
-        self.driver = driver
-        self.setName("redundancy")
-
-    def privilegedStartService(self):
-        # before any listener binds (twistd binds them here, before --uid)
-        endpoints.allow_nonlocal(self.driver, self.driver.vip_hosts)
-        super().privilegedStartService()
-
-    def startService(self):
-        super().startService()
-        self.driver.start()
-
-    def stopService(self):
-        super().stopService()
-        self.driver.stop()
-
-
 @implementer(IRedundancyDriver)
 class VRRPDriver:
     """The vrrp redundancy driver (see the module doc)."""
@@ -198,7 +179,7 @@ class VRRPDriver:
         #: the runtime to take pools and the plugin manager from; set by
         #: :meth:`attach` or found through the service's parent
         self.runtime = None
-        self.service = _DriverService(self)
+        self.service = DriverService(self)
         self.vip_hosts = {vip.split("/")[0] for g in self.groups for vip in g.vips}
 
     # wiring -----------------------------------------------------------------
