@@ -358,6 +358,33 @@ def _load_file_plugin(path: str):
     return module
 
 
+def _load_package_plugin(path: str):
+    """A plugin package named by its folder (``plugins =
+    ../plugins/lbframe-redis/src/lbframe_redis``): imported under its own
+    name, so that a site can use a plugin from a checkout without installing
+    it. When a module of that name is imported already (the same plugin
+    installed, and loaded by its entry point), that one is used: one plugin
+    is registered once."""
+    path = os.path.normpath(path)
+    name = os.path.basename(path)
+    if name in sys.modules:
+        return sys.modules[name]
+    init = os.path.join(path, "__init__.py")
+    if not name.isidentifier() or not os.path.isfile(init):
+        raise PluginError(f"plugin folder {path!r} is not a Python package "
+                          "(a folder named like a module, with an __init__.py)")
+    spec = importlib.util.spec_from_file_location(name, init,
+                                                  submodule_search_locations=[path])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(name, None)
+        raise PluginError(f"plugin package {path!r} failed to import: {e!r}") from e
+    return module
+
+
 def _register(pm: pluggy.PluginManager, plugin, name: str) -> None:
     try:
         pm.register(plugin, name=name)
@@ -479,7 +506,10 @@ def load_plugins(extra: Iterable[str] = (), base_dir: str | None = None,
                 continue
             if not os.path.exists(path):
                 raise PluginError(f"plugin file {path!r} does not exist")
-            plugin = _load_file_plugin(path)
+            if os.path.isdir(path):
+                plugin = _load_package_plugin(path)
+            else:
+                plugin = _load_file_plugin(path)
             origin, pname = "file", path
         else:
             if _is_disabled(disabled, spec):

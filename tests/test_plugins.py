@@ -74,6 +74,29 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(plugins.schedulers.get("first").plugin, path)
         self.assertEqual([i.origin for i in plugins.infos if i.name == path], ["file"])
 
+    def test_package_folder_plugin(self):
+        """``plugins =`` may name a plugin package's folder (a plugin used
+        from a checkout): imported under the package's own name, and not
+        registered twice when that module is loaded already."""
+        folder = os.path.join(self.mktemp(), "lbframe_test_pkgplugin")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "__init__.py"), "w") as f:
+            f.write(SCHEDULER_PLUGIN.format(name="pkgfirst"))
+        self.addCleanup(sys.modules.pop, "lbframe_test_pkgplugin", None)
+        rel = os.path.relpath(folder, os.path.dirname(os.path.dirname(folder)))
+        plugins = load_plugins([rel], base_dir=os.path.dirname(os.path.dirname(folder)),
+                               entry_points=False)
+        self.assertIn("pkgfirst", plugins.schedulers)
+        self.assertIn("lbframe_test_pkgplugin", sys.modules)
+        again = load_plugins([folder, "lbframe_test_pkgplugin"], entry_points=False)
+        self.assertIn("pkgfirst", again.schedulers)  # once: no duplicate-name error
+
+    def test_package_folder_without_init(self):
+        folder = os.path.join(self.mktemp(), "not_a_package")
+        os.makedirs(folder)
+        e = self.assertRaises(PluginError, load_plugins, [folder], entry_points=False)
+        self.assertIn("is not a Python package", str(e))
+
     def test_module_plugin(self):
         path = self.write("lbframe_test_modplugin.py", SCHEDULER_PLUGIN.format(name="modfirst"))
         sys.path.insert(0, os.path.dirname(path))

@@ -388,14 +388,29 @@ def _endpoints(base_dir: str, text: str) -> tuple[str, ...]:
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
+def _package_folder(base_dir: str, text: str) -> str:
+    """A plugin package's folder: named like a module, with an ``__init__.py``."""
+    path = _path(base_dir, text)
+    if not _MODULE.fullmatch(os.path.basename(path)) or \
+            not os.path.isfile(os.path.join(path, "__init__.py")):
+        raise ValueError(f"plugin folder {path!r} is not a Python package "
+                         "(a folder named like a module, with an __init__.py)")
+    return path
+
+
 def _plugins(base_dir: str, text: str) -> tuple[str, ...]:
-    """Module names stay as they are; ``.py`` paths become absolute."""
+    """Module names stay as they are; paths (a ``.py`` file, or a plugin
+    package's folder) become absolute."""
     plugins = []
     for item in parse_list(text):
         if item.endswith(".py") or os.sep in item or "/" in item:
-            item = _readable_file(base_dir, "plugin file")(item)
+            if os.path.isdir(_path(base_dir, item)):
+                item = _package_folder(base_dir, item)
+            else:
+                item = _readable_file(base_dir, "plugin file")(item)
         elif _MODULE.fullmatch(item) is None:
-            raise ValueError(f"bad plugin {item!r} (use a module name or a path to a .py file)")
+            raise ValueError(f"bad plugin {item!r} (use a module name, a path to a .py file "
+                             "or a plugin package's folder)")
         if item in plugins:
             raise ValueError(f"plugin {item!r} is listed twice")
         plugins.append(item)

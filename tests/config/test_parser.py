@@ -668,7 +668,25 @@ class GlobalErrorTests(_ConfigTestCase):
     def test_plugins(self):
         self.fails("[lbframe]\nplugins = good.module, bad-module\n",
                    "site.ini:2: [lbframe] plugins: bad plugin 'bad-module' "
-                   "(use a module name or a path to a .py file)")
+                   "(use a module name, a path to a .py file or a plugin package's folder)")
+
+    def test_plugin_package_folder(self):
+        """A plugin package's folder is a plugin (used from a checkout); a
+        folder that is not a package says so."""
+        folder = self.folder()
+        os.makedirs(os.path.join(folder, "mine_pkg"))
+        with open(os.path.join(folder, "mine_pkg", "__init__.py"), "w"):
+            pass
+        os.makedirs(os.path.join(folder, "empty"))
+        path = self.write(folder, "site.ini", "[lbframe]\nplugins = ./mine_pkg\n"
+                          "[virtual v]\nlisten = tcp:0:interface=127.0.0.1\npool = p\n"
+                          "[pool p]\nmember a = 127.0.0.1:1\n")
+        self.assertEqual(load_site(path).lbframe.plugins, (os.path.join(folder, "mine_pkg"),))
+        path = self.write(folder, "site.ini", "[lbframe]\nplugins = ./empty\n")
+        error = self.assertRaises(ConfigError, load_site, path)
+        self.assertEqual(str(error), f"{path}:2: [lbframe] plugins: plugin folder "
+                                     f"'{folder}/empty' is not a Python package (a folder "
+                                     "named like a module, with an __init__.py)")
 
     def test_plugin_file_missing(self):
         folder = self.folder()
