@@ -15,13 +15,11 @@ from tests.helpers import free_port
 from tests.test_site import ReloadCase
 
 
-def exchange(port: int, data: bytes, hold: float = 0.0) -> bytes:
+def exchange(port: int, data: bytes) -> bytes:
     """Send ``data``, read until the peer closes (at most 5 s)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:
         s.sendall(data)
-        if hold:
-            time.sleep(hold)
         out = b""
         while True:
             try:
@@ -112,7 +110,7 @@ member x = 127.0.0.1:{port}
         self.addCleanup(holder.close)
         web = svc.runtime.pools["web"]
         yield self.wait_for(lambda: web.members["a"].active == 1)
-        waiter = deferToThread(exchange, vport, b"", 0.0)
+        waiter = deferToThread(exchange, vport, b"")
         yield self.wait_for(lambda: len(web.queue) == 1)
         third = yield deferToThread(exchange, vport, b"")
         self.assertEqual(third, b"")
