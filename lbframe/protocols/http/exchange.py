@@ -329,13 +329,25 @@ class Exchange:
             if self.replay is not None:
                 self._keep(self.pending, self.pending_bytes)
             self.pending, self.pending_bytes = [], 0
-        send(conn.transport, b"".join(data))
+        if not send(conn.transport, data[0] if len(data) == 1 else b"".join(data)):
+            self.backpressure()
         self.last_member = server.clock.seconds()
-        # Each side's transport produces for the other: backpressure both ways.
+        if client.paused:
+            client.update_reading()  # (what waited for this member went out)
+
+    def backpressure(self) -> None:
+        """Make each side's transport the other's producer, so that a full
+        write buffer on one side pauses reading on the other (Twisted's
+        producer/consumer). Done once per exchange, the first time a write
+        could not go out whole at once: most exchanges never queue a byte,
+        and registering and unregistering two producers per request cost
+        more than the rest of the exchange's bookkeeping."""
+        if self.producers or self.conn is None or self.done:
+            return  # (an exchange that is ending registers nothing)
+        conn, client = self.conn, self.client
+        self.producers = True
         conn.transport.registerProducer(_ClientReading(client.transport), True)
         client.transport.registerProducer(conn.transport, True)
-        self.producers = True
-        client.update_reading()
 
     def connect_failed(self, reason) -> None:
         self.connecting = None
@@ -370,7 +382,8 @@ class Exchange:
             framed = b"".join(_chunk(data)) if self.chunked else data
             if self.replay is not None:
                 self._keep((framed,), len(framed))
-            send(conn.transport, framed)
+            if not send(conn.transport, framed):
+                self.backpressure()
             return
         framed = b"".join(_chunk(data)) if self.chunked else data
         self.pending.append(framed)
@@ -386,7 +399,8 @@ class Exchange:
             if self.conn is not None:
                 if self.replay is not None:
                     self._keep((tail,), len(tail))
-                send(self.conn.transport, tail)
+                if not send(self.conn.transport, tail):
+                    self.backpressure()
             else:
                 self.pending.append(tail)
                 self.pending_bytes += len(tail)
@@ -412,7 +426,8 @@ class Exchange:
             self.replay = None
         if self.tunnel:
             self.bytes_out += len(data)
-            send(self.client.transport, data)
+            if not send(self.client.transport, data):
+                self.backpressure()
             return
         # What one read of the member makes us write (head, body, end) goes
         # to the client in one send: on loopback every send wakes the peer.
@@ -434,13 +449,15 @@ class Exchange:
             batch.append(data)
         else:
             self.sent = True
-            send(self.client.transport, data)
+            if not send(self.client.transport, data):
+                self.backpressure()
 
     def _flush(self) -> None:
         batch, self.batch = self.batch, None
         if batch:
             self.sent = True
-            send(self.client.transport, batch[0] if len(batch) == 1 else b"".join(batch))
+            if not send(self.client.transport, batch[0] if len(batch) == 1 else b"".join(batch)):
+                self.backpressure()
 
     def informational(self, head) -> None:
         """A 1xx (100 Continue, 103 Early Hints): passed on to 1.1 clients."""
@@ -502,6 +519,7 @@ class Exchange:
             self._bad_response(HTTPError(502, "bad response: unexpected upgrade"))
             return
         self.tunnel = True
+        self.backpressure()  # a tunnel relays whatever it gets, both ways
         if rest:
             self.bytes_out += len(rest)
             self._to_client(rest)

@@ -25,7 +25,10 @@ def has_unsent(transport) -> bool:
     return False
 
 
-def send(transport, data: bytes) -> None:
+def send(transport, data: bytes) -> bool:
+    """Write ``data``; True when all of it went to the socket at once,
+    False when some of it waits in the transport (or went through a layer,
+    such as TLS, that does not tell): the caller then wants backpressure."""
     if (isinstance(transport, Connection) and not transport.TLS and transport.connected
             and not transport.disconnecting and not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer)):
@@ -36,7 +39,8 @@ def send(transport, data: bytes) -> None:
         except OSError:
             sent = 0  # let the transport's own write path see and report it
         if sent == len(data):
-            return
+            return True
         if sent:
             data = data[sent:]
     transport.write(data)
+    return False
