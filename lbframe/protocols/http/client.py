@@ -158,7 +158,9 @@ class ClientConnection(Protocol):
             self.head_began = self.last_read
         if not self.exchanges:
             self._rest()  # (bytes that began no request: empty lines)
-        self.update_reading()
+        if (self.paused or self.refused_input or self.buffered > MAX_BUFFERED
+                or len(self.exchanges) > MAX_PIPELINE):
+            self.update_reading()
 
     def _proxy_header(self, data: bytes) -> bytes:
         """``accept_proxy``: the PROXY header comes first; it names the client."""
@@ -298,7 +300,9 @@ class ClientConnection(Protocol):
                 self.dataReceived(held)
         if not self.feeding:
             self._rest()
-        self.update_reading()
+        if (self.paused or self.refused_input or self.buffered > MAX_BUFFERED
+                or len(self.exchanges) > MAX_PIPELINE):
+            self.update_reading()
 
     def start_tunnel(self, exchange: Exchange) -> None:
         """After a 101: relay bytes both ways until either side closes."""

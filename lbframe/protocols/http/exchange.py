@@ -143,7 +143,8 @@ class Exchange:
         self.context: RequestContext | None = None
         self.tries = 0
         self.excluded: list = []
-        self.started = self.last_member = self.connect_started = self.server.clock.seconds()
+        # (the read that brought the head: exchanges are made while parsing it)
+        self.started = self.last_member = self.connect_started = client.last_read
         self.t_queue = self.t_connect = self.t_first = None
         self.member_keep_alive = False
         self.framing = None
@@ -266,7 +267,8 @@ class Exchange:
         if self.t_queue is None:
             self.t_queue = now - self.started
         self.connect_started = now
-        conn = server.idle.acquire(self._idle_key())
+        conn = server.idle.acquire(self._idle_key() if decision.pool.spec.send_proxy != "no"
+                                   else member)
         if conn is not None:
             self.t_connect = 0.0
             self.attach(conn, fresh=False)
@@ -321,7 +323,8 @@ class Exchange:
                                         client_cert, server.idle.per_member > 0))
         # On a kept-alive connection the member may be closing it right now:
         # keep what we send of an idempotent request's body, to resend it.
-        self.replay = [] if conn.reused and self.head.method in IDEMPOTENT else None
+        self.replay = ([] if self.has_body and conn.reused and self.head.method in IDEMPOTENT
+                       else None)
         self.replay_bytes = 0
         if self.pending:
             data.extend(self.pending)
@@ -331,7 +334,8 @@ class Exchange:
             self.pending, self.pending_bytes = [], 0
         if not send(conn.transport, data[0] if len(data) == 1 else b"".join(data)):
             self.backpressure()
-        self.last_member = server.clock.seconds()
+        # (a kept-alive connection was taken this very moment, in use())
+        self.last_member = server.clock.seconds() if fresh else self.connect_started
         if client.paused:
             client.update_reading()  # (what waited for this member went out)
 
@@ -652,7 +656,9 @@ class Exchange:
         self._flush()  # our response goes out before anything that follows it
         conn = self.conn
         self.conn = None
-        self._unregister(conn)
+        registered = self.producers
+        if registered:
+            self._unregister(conn)
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
@@ -676,11 +682,15 @@ class Exchange:
             if (self.member_keep_alive and self.response_complete and self.request_complete
                     and not self.tunnel and conn.parser.extra == 0 and not self.server.stopping
                     and decision is not None and not has_unsent(conn.transport)):
-                conn.transport.resumeProducing()
-                self.server.idle.release(self._idle_key(), conn)
+                if registered:
+                    conn.transport.resumeProducing()  # (the client may have paused it)
+                self.server.idle.release(self._idle_key() if decision.pool.spec.send_proxy != "no"
+                                         else decision.member, conn)
             else:
                 conn.transport.loseConnection()
-        self.server.log_exchange(self)
+        server = self.server
+        if server.access_log is not None:
+            server.log_exchange(self)
         self.client.exchange_done(self)
 
     def _unsolicited(self, conn) -> None:
