@@ -105,9 +105,11 @@ class TLSServerStream(Protocol):
     #: the wrapped protocol's producer, registered with the transport below
     producer = None
 
-    def __init__(self, options, wrapped: Protocol):
+    def __init__(self, options, wrapped: Protocol, send=None):
         self.options = options
         self.wrapped = wrapped
+        #: ``send(transport, data)``: how records go below (see TLSServerFactory)
+        self.send = send if send is not None else _write_below
         self.tls: SSL.Connection | None = None
         self.handshake_done = False
         #: what the protocol wrote before the handshake was done
@@ -242,13 +244,13 @@ class TLSServerStream(Protocol):
                 return
             buffer = _OUT_BUFFER if pending <= READ_SIZE else _new("char[]", pending)
             n = _BIO_read(self._out, buffer, pending)
-            self.transport.write(_buffer(buffer, n)[:])
+            self.send(self.transport, _buffer(buffer, n)[:])
             return
         try:
             data = self.tls.bio_read(1 << 30)
         except SSL.WantReadError:
             return
-        self.transport.write(data)
+        self.send(self.transport, data)
 
     def _failed(self) -> None:
         """A TLS failure (``self.reason``): send the alert, close below."""
@@ -416,14 +418,24 @@ class TLSServerStream(Protocol):
         return getattr(self.transport, name)
 
 
+def _write_below(transport, data: bytes) -> None:
+    transport.write(data)
+
+
 class TLSServerFactory(Factory):
-    """Wraps the protocols of ``factory`` in :class:`TLSServerStream`."""
+    """Wraps the protocols of ``factory`` in :class:`TLSServerStream`.
+
+    ``send(transport, data)`` writes records to the TCP transport; the
+    http path passes its own (:func:`lbframe.protocols.http.send.send`,
+    which sends at once when nothing is queued, sparing Twisted's write
+    queue two ``epoll_ctl`` calls and a loop turn per response)."""
 
     noisy = False
 
-    def __init__(self, options, factory):
+    def __init__(self, options, factory, send=None):
         self.options = options
         self.factory = factory
+        self.send = send
 
     def doStart(self) -> None:
         self.factory.doStart()
@@ -435,4 +447,4 @@ class TLSServerFactory(Factory):
         wrapped = self.factory.buildProtocol(addr)
         if wrapped is None:
             return None
-        return TLSServerStream(self.options, wrapped)
+        return TLSServerStream(self.options, wrapped, self.send)
