@@ -238,6 +238,8 @@ class TLSServerStream(Protocol):
 
     def _flush(self) -> None:
         """Write below everything OpenSSL has for the peer, in one write."""
+        if self.tls is None:
+            return
         if FAST:
             pending = _BIO_pending(self._out, _POINTER)
             if pending <= 0:
@@ -282,8 +284,7 @@ class TLSServerStream(Protocol):
     # -- above: the wrapped protocol's transport -------------------------------
 
     def write(self, data) -> None:
-        if self.tls is None or self.shut or (self.disconnecting and self.producer is None) \
-                or not data:
+        if self.tls is None or self.shut or not data:
             return
         if not self.handshake_done:
             self.early.append(bytes(data))
@@ -315,16 +316,17 @@ class TLSServerStream(Protocol):
 
     def loseConnection(self) -> None:
         """Close after what was written, with a close_notify; before the
-        handshake is done, abort (there is nothing to close cleanly). With a
-        producer registered, once it is unregistered."""
+        handshake is done, abort (there is nothing to close cleanly).
+
+        As a TCP transport does, and unlike Twisted's TLS layer (which
+        waited for a registered producer to be unregistered, however long
+        that took): what is written after this is dropped."""
         if self.tls is None or self.disconnecting:
             return
         if not self.handshake_done:
             self.abortConnection()
             return
-        self.disconnecting = True
-        if self.producer is None:
-            self._shutdown()
+        self._shutdown()
 
     def _shutdown(self) -> None:
         """Our close_notify, then close TCP (after what it holds)."""
@@ -359,8 +361,6 @@ class TLSServerStream(Protocol):
             return
         self.producer = None
         self.transport.unregisterProducer()
-        if self.disconnecting and not self.shut and self.tls is not None:
-            self._shutdown()
 
     def pauseProducing(self) -> None:
         self.transport.pauseProducing()
