@@ -141,8 +141,8 @@ class TLSServerStream(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         tls = self.tls
-        if tls is None or self.aborted:
-            return
+        if tls is None or self.disconnecting:
+            return  # (closing: nothing more is read, as TCP's loseConnection does)
         if not self.handshake_done:
             tls.bio_write(data)
             if not self._handshake():
