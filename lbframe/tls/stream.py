@@ -296,10 +296,14 @@ class TLSServerStream(Protocol):
             if type(data) is not bytes:
                 data = bytes(data)
             n = _SSL_write(self._ssl, data, len(data))
-            if n <= 0:
-                self.reason = self._error(n)
-                self._failed()
-                return
+            if n < len(data):  # (never, without partial writes; but whatever OpenSSL does)
+                while 0 < n < len(data):
+                    data = data[n:]
+                    n = _SSL_write(self._ssl, data, len(data))
+                if n <= 0:
+                    self.reason = self._error(n)
+                    self._failed()
+                    return
         else:
             try:
                 sent = 0
