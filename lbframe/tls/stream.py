@@ -189,6 +189,11 @@ class TLSServerStream(Protocol):
         n = _SSL_read(ssl, buffer, READ_SIZE)
         if n > 0:
             first = _buffer(buffer, n)[:]
+            if _BIO_pending(self._into, _POINTER) <= 0:
+                # The chunk was one record (the usual request): OpenSSL holds
+                # nothing more (it reads no further ahead than the record, and
+                # the buffer takes a whole one), so no read to hear "want read".
+                return first
             n = _SSL_read(ssl, buffer, READ_SIZE)
             if n <= 0:
                 self._read_ended(n)
