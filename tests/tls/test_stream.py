@@ -604,11 +604,10 @@ class RealSocketTests(TestCase):
 
 
 class HandshakeDeadlineTests(HTTPSiteMixin, TestCase):
-    """timeout_http_request counts from the TCP connection: a client that
-    never finishes its handshake is closed when it ends."""
-
     @defer.inlineCallbacks
     def test_a_stalled_handshake_is_closed_at_the_request_deadline(self):
+        """timeout_http_request counts from the TCP connection: a client
+        that never finishes its handshake is closed when it ends."""
         directory = os.path.abspath(self.mktemp())
         ca = make_ca()
         key, cert = make_cert(ca, "www.test")
@@ -633,3 +632,76 @@ class HandshakeDeadlineTests(HTTPSiteMixin, TestCase):
         self.assertGreater(waited, 0.3)
         self.assertLess(waited, 3.0)
         self.assertEqual(member.received, b"")
+
+
+def read_response(tls) -> tuple[bytes, bytes]:
+    """One response (head, body) with a Content-Length, from a blocking TLS socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = tls.recv(65536)
+        if not piece:
+            raise AssertionError(f"closed after {data!r}")
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        piece = tls.recv(1 << 16)
+        if not piece:
+            raise AssertionError("closed in the body")
+        body += piece
+    assert len(body) == length, "more than the response"
+    return head, body
+
+
+class HTTPSiteTests(HTTPSiteMixin, TestCase):
+    """The layer under an http virtual server (``ssl:`` listen)."""
+
+    def serve_tls(self, virtual_lines: str = ""):
+        directory = os.path.abspath(self.mktemp())
+        ca = make_ca()
+        key, cert = make_cert(ca, "www.test")
+        pem = write(os.path.join(directory, "www.pem"), key_pem(key), cert_pem(cert))
+        self.ca_file = write(os.path.join(directory, "ca.pem"), cert_pem(ca[1]))
+        mport, self.recorder = self.member()
+        self.serve_http(f"member a = 127.0.0.1:{mport}", virtual_lines,
+                        listen=f"ssl:0:privateKey={pem}:interface=127.0.0.1")
+        return self.service.addresses()[0].port
+
+    @defer.inlineCallbacks
+    def test_many_requests_on_one_kept_alive_connection(self):
+        port = self.serve_tls()
+
+        def client():
+            statuses = []
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with client_context(self.ca_file).wrap_socket(raw) as tls:
+                    for i in range(100):
+                        tls.sendall(b"GET /r%d HTTP/1.1\r\nHost: www.test\r\n\r\n" % i)
+                        head, body = read_response(tls)
+                        statuses.append(head.split(b" ")[1])
+                        assert body.startswith(b"GET /r%d " % i), body[:40]
+            return statuses
+
+        statuses = yield threads.deferToThread(client)
+        self.assertEqual(statuses, [b"200"] * 100)
+        self.assertEqual(len(self.recorder.requests), 100)
+        self.assertIn(b"X-Forwarded-Proto: https\r\n", self.recorder.requests[0])
+
+    @defer.inlineCallbacks
+    def test_a_mebibyte_body_both_ways(self):
+        port = self.serve_tls()
+        body = os.urandom(1 << 20)
+
+        def client():
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                with client_context(self.ca_file).wrap_socket(raw) as tls:
+                    tls.sendall(b"POST /up HTTP/1.1\r\nHost: www.test\r\nContent-Length: %d\r\n\r\n"
+                                % len(body) + body)
+                    return read_response(tls)
+
+        head, echoed = yield threads.deferToThread(client)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"))
+        # The member answers with the raw request it got: our body, whole.
+        self.assertEqual(len(echoed) - echoed.index(b"\r\n\r\n") - 4, len(body))
+        self.assertTrue(echoed.endswith(body))
