@@ -77,7 +77,7 @@ if FAST:
     _PARTIAL = _lib.SSL_MODE_ENABLE_PARTIAL_WRITE
     _SSL_read, _SSL_write, _SSL_get_error = _lib.SSL_read, _lib.SSL_write, _lib.SSL_get_error
     _BIO_read, _BIO_write, _BIO_pending = _lib.BIO_read, _lib.BIO_write, _lib.BIO_get_mem_data
-    _buffer = _ffi.buffer
+    _unpack = _ffi.unpack  # (bytes from a char[]: cheaper than buffer(...)[:])
     _new = _ffi.new_allocator(should_clear_after_alloc=False)
     #: one buffer for every connection: what is read is copied out at once
     #: (the reactor runs one callback at a time)
@@ -188,7 +188,7 @@ class TLSServerStream(Protocol):
         ssl, buffer = self._ssl, _READ_BUFFER
         n = _SSL_read(ssl, buffer, READ_SIZE)
         if n > 0:
-            first = _buffer(buffer, n)[:]
+            first = _unpack(buffer, n)
             if _BIO_pending(self._into, _POINTER) <= 0:
                 # The chunk was one record (the usual request): OpenSSL holds
                 # nothing more (it reads no further ahead than the record, and
@@ -198,12 +198,12 @@ class TLSServerStream(Protocol):
             if n <= 0:
                 self._read_ended(n)
                 return first
-            pieces = [first, _buffer(buffer, n)[:]]
+            pieces = [first, _unpack(buffer, n)]
             while True:
                 n = _SSL_read(ssl, buffer, READ_SIZE)
                 if n <= 0:
                     break
-                pieces.append(_buffer(buffer, n)[:])
+                pieces.append(_unpack(buffer, n))
             self._read_ended(n)
             return b"".join(pieces)
         self._read_ended(n)
@@ -251,7 +251,7 @@ class TLSServerStream(Protocol):
                 return
             buffer = _OUT_BUFFER if pending <= READ_SIZE else _new("char[]", pending)
             n = _BIO_read(self._out, buffer, pending)
-            self.send(self.transport, _buffer(buffer, n)[:])
+            self.send(self.transport, _unpack(buffer, n))
             return
         try:
             data = self.tls.bio_read(1 << 30)
@@ -289,26 +289,46 @@ class TLSServerStream(Protocol):
     # -- above: the wrapped protocol's transport -------------------------------
 
     def write(self, data) -> None:
-        if self.tls is None or self.shut or not data:
+        if self.shut or not data or self.tls is None:
             return
         if not self.handshake_done:
             self.early.append(bytes(data))
             return
-        self._write(data)
+        if not FAST:
+            self._write(data)
+            return
+        # The usual path, inline: one SSL_write, one read of the records.
+        if type(data) is not bytes:
+            data = bytes(data)
+        n = _SSL_write(self._ssl, data, len(data))
+        if n != len(data):
+            self._write_rest(data, n)
+            return
+        out = self._out
+        pending = _BIO_pending(out, _POINTER)
+        buffer = _OUT_BUFFER if pending <= READ_SIZE else _new("char[]", pending)
+        self.send(self.transport, _unpack(buffer, _BIO_read(out, buffer, pending)))
+
+    def _write_rest(self, data: bytes, n: int) -> None:
+        """A short or failed SSL_write (a short one never happens without
+        partial writes; but whatever OpenSSL does, nothing is lost)."""
+        while 0 < n < len(data):
+            data = data[n:]
+            n = _SSL_write(self._ssl, data, len(data))
+        if n <= 0:
+            self.reason = self._error(n)
+            self._failed()
+            return
+        self._flush()
 
     def _write(self, data) -> None:
         if FAST:
             if type(data) is not bytes:
                 data = bytes(data)
             n = _SSL_write(self._ssl, data, len(data))
-            if n < len(data):  # (never, without partial writes; but whatever OpenSSL does)
-                while 0 < n < len(data):
-                    data = data[n:]
-                    n = _SSL_write(self._ssl, data, len(data))
-                if n <= 0:
-                    self.reason = self._error(n)
-                    self._failed()
-                    return
+            if n != len(data):
+                self._write_rest(data, n)
+                return
         else:
             try:
                 sent = 0
