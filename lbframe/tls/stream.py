@@ -191,7 +191,8 @@ class TLSServerStream(Protocol):
             first = _unpack(buffer, n)
             if _BIO_pending(self._into, _POINTER) <= 0:
                 # The chunk was one record (the usual request): OpenSSL holds
-                # nothing more (it reads no further ahead than the record, and
+                # nothing more (without read-ahead, OpenSSL's default and our
+                # policy's, it takes no more than a record from the BIO, and
                 # the buffer takes a whole one), so no read to hear "want read".
                 return first
             n = _SSL_read(ssl, buffer, READ_SIZE)

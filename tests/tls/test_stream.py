@@ -193,6 +193,24 @@ class _StreamTests:
         pair.send(body)
         self.assertEqual(pair.app.received, [body])
 
+    def test_records_split_across_chunks(self):
+        """A chunk ending inside a record: what the whole records held
+        comes now, the rest with the next chunk."""
+        pair = self.pair()
+        pair.client.send(b"first")
+        pair.client.send(b"second")
+        wire = pair.client_output()
+        cut = len(wire) - 10
+        pair.server.dataReceived(wire[:cut])
+        self.assertEqual(pair.app.received, [b"first"])
+        pair.server.dataReceived(wire[cut:])
+        self.assertEqual(pair.app.received, [b"first", b"second"])
+        for piece in (b"x" * 3000, b"y" * 5):  # byte by byte
+            pair.client.send(piece)
+            for byte in pair.client_output():
+                pair.server.dataReceived(bytes([byte]))
+        self.assertEqual(pair.app.received[2:], [b"x" * 3000, b"y" * 5])
+
     def test_alpn_chooses_http11(self):
         pair = self.pair(alpn=[b"h2", b"http/1.1"])
         self.assertEqual(pair.server.negotiatedProtocol, b"http/1.1")
