@@ -148,6 +148,8 @@ class TLSServerStream(Protocol):
             if not self._handshake():
                 return
         elif FAST:
+            if type(data) is not bytes:
+                data = bytes(data)  # (cffi takes bytes; a transport may hand a view)
             _BIO_write(self._into, data, len(data))
         else:
             tls.bio_write(data)
