@@ -264,7 +264,7 @@ class TLSServerStream(Protocol):
 
     def _failed(self) -> None:
         """A TLS failure (``self.reason``): send the alert, close below."""
-        if self.tls is None:
+        if self.tls is None or self.aborted:
             return
         self.disconnecting = True
         self._flush()
@@ -363,7 +363,7 @@ class TLSServerStream(Protocol):
     def _shutdown(self) -> None:
         """Our close_notify, then close TCP (after what it holds)."""
         tls = self.tls
-        if tls is None:
+        if tls is None or self.aborted:
             return
         if not self.shut:
             self.shut = True

@@ -434,8 +434,10 @@ class Echo(Protocol):
     def connectionMade(self):
         self.factory.protocols.append(self)
         self.lost = []
+        self.received = b""
 
     def dataReceived(self, data):
+        self.received += data
         self.transport.write(data)
 
     def connectionLost(self, reason):
@@ -605,6 +607,31 @@ class RealSocketTests(TestCase):
         yield d
         self.assertEqual(len(factory.lost), 1)
         factory.lost[0].trap(error.ConnectionLost)
+
+    @defer.inlineCallbacks
+    def test_a_half_close_without_close_notify(self):
+        """The client sends, then shuts its side of TCP (no close_notify):
+        what it sent is read, then the connection is lost, once."""
+        port, factory = self.listen(Echo)
+
+        def client():
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                tls = client_context(self.ca_file).wrap_socket(raw)
+                tls.sendall(b"abc")
+                assert tls.recv(3) == b"abc"
+                tls.sendall(b"def")
+                socket.socket.shutdown(tls, socket.SHUT_WR)  # a FIN, no close_notify
+                try:
+                    while tls.recv(100):
+                        pass
+                except (ssl.SSLError, OSError):
+                    pass
+
+        yield threads.deferToThread(client)
+        yield self.wait_lost(factory)
+        self.assertEqual(len(factory.lost), 1)
+        factory.lost[0].trap(error.ConnectionLost)
+        self.assertEqual(factory.protocols[0].received, b"abcdef")
 
     @defer.inlineCallbacks
     def test_a_garbage_client_gets_an_alert_and_the_close(self):
