@@ -609,6 +609,30 @@ class RealSocketTests(TestCase):
         factory.lost[0].trap(error.ConnectionLost)
 
     @defer.inlineCallbacks
+    def test_sessions_resume(self):
+        """Session tickets (TLS 1.3, sent after the handshake) and session
+        ids (TLS 1.2) reach the client and let it resume."""
+        port, factory = self.listen(Echo)
+
+        def client(version):
+            context = client_context(self.ca_file)
+            context.maximum_version = version
+            reused = []
+            session = None
+            for _ in range(2):
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                    with context.wrap_socket(raw, session=session) as tls:
+                        tls.sendall(b"x")
+                        assert tls.recv(1) == b"x"
+                        reused.append(tls.session_reused)
+                        session = tls.session
+            return reused
+
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            reused = yield threads.deferToThread(client, version)
+            self.assertEqual(reused, [False, True], version)
+
+    @defer.inlineCallbacks
     def test_a_half_close_without_close_notify(self):
         """The client sends, then shuts its side of TCP (no close_notify):
         what it sent is read, then the connection is lost, once."""
