@@ -15,14 +15,16 @@ call), a ``recv`` per record with a fresh 32 KiB buffer and an exception to
 end every loop. Here, once the handshake is done:
 
 - per chunk received: one ``BIO_write``, ``SSL_read`` into one reused
-  buffer until OpenSSL wants more, and the plaintext handed to the
-  protocol once (joined when the chunk held several records);
+  buffer until OpenSSL wants more (a single read when the chunk was one
+  record and the input BIO is empty, the usual request), and the plaintext
+  handed to the protocol once (joined when the chunk held several records);
 - per write: one ``SSL_write`` of the whole buffer (pyOpenSSL turns on
   ``SSL_MODE_ENABLE_PARTIAL_WRITE``, which makes ``SSL_write`` stop after
   every record; we turn it off on our connections, so OpenSSL writes every
   record in one call — a memory BIO never refuses bytes), then everything
   pending in the outgoing BIO read at once (its size asked first) and
-  written below in one ``write``.
+  written below in one call (the factory's ``send``: the http path's sends
+  straight to the socket when nothing is queued).
 
 Those calls go to OpenSSL through pyOpenSSL's own cffi binding
 (``OpenSSL._util.lib``) on the ``SSL``/``BIO`` pointers of a
@@ -43,8 +45,9 @@ the alert is sent); a close without ``close_notify`` as ``ConnectionLost``;
 the peer's ``close_notify`` is answered with ours and closes the
 connection. Unlike it we do not wait for the peer's answer to our own
 ``close_notify`` before closing TCP (RFC 8446 §6.1 allows it; HAProxy and
-nginx do the same), so a client that never answers cannot hold a closed
-connection open.
+nginx do the same), nor for a registered producer to be unregistered (a
+TCP transport does not either), so nothing can hold a closed connection
+open; bytes that arrive once we are closing are not read.
 """
 
 from __future__ import annotations
@@ -100,7 +103,8 @@ class TLSServerStream(Protocol):
     reload that swaps the options reaches the connections made after it.
     """
 
-    #: set until the peer's close_notify arrives or the connection is lost
+    #: set once we close: loseConnection, a TLS failure, an abort, or the
+    #: peer's close_notify (nothing more is read or, once ``shut``, written)
     disconnecting = False
     #: the wrapped protocol's producer, registered with the transport below
     producer = None
