@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import struct
 import time
 
 from OpenSSL import SSL, crypto
@@ -597,7 +598,7 @@ class RealSocketTests(TestCase):
             assert tls.recv(1) == b"x"
             # No close_notify: the TCP connection just ends (RST: linger 0).
             raw2 = socket.socket(fileno=tls.detach())
-            raw2.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            raw2.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             raw2.close()
 
         yield threads.deferToThread(client)
