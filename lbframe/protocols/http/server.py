@@ -73,9 +73,10 @@ class Listener:
             bind = tcp_bind(self.description)
             port, backlog, interface = bind.port, bind.backlog, bind.host
         if self.tls is not None:
-            from twisted.protocols.tls import TLSMemoryBIOFactory
+            from lbframe.protocols.http.send import send
+            from lbframe.tls.stream import TLSServerFactory
 
-            factory = TLSMemoryBIOFactory(self.tls, False, factory)
+            factory = TLSServerFactory(self.tls, factory, send)
         listening = GatedPort(port, factory, backlog, interface, reactor, gate)
         try:
             listening.startListening()
