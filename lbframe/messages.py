@@ -125,6 +125,10 @@ class RequestHead(_HeaderLookup):
     #: ``"1.1"`` or ``"1.0"``
     version: str
     headers: Headers = attrs.field(factory=list)
+    #: the head as received, when the parser's fast path read it (opaque:
+    #: see lbframe/protocols/http/scan.py and heads.py, which forward it
+    #: as a slice while the head is unchanged); None otherwise
+    raw: tuple | None = attrs.field(default=None, kw_only=True, repr=False)
     _cookies: dict | None = attrs.field(default=None, init=False)
     _query: dict | None = attrs.field(default=None, init=False)
     _normalized: str | None = attrs.field(default=None, init=False)
@@ -192,6 +196,8 @@ class ResponseHead(_HeaderLookup):
     reason: str
     version: str
     headers: Headers = attrs.field(factory=list)
+    #: the head as received (see ``RequestHead.raw``)
+    raw: tuple | None = attrs.field(default=None, kw_only=True, repr=False)
 
     def set_cookies(self) -> list[tuple[str, str]]:
         """``(name, value)`` of every ``Set-Cookie``, attributes dropped."""

@@ -30,6 +30,18 @@ proxy must check on top (RFC 9112):
 A parser calls its *sink* as the message goes by; the data path decides what
 to forward. Errors are raised as :class:`HTTPError` carrying the status the
 client should get.
+
+The fast path (:mod:`.scan`): a message that begins where llhttp is between
+messages (at the start of a read, or right after a message the fast path
+took in the same read) and whose whole head is at hand is first offered to
+a one-call scanner of a strict subset of HTTP/1.x. When the scanner takes
+it, the parser calls the sink exactly as the llhttp path would have, and
+counts the Content-Length body itself; when it does not, the message is
+fed to llhttp from its first byte, and llhttp keeps the stream until it is
+between messages again at the start of a later read. So each message is
+framed once, by one of the two. llhttp's one piece of state between
+messages — after a message that is not kept alive it refuses anything but
+empty lines — is kept for the fast path's messages too (``_closed``).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ import re
 import httptools
 
 from lbframe.messages import RequestHead, ResponseHead
+from lbframe.protocols.http.scan import scan_request, scan_response
 
 #: defaults for the virtual server keys ``max_request_line`` / ``max_head_size``
 MAX_REQUEST_LINE = 8 * 1024
@@ -55,6 +68,9 @@ _CHUNK_LINE_SLACK = 1024
 _STATUS_LINE_FIXED = 13
 #: control characters that may not appear in a reason phrase (HTAB may)
 _REASON_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+#: what llhttp says of bytes after a message that was not kept alive
+_CLOSED = "Data after `Connection: close`"
 
 #: trailer fields refused: llhttp lets them change how it frames what
 #: follows on the connection (a trailer ``Connection: close`` or
@@ -90,8 +106,20 @@ class _Base:
     """What request and response parsing share: the head collection, the
     size accounting, trailers, and the chunked flag."""
 
+    #: offer heads to the scanner first (off: llhttp parses everything, as
+    #: before the fast path; the differential tests compare both)
+    fast = True
+
     def __init__(self, sink, max_head: int):
         self.sink = sink
+        #: llhttp is between messages in its start state, and was fed
+        #: nothing since: the next message may go to the fast path
+        self._idle = True
+        #: a message the fast path took was not kept alive: like llhttp,
+        #: refuse anything after it but empty lines
+        self._closed = False
+        #: body bytes still due to a message the fast path took
+        self._body_left = 0
         self.max_head = max_head
         self.in_head = False
         self.head_bytes = 0  # bytes received since the head began (bounded check)
@@ -250,14 +278,67 @@ class RequestParser(_Base):
         self.parser = httptools.HttpRequestParser(self)
 
     def _feed(self, data: bytes) -> None:
+        if self._idle and self.fast:
+            data = self._scan(data)
+            if not data:
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
+            self._idle = False
             self.sink.upgrade(data[e.args[0]:])
         except httptools.HttpParserError as e:
             raise _llhttp_error(e, "bad request") from None
 
+    def _scan(self, data: bytes) -> bytes:
+        """The fast path over one read: takes every whole message in the
+        subset from its start; answers what llhttp must parse (from the
+        first byte of a message the scanner did not take), or b""."""
+        size = len(data)
+        pos = 0
+        left = self._body_left
+        if left:
+            pos = left if left < size else size
+            self.sink.body(data if pos == size else data[:pos])
+            left = self._body_left = left - pos
+            if left:
+                return b""
+            self.sink.end([])
+        while pos < size:
+            if self._closed:
+                if data[pos:].strip(b"\r\n"):
+                    raise HTTPError(400, f"bad request: {_CLOSED}")
+                return b""
+            found = scan_request(data, pos, self.max_request_line, self.max_head)
+            if found is None:
+                return data[pos:] if pos else data
+            end, method, target, version, headers, keep_alive, length, raw = found
+            self.headers = headers
+            self.length = length
+            self.content_length = length is not None
+            self.chunked = False
+            if not keep_alive:
+                self._closed = True
+            pos = end
+            self.sink.request(RequestHead(method, target, version, headers, raw=raw),
+                              keep_alive, bool(length))
+            if length:
+                take = size - pos
+                if take >= length:
+                    take = length
+                elif not take:
+                    self._body_left = length
+                    return b""
+                self.sink.body(data[pos:pos + take] if pos or take < size else data)
+                pos += take
+                if take < length:
+                    self._body_left = length - take
+                    return b""
+            self.sink.end([])
+        return b""
+
     def on_message_begin(self):
+        self._idle = False
         super().on_message_begin()
         self.url = b""
         # The head began: count from here (a previous message's body bytes
@@ -296,6 +377,9 @@ class RequestParser(_Base):
         self.sink.request(head, parser.should_keep_alive(), has_body)
 
     def on_message_complete(self):
+        # llhttp is in its start state again unless the message was not
+        # kept alive (then it refuses whatever follows)
+        self._idle = self.parser.should_keep_alive()
         self.sink.end(self.trailers or [])
 
 
@@ -341,6 +425,8 @@ class ResponseParser(_Base):
             # llhttp cannot be told that a response has no body: a HEAD
             # exchange gets a parser of its own, stopped after the head.
             self.parser = httptools.HttpResponseParser(self)
+            self._idle = True
+            self._closed = False
         self.head_only = method == "HEAD"
         self.complete = False
         self.extra = 0
@@ -354,9 +440,84 @@ class ResponseParser(_Base):
             return
         if self.head_only:
             self._tail = (self._tail + data)[-4:]
+        if self._idle and self.fast:
+            rest = self._scan(data)
+            if rest:
+                self._llhttp(rest)
+        else:
+            self._llhttp(data)
+        trailers, self._ended = self._ended, None
+        if trailers is not None:
+            self.sink.end(trailers)
+
+    def _scan(self, data: bytes) -> bytes:
+        """The fast path over one read (see ``RequestParser._scan``): one
+        response at most, then the rest is unsolicited."""
+        size = len(data)
+        left = self._body_left
+        if left:
+            pos = left if left < size else size
+            self.sink.body(data if pos == size else data[:pos])
+            left = self._body_left = left - pos
+            if left:
+                return b""
+        else:
+            if self._closed:
+                if data.strip(b"\r\n"):
+                    raise HTTPError(502, f"bad response: {_CLOSED}")
+                return b""
+            found = scan_response(data, 0, self.max_head)
+            if found is None:
+                return data
+            end, status, reason, version, headers, keep_alive, length, raw = found
+            head_only = self.head_only
+            if head_only or status == 204 or status == 304:
+                framing = "none"
+            elif length is not None:
+                framing = "length"
+            else:
+                return data  # framed by the connection's end: llhttp's
+            self.headers = headers
+            self.length = length
+            self.content_length = length is not None
+            self.chunked = False
+            self.reason = reason
+            if not keep_alive and not head_only:
+                self._closed = True
+            self.sink.response(ResponseHead(status, reason, version, headers, raw=raw),
+                               keep_alive, framing)
+            pos = end
+            if head_only:
+                # As llhttp is stopped after the head: whether anything came
+                # after it is told by how the read ends.
+                self.complete = True
+                self._ended = []
+                if not self._tail.endswith(b"\r\n\r\n"):
+                    self.extra = 1
+                return b""
+            if framing == "length" and length:
+                take = size - pos
+                if take < length:
+                    if take:
+                        self.sink.body(data[pos:])
+                    self._body_left = length - take
+                    return b""
+                self.sink.body(data[pos:pos + length])
+                pos += length
+        self.complete = True
+        self._ended = []
+        if pos < size and data[pos:].strip(b"\r\n"):
+            # llhttp would begin a message there (or refuse it after a
+            # response not kept alive): unsolicited either way
+            self._stopped = True
+            self.extra = max(self.extra, 1)
+        return b""
+
+    def _llhttp(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
+            self._idle = False
             self.sink.upgrade(data[e.args[0]:])
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
@@ -379,9 +540,6 @@ class ResponseParser(_Base):
             # e.g. llhttp's "data after Connection: close"
             self._stopped = True
             self.extra = max(self.extra, 1)
-        trailers, self._ended = self._ended, None
-        if trailers is not None:
-            self.sink.end(trailers)
 
     def _unsolicited(self, data: bytes) -> None:
         """Bytes after the complete response, in a later read. Empty lines
@@ -393,6 +551,7 @@ class ResponseParser(_Base):
         if self.complete:
             # A second message after the response in the same read.
             raise _Unsolicited()
+        self._idle = False
         super().on_message_begin()
         self.head_bytes = 0
         self.reason = b""
@@ -474,6 +633,7 @@ class ResponseParser(_Base):
                                  "Content-Length or Transfer-Encoding")
 
     def on_message_complete(self):
+        self._idle = self.parser.should_keep_alive()
         if self.trailers is None:  # the end of a 1xx
             return
         self.complete = True
