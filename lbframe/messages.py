@@ -100,10 +100,54 @@ def _find(headers: Headers, name: str) -> list[str]:
     return [v.decode("latin-1") for n, v in headers if n.lower() == wanted]
 
 
+#: a field line of a head as the parser's fast path accepts it (scan.py):
+#: exactly ``name: value CRLF``
+_FIELD_LINE = re.compile(rb"([^:]+): ([^\r]*)\r\n")
+
+
 class _HeaderLookup:
-    """``header``/``header_values`` over a ``headers`` list (both heads)."""
+    """``header``/``header_values`` over a ``headers`` list (both heads),
+    and the head as received.
+
+    A head read by the parser's fast path (lbframe/protocols/http/scan.py)
+    carries ``raw``: (the head's bytes up to and with the CRLF of its last
+    field line, the lower-cased names of its fields a proxy may drop, its
+    Connection token, its start line as read, and — once ``headers`` was
+    read — the fields as split). Its ``headers`` are split from those bytes
+    on first read: the data path itself reads none on most requests, and
+    forwards such a head as the bytes it came in (see :meth:`received`)."""
 
     __slots__ = ()
+
+    @property
+    def headers(self) -> Headers:
+        """(name, value) bytes pairs, in arrival order, name case kept."""
+        headers = self._headers
+        if headers is None:
+            raw = self.raw
+            data = raw[0]
+            headers = self._headers = _FIELD_LINE.findall(data, data.index(b"\n") + 1)
+            # What was split, to tell later whether anyone changed it.
+            self.raw = raw[:4] + (tuple(headers),)
+        return headers
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._headers = value
+        self.raw = None
+
+    def received(self) -> tuple | None:
+        """``raw`` (see the class) when nothing changed the head since it
+        was received — start line and fields — else None."""
+        raw = self.raw
+        if raw is None:
+            return None
+        if self._start() != raw[3]:
+            return None
+        headers = self._headers
+        if headers is not None and tuple(headers) != raw[4]:
+            return None
+        return raw
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -124,14 +168,17 @@ class RequestHead(_HeaderLookup):
     target: str
     #: ``"1.1"`` or ``"1.0"``
     version: str
-    headers: Headers = attrs.field(factory=list)
-    #: the head as received, when the parser's fast path read it (opaque:
-    #: see lbframe/protocols/http/scan.py and heads.py, which forward it
-    #: as a slice while the head is unchanged); None otherwise
+    #: (the ``headers`` argument: None splits them from ``raw`` when read)
+    _headers: Headers | None = attrs.field(factory=list)
+    #: the head as received, when the parser's fast path read it (see
+    #: ``_HeaderLookup``); None otherwise
     raw: tuple | None = attrs.field(default=None, kw_only=True, repr=False)
     _cookies: dict | None = attrs.field(default=None, init=False)
     _query: dict | None = attrs.field(default=None, init=False)
     _normalized: str | None = attrs.field(default=None, init=False)
+
+    def _start(self) -> tuple:
+        return (self.method, self.target, self.version)
 
     @property
     def path(self) -> str:
@@ -195,9 +242,13 @@ class ResponseHead(_HeaderLookup):
     status: int
     reason: str
     version: str
-    headers: Headers = attrs.field(factory=list)
-    #: the head as received (see ``RequestHead.raw``)
+    #: (the ``headers`` argument: None splits them from ``raw`` when read)
+    _headers: Headers | None = attrs.field(factory=list)
+    #: the head as received (see ``_HeaderLookup``)
     raw: tuple | None = attrs.field(default=None, kw_only=True, repr=False)
+
+    def _start(self) -> tuple:
+        return (self.status, self.reason)
 
     def set_cookies(self) -> list[tuple[str, str]]:
         """``(name, value)`` of every ``Set-Cookie``, attributes dropped."""

@@ -64,6 +64,66 @@ def _dropped(headers, extra: frozenset) -> tuple[frozenset, frozenset]:
 _CACHE: dict = {}
 
 
+# -- heads as received ------------------------------------------------------
+#
+# A head the parser's fast path read (``head.raw``, see scan.py) is in the
+# form these functions write: the start line as they write it and every
+# field line exactly ``name: value CRLF``. Rebuilding it would give back the
+# same bytes for every line kept, so the head goes out as received, with
+# only the lines to drop cut out and the lines to add appended — the same
+# bytes as the rebuild, without a Python step per header.
+
+#: how a droppable field line begins, in the lower-cased head
+_LINE_START = {name: b"\n" + name + b": " for name in (
+    b"connection", b"keep-alive", b"te", b"close", b"x-forwarded-proto",
+    b"x-client-cert-subject")}
+
+
+def _cut(data: bytes, present: tuple, dropped) -> bytes:
+    """``data`` without the field lines named in ``dropped`` (``present``:
+    the droppable names it has, lower-cased, one per line)."""
+    spans = None
+    low = None
+    for name in present:
+        if name not in dropped:
+            continue
+        if low is None:
+            low = data.lower()
+            spans = []
+        elif any(name == seen for seen, _, _ in spans):
+            continue  # all its lines are found already
+        start = _LINE_START[name]
+        i = low.find(start)
+        while i >= 0:
+            end = low.index(b"\r\n", i + 1) + 2
+            spans.append((name, i + 1, end))
+            i = low.find(start, end - 2)
+    if spans is None:
+        return data
+    if len(spans) == 1:
+        _, a, b = spans[0]
+        return data[:a] + data[b:]
+    spans.sort(key=lambda span: span[1])
+    pieces = []
+    last = 0
+    for _, a, b in spans:
+        pieces.append(data[last:a])
+        last = b
+    pieces.append(data[last:])
+    return b"".join(pieces)
+
+
+_REQUEST_DROPPED = {
+    # (forwarded_for on, client_cert on, Connection: close) -> names cut
+    (f, c, close): frozenset(_ALWAYS_HOP | ({b"x-forwarded-proto"} if f else set())
+                             | ({b"x-client-cert-subject"} if c else set())
+                             | ({b"close"} if close else set()))
+    for f in (False, True) for c in (False, True) for close in (False, True)}
+_RESPONSE_DROPPED = {close: frozenset(_ALWAYS_HOP | {b"transfer-encoding"}
+                                      | ({b"close"} if close else set()))
+                     for close in (False, True)}
+
+
 _CLIENT_CERT = b"x-client-cert-subject"
 _NO_EXTRA = frozenset()
 _FORWARDED = frozenset((b"x-forwarded-proto",))
@@ -89,6 +149,20 @@ def request_bytes(head: RequestHead, forwarded_for: str | None, proto: bytes,
     would cost a new member connection, as the member closes after
     answering a plain HTTP/1.0 request. HAProxy does the same.
     """
+    raw = head.raw and head.received()
+    if raw is not None and not upgrade:
+        data, present, token = raw[0], raw[1], raw[2]
+        if present:
+            data = _cut(data, present, _REQUEST_DROPPED[
+                forwarded_for is not None, client_cert is not False, token == b"close"])
+        if member_keep_alive and head.version == "1.0":
+            data += b"Connection: keep-alive\r\n"
+        if forwarded_for is not None:
+            data += b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (
+                forwarded_for.encode("ascii"), proto)
+        if client_cert:
+            data += b"X-Client-Cert-Subject: %s\r\n" % client_cert.encode("utf-8")
+        return data + b"\r\n"
     extra = _NO_EXTRA if forwarded_for is None else _FORWARDED
     if client_cert is not False:
         extra = extra | {_CLIENT_CERT}
@@ -126,6 +200,26 @@ def response_bytes(head: ResponseHead, chunked: bool, close: bool, keep_alive: b
     ``keep_alive``: say ``Connection: keep-alive`` (an HTTP/1.0 client that
     asked for it); ``extra``: headers to add, e.g. a persistence cookie.
     """
+    raw = head.raw and head.received()
+    if raw is not None:
+        data, present = raw[0], raw[1]
+        if present:
+            data = _cut(data, present, _RESPONSE_DROPPED[raw[2] == b"close"])
+        if data[7] != 0x31:  # "HTTP/1.0": we answer in 1.1
+            data = b"HTTP/1.1" + data[8:]
+        if extra or chunked or close or keep_alive:
+            out = [data]
+            for name, value in extra:
+                out.append(b"%s: %s\r\n" % (name, value))
+            if chunked:
+                out.append(b"Transfer-Encoding: chunked\r\n")
+            if close:
+                out.append(b"Connection: close\r\n")
+            elif keep_alive:
+                out.append(b"Connection: keep-alive\r\n")
+            out.append(b"\r\n")
+            return b"".join(out)
+        return data + b"\r\n"
     upgrade = head.status == 101
     dropped, lengths = _dropped(head.headers, _NOT_FRAMING)
     out = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason.encode("latin-1"))]

@@ -312,15 +312,14 @@ class RequestParser(_Base):
             found = scan_request(data, pos, self.max_request_line, self.max_head)
             if found is None:
                 return data[pos:] if pos else data
-            end, method, target, version, headers, keep_alive, length, raw = found
-            self.headers = headers
+            end, method, target, version, keep_alive, length, raw = found
             self.length = length
             self.content_length = length is not None
             self.chunked = False
             if not keep_alive:
                 self._closed = True
             pos = end
-            self.sink.request(RequestHead(method, target, version, headers, raw=raw),
+            self.sink.request(RequestHead(method, target, version, None, raw=raw),
                               keep_alive, bool(length))
             if length:
                 take = size - pos
@@ -469,7 +468,7 @@ class ResponseParser(_Base):
             found = scan_response(data, 0, self.max_head)
             if found is None:
                 return data
-            end, status, reason, version, headers, keep_alive, length, raw = found
+            end, status, reason, version, keep_alive, length, raw = found
             head_only = self.head_only
             if head_only or status == 204 or status == 304:
                 framing = "none"
@@ -477,14 +476,13 @@ class ResponseParser(_Base):
                 framing = "length"
             else:
                 return data  # framed by the connection's end: llhttp's
-            self.headers = headers
             self.length = length
             self.content_length = length is not None
             self.chunked = False
             self.reason = reason
             if not keep_alive and not head_only:
                 self._closed = True
-            self.sink.response(ResponseHead(status, reason, version, headers, raw=raw),
+            self.sink.response(ResponseHead(status, reason, version, None, raw=raw),
                                keep_alive, framing)
             pos = end
             if head_only:

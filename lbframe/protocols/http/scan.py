@@ -46,34 +46,37 @@ import re
 METHODS = {b"GET": "GET", b"HEAD": "HEAD", b"POST": "POST", b"PUT": "PUT",
            b"DELETE": "DELETE", b"OPTIONS": "OPTIONS", b"PATCH": "PATCH"}
 
-_VALUE = rb"(?:[!-~](?:[\t -~]*[!-~])?)?"
-_FIELDS = rb"((?:[-!#$%&'*+.^_`|~0-9A-Za-z]+: " + _VALUE + rb"\r\n)*)\r\n"
+#: field lines, with possessive repeats (no backtracking: each line is
+#: taken or the match fails). A value is empty or words of visible ASCII
+#: separated by SP/HTAB runs — never whitespace at either end, which
+#: llhttp drops before a value and keeps after it, and which a rebuilt
+#: line would not reproduce.
+_FIELDS = (rb"((?:[-!#$%&'*+.^_`|~0-9A-Za-z]++: (?:[!-~]++(?:[\t ]++[!-~]++)*+)?+\r\n)*+)"
+           rb"\r\n")
 
 _REQUEST = re.compile(
-    rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (/[-A-Za-z0-9._~!$&'()*+,;=:@/?%]*)"
+    rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (/[-A-Za-z0-9._~!$&'()*+,;=:@/?%]*+)"
     rb" HTTP/1\.([01])\r\n" + _FIELDS)
 _RESPONSE = re.compile(
-    rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([!-~](?:[ -~]*[!-~])?)\r\n" + _FIELDS)
-
-#: one field line of an accepted head: (name, value)
-_FIELD = re.compile(rb"([^:]+): ([^\r]*)\r\n")
+    rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([!-~]++(?: ++[!-~]++)*+)\r\n" + _FIELDS)
 
 #: the fields that frame the message or the connection, or that a
 #: forwarded head may drop (see heads.py), in the lower-cased field block:
-#: (name, value) — found in one pass, by the line feed before them
+#: (name, value), found in one pass
 _SPECIAL = re.compile(
     rb"\n(host|content-length|connection|transfer-encoding|proxy-connection|upgrade|expect"
     rb"|keep-alive|te|close|x-forwarded-proto|x-client-cert-subject): ([^\r]*)")
+
 _FALLBACK = frozenset((b"transfer-encoding", b"proxy-connection", b"upgrade", b"expect"))
 _MAX_LENGTH_DIGITS = 15
 
 
-def _fields(data: bytes, start: int, end: int):
-    """The framing facts of the field block ``data[start:end]`` (``start``
-    just after the CRLF of the start line): (Host count, Content-Length or
+def _fields(block: bytes):
+    """The framing facts of a field block (with the line feed before it):
+    (Host count, Content-Length or
     None, Connection token or None, the lower-cased names of the fields
     heads.py may drop, in order), or None for anything outside the subset."""
-    specials = _SPECIAL.findall(data[start - 1:end].lower())
+    specials = _SPECIAL.findall(block.lower())
     if not specials:
         return 0, None, None, ()
     hosts = 0
@@ -101,36 +104,44 @@ def _fields(data: bytes, start: int, end: int):
 def scan_request(data: bytes, pos: int, max_request_line: int, max_head: int):
     """The request head at ``data[pos:]``, or None (not in the subset, or
     incomplete): (end — the index after it, method, target, version,
-    headers, keep_alive, Content-Length or None, raw — for
-    ``RequestHead.raw``: the head's bytes without its final CRLF, its
-    droppable lines, its Connection token)."""
+    keep_alive, Content-Length or None, raw).
+
+    ``raw`` is for ``RequestHead.raw`` (see lbframe/messages.py; heads.py
+    forwards it): the head's bytes without its final CRLF, the lower-cased
+    names of its fields heads.py may drop, its Connection token, its start
+    line as read. The fields are split from it when first read."""
     m = _REQUEST.match(data, pos)
     if m is None:
         return None
     end = m.end()
-    if end - pos > max_head or m.end(2) - m.start(2) > max_request_line:
+    if end - pos > max_head:
         return None
-    start, stop = m.span(4)
-    facts = _fields(data, start, stop)
+    method, target, minor = m.groups()[:3]
+    if len(target) > max_request_line:
+        return None
+    facts = _fields(data[m.start(4) - 1:end - 2])
     if facts is None:
         return None
     hosts, length, token, droppable = facts
-    if m.group(3) == b"1":
+    if minor == b"1":
         if hosts != 1:
             return None
-        return (end, METHODS[m.group(1)], m.group(2).decode("latin-1"), "1.1",
-                _FIELD.findall(data, start, stop), token != b"close", length,
-                (data[pos:stop], droppable, token))
-    if hosts > 1:
-        return None
-    return (end, METHODS[m.group(1)], m.group(2).decode("latin-1"), "1.0",
-            _FIELD.findall(data, start, stop), token == b"keep-alive", length,
-            (data[pos:stop], droppable, token))
+        version = "1.1"
+        keep_alive = token != b"close"
+    else:
+        if hosts > 1:
+            return None
+        version = "1.0"
+        keep_alive = token == b"keep-alive"
+    method = METHODS[method]
+    target = target.decode("latin-1")
+    return (end, method, target, version, keep_alive, length,
+            (data[pos:end - 2], droppable, token, (method, target, version)))
 
 
 def scan_response(data: bytes, pos: int, max_head: int):
     """The response head at ``data[pos:]``, or None: (end, status, reason,
-    version, headers, keep_alive, Content-Length or None, raw). The caller
+    version, keep_alive, Content-Length or None, raw). The caller
     decides the framing (HEAD, 204/304, Content-Length; none of those: ask
     llhttp)."""
     m = _RESPONSE.match(data, pos)
@@ -139,13 +150,13 @@ def scan_response(data: bytes, pos: int, max_head: int):
     end = m.end()
     if end - pos > max_head:
         return None
-    start, stop = m.span(4)
-    facts = _fields(data, start, stop)
+    minor, status, reason = m.groups()[:3]
+    facts = _fields(data[m.start(4) - 1:end - 2])
     if facts is None:
         return None
     _, length, token, droppable = facts
-    status = int(m.group(2))
-    if m.group(1) == b"1":
+    status = int(status)
+    if minor == b"1":
         version = "1.1"
         keep_alive = token != b"close"
     else:
@@ -153,6 +164,6 @@ def scan_response(data: bytes, pos: int, max_head: int):
         keep_alive = token == b"keep-alive"
     if keep_alive and length is None and status != 204 and status != 304:
         keep_alive = False  # llhttp: the message needs the connection's end
-    return (end, status, m.group(3).decode("latin-1"), version,
-            _FIELD.findall(data, start, stop), keep_alive, length,
-            (data[pos:stop], droppable, token))
+    reason = reason.decode("latin-1")
+    return (end, status, reason, version, keep_alive, length,
+            (data[pos:end - 2], droppable, token, (status, reason)))
