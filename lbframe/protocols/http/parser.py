@@ -102,6 +102,11 @@ def _llhttp_error(e: Exception, what: str, status: int = 400) -> HTTPError:
     return HTTPError(status, f"{what}: {e}")
 
 
+#: what the fast path does instead of llhttp's callbacks (see ``_Base.fast``)
+_CALLBACKS = ("on_message_begin", "on_url", "on_status", "on_header", "on_headers_complete",
+              "on_body", "on_message_complete", "_headers_done", "_check_status_line")
+
+
 class _Base:
     """What request and response parsing share: the head collection, the
     size accounting, trailers, and the chunked flag."""
@@ -109,6 +114,14 @@ class _Base:
     #: offer heads to the scanner first (off: llhttp parses everything, as
     #: before the fast path; the differential tests compare both)
     fast = True
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass elsewhere that overrides how llhttp's callbacks decide
+        a message (a test planting a bug, say) gets the llhttp path only:
+        the fast path would go round its override."""
+        super().__init_subclass__(**kwargs)
+        if cls.__module__ != __name__ and any(name in vars(cls) for name in _CALLBACKS):
+            cls.fast = False
 
     def __init__(self, sink, max_head: int):
         self.sink = sink

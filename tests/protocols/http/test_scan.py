@@ -620,3 +620,26 @@ class ForwardedHeadTests(SynchronousTestCase):
         self.assertIsNotNone(head.received())
         self.assertEqual(heads.request_bytes(head, None, b"http", False),
                          b"GET /a HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n")
+
+
+class FuzzTargetOracleTests(SynchronousTestCase):
+    """fuzz/targets/http_scan.py sees a fast path that strays from llhttp."""
+
+    def test_a_scanner_that_keeps_a_1_0_request_alive_is_found(self):
+        from fuzz.common import Finding
+        from fuzz.targets import http_scan
+
+        real = scan.scan_request
+
+        def wrong(*args):
+            found = real(*args)
+            if found is not None and found[3] == "1.0":
+                found = found[:4] + (True,) + found[5:]
+            return found
+        self.patch(scan, "scan_request", wrong)
+        import lbframe.protocols.http.parser as parser_module
+        self.patch(parser_module, "scan_request", wrong)
+        with self.assertRaises(Finding) as caught:
+            http_scan.TestOneInput(b"\x00GET / HTTP/1.0\r\n\r\n")
+        self.assertEqual(caught.exception.name, "http-scan-request")
+        http_scan.TestOneInput(b"\x00GET / HTTP/1.1\r\nHost: h\r\n\r\n")
