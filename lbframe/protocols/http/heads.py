@@ -19,6 +19,8 @@ ignored, as HAProxy ignores every token but ``close``, ``keep-alive`` and
 
 from __future__ import annotations
 
+import functools
+
 from lbframe.messages import RequestHead, ResponseHead
 
 _ALWAYS_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te",
@@ -82,6 +84,16 @@ _LINE_START = {name: b"\n" + name + b": " for name in (
 def _cut(data: bytes, present: tuple, dropped) -> bytes:
     """``data`` without the field lines named in ``dropped`` (``present``:
     the droppable names it has, lower-cased, one per line)."""
+    if len(present) == 1:
+        # The usual case (a browser's or nginx's Connection: keep-alive).
+        name = present[0]
+        if name not in dropped:
+            return data
+        start = _LINE_START[name]
+        low = data.lower()
+        i = low.find(start) + 1
+        end = low.index(b"\r\n", i) + 2
+        return data[:i] + data[end:]
     spans = None
     low = None
     for name in present:
@@ -124,6 +136,13 @@ _RESPONSE_DROPPED = {close: frozenset(_ALWAYS_HOP | {b"transfer-encoding"}
                      for close in (False, True)}
 
 
+@functools.lru_cache(maxsize=4096)
+def _forwarded(forwarded_for: str, proto: bytes) -> bytes:
+    """The X-Forwarded-* lines for one client (the same for all its requests)."""
+    return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (
+        forwarded_for.encode("ascii"), proto)
+
+
 _CLIENT_CERT = b"x-client-cert-subject"
 _NO_EXTRA = frozenset()
 _FORWARDED = frozenset((b"x-forwarded-proto",))
@@ -157,11 +176,12 @@ def request_bytes(head: RequestHead, forwarded_for: str | None, proto: bytes,
                 forwarded_for is not None, client_cert is not False, token == b"close"])
         if member_keep_alive and head.version == "1.0":
             data += b"Connection: keep-alive\r\n"
-        if forwarded_for is not None:
-            data += b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (
-                forwarded_for.encode("ascii"), proto)
         if client_cert:
-            data += b"X-Client-Cert-Subject: %s\r\n" % client_cert.encode("utf-8")
+            if forwarded_for is not None:
+                data += _forwarded(forwarded_for, proto)
+            return data + b"X-Client-Cert-Subject: %s\r\n\r\n" % client_cert.encode("utf-8")
+        if forwarded_for is not None:
+            return data + _forwarded(forwarded_for, proto) + b"\r\n"
         return data + b"\r\n"
     extra = _NO_EXTRA if forwarded_for is None else _FORWARDED
     if client_cert is not False:
