@@ -125,6 +125,9 @@ class _HeaderLookup:
         headers = self._headers
         if headers is None:
             raw = self.raw
+            if raw is None:  # (constructed with None and nothing to split)
+                headers = self._headers = []
+                return headers
             data = raw[0]
             headers = self._headers = _FIELD_LINE.findall(data, data.index(b"\n") + 1)
             # What was split, to tell later whether anyone changed it.
