@@ -116,7 +116,7 @@ def scan_request(data: bytes, pos: int, max_request_line: int, max_head: int):
     end = m.end()
     if end - pos > max_head:
         return None
-    method, target, minor = m.groups()[:3]
+    method, target, minor = m.group(1, 2, 3)
     if len(target) > max_request_line:
         return None
     facts = _fields(data[m.start(4) - 1:end - 2])
@@ -150,7 +150,7 @@ def scan_response(data: bytes, pos: int, max_head: int):
     end = m.end()
     if end - pos > max_head:
         return None
-    minor, status, reason = m.groups()[:3]
+    minor, status, reason = m.group(1, 2, 3)
     facts = _fields(data[m.start(4) - 1:end - 2])
     if facts is None:
         return None
