@@ -78,6 +78,9 @@ class Dispatcher:
         #: a transport's ``fileno()`` is -1 once its socket is closed
         self.by_fd: dict = {}
         self.masks: dict = {}
+        #: fd -> the http path's own streams and connects (transport.py),
+        #: which keep their mask themselves
+        self.streams: dict = {}
         self.users = 0
 
     @classmethod
@@ -116,6 +119,30 @@ class Dispatcher:
                 reactor.addReader(desc)
             if mask & _OUT:
                 reactor.addWriter(desc)
+
+    # -- the http path's own streams (lbframe.protocols.http.transport) ------
+
+    def watch(self, stream, old: int, new: int) -> None:
+        """``stream`` waits for ``new`` (it waited for ``old``)."""
+        fd = stream.fd
+        if not old:
+            self.epoll.register(fd, new)
+            self.streams[fd] = stream
+        elif not new:
+            self.epoll.unregister(fd)
+            del self.streams[fd]
+        else:
+            self.epoll.modify(fd, new)
+
+    def forget(self, stream) -> None:
+        """``stream``'s socket is about to be closed, which takes it out of
+        the epoll set: drop it from the books without a system call."""
+        if self.streams.get(stream.fd) is stream:
+            del self.streams[stream.fd]
+
+    def handover(self, old, new) -> None:
+        """``new`` takes ``old``'s registration (a connect became a stream)."""
+        self.streams[new.fd] = new
 
     def adopt(self, transport) -> None:
         """Move a connected TCP transport (or the one under a TLS protocol)
@@ -213,12 +240,25 @@ class Dispatcher:
     def doRead(self):
         by_fd = self.by_fd
         masks = self.masks
+        streams = self.streams
         poll = self.epoll.poll
         for _ in range(ROUNDS):
             events = poll(0, MAX_EVENTS)
             if not events:
                 break
             for fd, event in events:
+                stream = streams.get(fd)
+                if stream is not None:
+                    try:
+                        if event == _IN:  # the common case
+                            stream.doRead()
+                        else:
+                            stream.on_event(event)
+                    except BaseException:
+                        log.err(None, "lbframe.http.dispatch: in {stream!r}".format(
+                            stream=stream))
+                        stream.connectionLost(failure.Failure())
+                    continue
                 desc = by_fd.get(fd)
                 if desc is None:
                     continue

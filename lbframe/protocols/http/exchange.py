@@ -23,6 +23,7 @@ from lbframe.protocols.http import heads, pages
 from lbframe.protocols.http.members import Connect
 from lbframe.protocols.http.parser import HTTPError
 from lbframe.protocols.http.send import has_unsent, send
+from lbframe.protocols.http.transport import connect_tcp
 from lbframe.tls.client import describe_tls_error, verify_error
 
 log = Logger(namespace="lbframe.http")
@@ -291,8 +292,8 @@ class Exchange:
         timeout = server.virtual.spec.timeout_connect
         tls = server.settings.member_tls.get(self.decision.pool.name)
         if tls is None:
-            factory.connector = server.reactor.connectTCP(
-                address.host, address.port, factory, timeout=timeout)
+            factory.connector = connect_tcp(server.reactor, server.dispatch, address.host,
+                                            address.port, factory, timeout)
         else:
             factory.connector = server.reactor.connectSSL(
                 address.host, address.port, factory, tls.creator(address.host),

@@ -31,6 +31,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from lbframe.protocols.http.parser import ResponseParser
+from lbframe.protocols.http.transport import Stream
 
 log = Logger(namespace="lbframe.http")
 
@@ -38,10 +39,12 @@ log = Logger(namespace="lbframe.http")
 def _raw_socket(transport):
     """The TCP socket under ``transport`` and whether TLS runs on it (its
     bytes are then records, not HTTP), or (None, False)."""
+    if type(transport) is Stream:
+        return transport.socket, False
     if isinstance(transport, tcp.Connection):
         return transport.socket, bool(transport.TLS)
     below = getattr(transport, "transport", None)  # TLSMemoryBIOProtocol
-    if isinstance(below, tcp.Connection):
+    if type(below) is Stream or isinstance(below, tcp.Connection):
         return below.socket, True
     return None, False
 

@@ -1,4 +1,4 @@
-"""Write to a TCP transport at once when nothing is queued before it.
+"""Write to a transport at once when nothing is queued before it.
 
 Twisted's ``transport.write`` always queues: the bytes go out on the next
 reactor turn, after registering the socket for writability and removing it
@@ -9,17 +9,35 @@ all of that; what the kernel does not take is queued the usual way, so
 backpressure (``registerProducer``) works unchanged. TLS (a TCP transport
 with ``TLS`` set: its socket carries records, not our bytes) and other
 transports always take the usual way.
+
+The http path's own :class:`~lbframe.protocols.http.transport.Stream` does
+this in its ``write`` already; Twisted transports remain for ``tls = yes``
+member connections and for reactors without an epoll set.
 """
 
 from __future__ import annotations
 
 from twisted.internet.tcp import Connection
 
+from lbframe.protocols.http.transport import Stream
+
+
+def unsent_bytes(transport) -> int:
+    """How many bytes written to a TCP transport (ours or Twisted's) the
+    kernel has not taken yet (0 for other transports)."""
+    if type(transport) is Stream:
+        return transport.unsent
+    if isinstance(transport, Connection):
+        return transport._tempDataLen + len(transport.dataBuffer) - transport.offset
+    return 0
+
 
 def has_unsent(transport) -> bool:
     """True when a TCP transport still holds bytes it could not send (a
     member that answered without reading the whole request): such a
     connection must not be reused."""
+    if type(transport) is Stream:
+        return transport.unsent > 0
     if isinstance(transport, Connection):
         return bool(transport._tempDataLen or transport.offset < len(transport.dataBuffer))
     return False
@@ -29,6 +47,9 @@ def send(transport, data: bytes) -> bool:
     """Write ``data``; True when all of it went to the socket at once,
     False when some of it waits in the transport (or went through a layer,
     such as TLS, that does not tell): the caller then wants backpressure."""
+    if type(transport) is Stream:
+        transport.write(data)
+        return not transport.unsent
     if (isinstance(transport, Connection) and not transport.TLS and transport.connected
             and not transport.disconnecting and not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer)):

@@ -27,6 +27,7 @@ from lbframe.protocols.http.client import ClientConnection
 from lbframe.protocols.http.dispatch import Dispatcher
 from lbframe.protocols.http.members import IdleConnections
 from lbframe.protocols.http.parser import RequestParser
+from lbframe.protocols.http.transport import StreamServer
 from lbframe.protocols.listening import ListenOutcome, reported_elsewhere, why_not
 from lbframe.protocols.timeouts import TimerWheel
 
@@ -78,6 +79,11 @@ class Listener:
 
             factory = TLSServerFactory(self.tls, factory, send)
         listening = GatedPort(port, factory, backlog, interface, reactor, gate)
+        dispatch = Dispatcher.for_reactor(reactor)
+        if dispatch is not None:
+            # Accepted connections are the http path's own streams (a TLS
+            # protocol, when we terminate it, runs on top of one).
+            listening.transport = StreamServer(dispatch)
         try:
             listening.startListening()
         except Exception:

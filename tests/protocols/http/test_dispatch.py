@@ -8,6 +8,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
 from lbframe.protocols.http.dispatch import Dispatcher
+from lbframe.protocols.http.transport import Stream
 from tests.httpkit import HTTPSiteMixin
 from tests.helpers import WaitMixin
 
@@ -48,17 +49,21 @@ class DataPathTests(HTTPSiteMixin, TestCase):
         self.assertIsNotNone(dispatch)
         conn = next(iter(self.service.connections))
         raw = conn.transport
-        self.assertIs(raw.reactor, dispatch.redirect)
+        # The http path's own stream, in the dispatcher's epoll set.
+        self.assertIsInstance(raw, Stream)
         self.assertNotIn(raw, reactor.getReaders())
-        self.assertIs(dispatch.by_fd[raw.fileno()], raw)
+        fd = raw.fileno()
+        self.assertIs(dispatch.streams[fd], raw)
         idle = self.service.idle.acquire(self.runtime.pools["p"].members["a"])
         self.assertIsNotNone(idle)
-        self.assertIs(dispatch.by_fd[idle.transport.fileno()], idle.transport)
+        self.assertIsInstance(idle.transport, Stream)
+        self.assertIs(dispatch.streams[idle.transport.fileno()], idle.transport)
         self.service.idle.release(self.runtime.pools["p"].members["a"], idle)
         # A close from the client is seen there, and the books are cleaned.
         client.transport.loseConnection()
         yield self.wait_until(lambda: not self.service.connections)
-        self.assertNotIn(raw, dispatch.masks)
+        self.assertIsNot(dispatch.streams.get(fd), raw)
+        self.assertEqual(raw.fileno(), -1)
 
 
 class DispatcherTests(WaitMixin, TestCase):

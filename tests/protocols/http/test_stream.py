@@ -13,6 +13,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from lbframe.protocols import proxy_protocol
+from lbframe.protocols.http.send import unsent_bytes
 from tests.httpkit import HTTPSiteMixin, RawClient
 
 MiB = 1024 * 1024
@@ -253,11 +254,9 @@ class SlowUploadTests(HTTPSiteMixin, TestCase):
         self.assertTrue(producer.paused)
         self.assertLess(_rss() - before, 24 * MiB)
         server_side = next(iter(self.service.connections))
-        self.assertLess(len(server_side.transport.dataBuffer) +
-                        server_side.transport._tempDataLen, 1 * MiB)
+        self.assertLess(unsent_bytes(server_side.transport), 1 * MiB)
         exchange = server_side.exchanges[0]
-        self.assertLess(len(exchange.conn.transport.dataBuffer) +
-                        exchange.conn.transport._tempDataLen, 2 * MiB)
+        self.assertLess(unsent_bytes(exchange.conn.transport), 2 * MiB)
         producer.stopProducing()
 
 
