@@ -159,7 +159,7 @@ class RealSocketTests(WaitMixin, TestCase):
         self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         producer = Producer()
         self.stream.registerProducer(producer, True)
-        block = bytes(range(256)) * 1024  # 256 KiB
+        block = bytes(range(256)) * 512  # 128 KiB
         self.stream.write(block)
         self.assertTrue(has_unsent(self.stream))
         self.assertTrue(self.stream.mask & _OUT)
@@ -169,7 +169,7 @@ class RealSocketTests(WaitMixin, TestCase):
         self.assertEqual(unsent_bytes(self.stream), self.stream.unsent)
         got = []
         while sum(map(len, got)) < len(block) + 4:
-            yield task.deferLater(reactor, 0.001, lambda: None)
+            yield task.deferLater(reactor, 0, lambda: None)
             got.append(_drain_peer(self.peer))
         self.assertEqual(b"".join(got), block + b"tail")
         yield self.wait_until(lambda: not has_unsent(self.stream))
