@@ -7,7 +7,15 @@ itself costs). As the tcp path's relay engine does (see
 set of their own, which the reactor sees as one reader; when it is readable,
 the ready connections are served directly.
 
-Unlike the relay engine, what waits here are Twisted's own TCP transports
+Two kinds of connection wait here. The http path's own streams and
+connects (:mod:`lbframe.protocols.http.transport`: accepted client
+connections of ``tcp:``/``tcp6:``/``ssl:`` listeners, member connections of
+pools without ``tls``) register themselves (:meth:`Dispatcher.watch`) and are
+served first, with nothing between the poll and their ``doRead``: they stay
+here until they close (each holds the set with :meth:`Dispatcher.acquire`).
+
+The others are Twisted's own TCP transports (``tls = yes`` member
+connections, ``unix:`` listeners' connections). They wait here
 (``tcp.Server``/``tcp.Client``, with or without TLS on them), unchanged: a
 transport is moved here by setting its ``reactor`` attribute to a
 :class:`_Redirect`, through which its ``startReading``/``startWriting`` and
@@ -17,9 +25,10 @@ the reactor. Events are handled exactly as the epoll reactor handles them
 disconnects the transport, a hang-up while reading is a clean close), so
 producers, half-close, TLS and ``abortConnection`` behave as before.
 
-While no http virtual server runs, the set is not registered with the
-reactor; when the last one stops, every transport still here goes back to
-the reactor with its registrations, so nothing is stranded.
+While no http virtual server runs and no stream is open, the set is not
+registered with the reactor; when the last user goes, every Twisted
+transport still here goes back to the reactor with its registrations, so
+nothing is stranded.
 """
 
 from __future__ import annotations
@@ -81,6 +90,9 @@ class Dispatcher:
         #: fd -> the http path's own streams and connects (transport.py),
         #: which keep their mask themselves
         self.streams: dict = {}
+        #: inside doRead (streams closing then wait for its round's end)
+        self.serving = False
+        self.closing: list = []
         self.users = 0
 
     @classmethod
@@ -139,6 +151,22 @@ class Dispatcher:
         the epoll set: drop it from the books without a system call."""
         if self.streams.get(stream.fd) is stream:
             del self.streams[stream.fd]
+
+    def close_soon(self, stream) -> None:
+        """Close ``stream`` (``close_now``) when this round of events ends."""
+        self.closing.append(stream)
+
+    def _close_pending(self) -> None:
+        closing = self.closing
+        while closing:
+            self.closing = []
+            for stream in closing:
+                try:
+                    stream.close_now()
+                except BaseException:
+                    log.err(None, "lbframe.http.dispatch: closing {stream!r}".format(
+                        stream=stream))
+            closing = self.closing
 
     def handover(self, old, new) -> None:
         """``new`` takes ``old``'s registration (a connect became a stream)."""
@@ -238,6 +266,16 @@ class Dispatcher:
         return "lbframe.http.dispatch"
 
     def doRead(self):
+        self.serving = True
+        try:
+            self._serve()
+        finally:
+            self.serving = False
+            if self.closing:
+                self._close_pending()
+        return None
+
+    def _serve(self) -> None:
         by_fd = self.by_fd
         masks = self.masks
         streams = self.streams
@@ -288,7 +326,8 @@ class Dispatcher:
                         log.err()
                 if why:
                     self._disconnect(desc, why, in_read)
-        return None
+            if self.closing:
+                self._close_pending()
 
     def _disconnect(self, desc, why, is_read: bool) -> None:
         """The reactor's ``_disconnectSelectable``, on this set."""

@@ -134,6 +134,8 @@ class Stream:
     # -- readiness (the dispatcher calls these) ----------------------------
 
     def doRead(self) -> None:
+        if self.disconnecting:
+            return  # (closing at the end of the dispatcher's round: see loseConnection)
         try:
             n = self.socket.recv_into(_buffer)
         except (BlockingIOError, InterruptedError):
@@ -198,14 +200,17 @@ class Stream:
             out = None
         self.out = None
         self.unsent = 0
-        self._want(self.mask & ~_OUT)
         producer = self.producer
         if producer is not None and (not self.streamingProducer or self.producerPaused):
+            self._want(self.mask & ~_OUT)
             self.producerPaused = False
             producer.resumeProducing()
-        elif self.disconnecting:
-            self._lost(_DONE)
-        elif self.write_closing and not self.write_closed:
+            return
+        if self.disconnecting:
+            self._lost(_DONE)  # (the close takes it out of the epoll set)
+            return
+        self._want(self.mask & ~_OUT)
+        if self.write_closing and not self.write_closed:
             self.write_closed = True
             try:
                 self.socket.shutdown(socket.SHUT_WR)
@@ -254,7 +259,26 @@ class Stream:
         if not self.connected or self.disconnecting or self.aborting:
             return
         self.disconnecting = True
+        if not self.unsent and self.dispatch.serving:
+            # Nothing to send: closed when the dispatcher's round ends, not
+            # after a wake-up for writability (two epoll_ctl and a poll).
+            # Until then nothing is read (doRead looks at disconnecting).
+            self.dispatch.close_soon(self)
+            return
         self._want((self.mask & ~_IN) | _OUT)
+
+    def close_now(self) -> None:
+        """The dispatcher's round ended after :meth:`loseConnection`: close,
+        or wait to write as Twisted does if something came up meanwhile (bytes
+        written since, a paused producer to resume first)."""
+        if self.disconnected or self.aborting:
+            return  # (an abort since: it ends the stream its own way)
+        producer = self.producer
+        if self.unsent or (producer is not None and (not self.streamingProducer
+                                                     or self.producerPaused)):
+            self._want((self.mask & ~_IN) | _OUT)
+            return
+        self._lost(_DONE)
 
     def loseWriteConnection(self) -> None:
         """Send a FIN once everything written is sent."""

@@ -215,6 +215,27 @@ class RealSocketTests(WaitMixin, TestCase):
         self.assertEqual(len(self.proto.lost), 1)
 
     @defer.inlineCallbacks
+    def test_answer_and_close_from_data_received(self):
+        def answer(data):
+            self.stream.write(b"bye:" + data)
+            self.stream.loseConnection()
+            self.assertEqual(self.proto.lost, [])
+
+        self.proto.dataReceived = answer
+        self.peer.sendall(b"x")
+        yield self.wait_until(lambda: self.proto.lost)
+        self.assertTrue(self.proto.lost[0].check(error.ConnectionDone))
+        self.assertEqual(self.dispatch.closing, [])
+        self.peer.settimeout(2)
+        got = b""
+        while True:
+            chunk = self.peer.recv(100)
+            if not chunk:
+                break
+            got += chunk
+        self.assertEqual(got, b"bye:x")
+
+    @defer.inlineCallbacks
     def test_pause_stops_reading_until_resumed(self):
         self.stream.pauseProducing()
         self.assertNotIn(self.stream.fileno(), self.dispatch.streams)
@@ -438,6 +459,11 @@ class FakeDispatch:
         self.masks = {}
         self.users = 0
         self.ctl = 0
+        self.serving = False
+        self.closing = []
+
+    def close_soon(self, stream):
+        self.closing.append(stream)
 
     def acquire(self):
         self.users += 1
@@ -569,6 +595,41 @@ class QueueTests(TestCase):
         self.assertIn((socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)),
                       self.sock.options)
         self.assertEqual(self.sent(), b"a")
+
+    def test_lose_connection_inside_a_round_closes_at_its_end(self):
+        self.dispatch.serving = True
+        ctl = self.dispatch.ctl
+        self.stream.loseConnection()
+        self.assertEqual(self.dispatch.closing, [self.stream])
+        self.assertEqual(self.proto.lost, [])
+        self.stream.doRead()  # nothing is read meanwhile (the fake would raise)
+        self.stream.close_now()
+        self.assertEqual(len(self.proto.lost), 1)
+        self.assertTrue(self.proto.lost[0].check(error.ConnectionDone))
+        self.assertEqual(self.dispatch.ctl, ctl)  # no epoll_ctl for it
+        self.assertTrue(self.sock.closed)
+
+    def test_bytes_written_before_the_rounds_end_are_sent_first(self):
+        self.dispatch.serving = True
+        self.stream.loseConnection()
+        self.sock.room = 2
+        self.stream.write(b"late")
+        self.stream.close_now()
+        self.assertEqual(self.proto.lost, [])
+        self.assertEqual(self.dispatch.masks[self.stream], _OUT)
+        self.sock.room = 10
+        self.stream.doWrite()
+        self.assertEqual(self.sent(), b"late")
+        self.assertTrue(self.proto.lost[0].check(error.ConnectionDone))
+
+    def test_abort_after_lose_connection_is_an_abort(self):
+        self.dispatch.serving = True
+        self.stream.loseConnection()
+        self.stream.abortConnection()
+        self.stream.close_now()
+        self.clock.advance(0)
+        self.assertEqual(len(self.proto.lost), 1)
+        self.assertTrue(self.proto.lost[0].check(error.ConnectionAborted))
 
     def test_lost_comes_once_whatever_happens(self):
         self.stream._lost(failure.Failure(error.ConnectionLost()))
