@@ -515,9 +515,13 @@ class QueueTests(TestCase):
         self.assertEqual(self.dispatch.masks[self.stream], _IN)
 
     def test_send_through_send_py(self):
-        send(self.stream, b"via send")
+        self.assertTrue(send(self.stream, b"via send"))  # all of it went at once
         self.assertEqual(self.sent(), b"via send")
         self.assertEqual(self.dispatch.ctl, 1)  # only the first registration
+        self.sock.room = 2
+        self.assertFalse(send(self.stream, b"part"))  # the caller wants backpressure
+        self.assertFalse(send(self.stream, b"queued"))
+        self.assertEqual(unsent_bytes(self.stream), 8)
 
     def test_high_water_pauses_and_drain_resumes(self):
         producer = Producer()
