@@ -88,8 +88,7 @@ class Stream:
 
     def __init__(self, sock: socket.socket, protocol, dispatch, reactor, peer,
                  connector=None):
-        sock.setblocking(False)
-        self.socket = sock
+        self.socket = sock  # (non-blocking: StreamServer and Connector see to it)
         self.fd = sock.fileno()
         self.protocol = protocol
         self.dispatch = dispatch
@@ -407,6 +406,7 @@ class StreamServer:
         self.dispatch = dispatch
 
     def __call__(self, sock, protocol, addr, port, session, reactor) -> Stream:
+        sock.setblocking(False)  # (an accepted socket does not inherit it)
         stream = Stream(sock, protocol, self.dispatch, reactor, addr)
         stream._want(_IN)
         return stream

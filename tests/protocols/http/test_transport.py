@@ -279,6 +279,7 @@ class IPv6Tests(WaitMixin, TestCase):
         peer = socket.create_connection(listener.getsockname()[:2])
         self.addCleanup(peer.close)
         sock, addr = listener.accept()
+        sock.setblocking(False)
         dispatch = Dispatcher(reactor)
         stream = Stream(sock, Recorder(), dispatch, reactor, addr)
         self.addCleanup(stream._lost, transport_module._DONE)
