@@ -347,6 +347,25 @@ class ConnectorTests(WaitMixin, TestCase):
         self.assertEqual(factory.failed, [])
 
     @defer.inlineCallbacks
+    def test_connects_over_ipv6(self):
+        try:
+            listener = socket.socket(socket.AF_INET6)
+            listener.bind(("::1", 0))
+        except OSError:
+            raise self.skipTest("no IPv6 loopback")
+        listener.listen(1)
+        self.addCleanup(listener.close)
+        port = listener.getsockname()[1]
+        factory = _Factory()
+        connect_tcp(reactor, self.dispatch, "::1", port, factory, 5)
+        yield self.wait_until(lambda: factory.built and factory.built[0].made)
+        stream = factory.built[0].transport
+        self.assertEqual(stream.getPeer(), IPv6Address("TCP", "::1", port))
+        self.assertEqual(factory.built[0].addr, IPv6Address("TCP", "::1", port))
+        stream.abortConnection()
+        yield self.wait_until(lambda: factory.built[0].lost)
+
+    @defer.inlineCallbacks
     def test_refused_is_twisteds_refused(self):
         closed = socket.socket()
         closed.bind(("127.0.0.1", 0))
