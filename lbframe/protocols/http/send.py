@@ -20,6 +20,7 @@ from __future__ import annotations
 from twisted.internet.tcp import Connection
 
 from lbframe.protocols.http.transport import Stream
+from lbframe.tls.stream import TLSServerStream
 
 
 def unsent_bytes(transport) -> int:
@@ -47,9 +48,15 @@ def send(transport, data: bytes) -> bool:
     """Write ``data``; True when all of it went to the socket at once,
     False when some of it waits in the transport (or went through a layer,
     such as TLS, that does not tell): the caller then wants backpressure."""
-    if type(transport) is Stream:
+    kind = type(transport)
+    if kind is Stream:
         transport.write(data)
         return not transport.unsent
+    if kind is TLSServerStream and type(transport.transport) is Stream:
+        # Our TLS layer writes its records through to the stream below
+        # at once: whether they all went out is the stream's to say.
+        transport.write(data)
+        return not transport.transport.unsent
     if (isinstance(transport, Connection) and not transport.TLS and transport.connected
             and not transport.disconnecting and not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer)):

@@ -368,3 +368,57 @@ class PeerSubjectTests(TestCase):
                 return crypto.X509.from_cryptography(cert)
 
         self.assertEqual(peer_subject(Transport()), "CN=evil\\0d\\0aX-Admin: yes")
+
+
+class TLSBackpressureTests(HTTPSiteMixin, TestCase):
+    """A TLS client that does not read pauses the member, as a plain one
+    does: the TLS layer's records wait in the stream below, and the
+    exchange sees that (send() asks the stream) and makes the member's
+    transport the client's producer."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_non_reading_tls_client_pauses_the_member(self):
+        from tests.protocols.http.test_stream import MiB, DownloadMember
+        from twisted.internet import protocol
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        ca = make_ca()
+        ca_file = write(os.path.join(folder, "ca.pem"), cert_pem(ca[1]))
+        key, cert = make_cert(ca, "www.test")
+        key_file = write(os.path.join(folder, "key.pem"), key_pem(key))
+        cert_file = write(os.path.join(folder, "cert.pem"), cert_pem(cert))
+        factory = protocol.Factory.forProtocol(DownloadMember)
+        factory.size = 256 * MiB
+        self.serve_http(f"member a = 127.0.0.1:{self.listen_member(factory)}", listen=(
+            f"ssl:0:privateKey={key_file}:certKey={cert_file}:interface=127.0.0.1"))
+        port = self.service.addresses()[0].port
+        context = ssl.create_default_context(cafile=ca_file)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        tls = context.wrap_socket(raw, server_hostname="www.test", do_handshake_on_connect=False)
+        self.addCleanup(tls.close)
+        yield threads.deferToThread(tls.do_handshake)
+        yield threads.deferToThread(
+            tls.sendall, b"GET /huge HTTP/1.1\r\nHost: www.test\r\nConnection: close\r\n\r\n")
+        # The client reads nothing: the member must be paused.
+        yield self.wait_until(lambda: getattr(factory, "producer", None) is not None)
+        yield self.wait_until(lambda: factory.producer.paused, timeout=20)
+        for _ in range(20):
+            d = defer.Deferred()
+            reactor.callLater(0.01, d.callback, None)
+            yield d
+        self.assertLess(factory.producer.sent, 32 * MiB, "the member was not paused")
+
+        def read_all():
+            got = 0
+            while True:
+                piece = tls.recv(1 << 20)
+                if not piece:
+                    return got
+                got += len(piece)
+
+        received = yield threads.deferToThread(read_all)
+        self.assertGreater(received, 256 * MiB)  # the head and the whole body
