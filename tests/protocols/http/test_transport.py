@@ -462,7 +462,7 @@ class FakeSocket:
         self.sent.append(bytes(data[:n]))
         return n
 
-    def recv_into(self, buffer):
+    def recv(self, size):
         if self.error is not None:
             raise OSError(self.error, "error")
         raise BlockingIOError(errno.EAGAIN, "would block")
