@@ -228,17 +228,7 @@ def response_bytes(head: ResponseHead, chunked: bool, close: bool, keep_alive: b
         if data[7] != 0x31:  # "HTTP/1.0": we answer in 1.1
             data = b"HTTP/1.1" + data[8:]
         if extra or chunked or close or keep_alive:
-            out = [data]
-            for name, value in extra:
-                out.append(b"%s: %s\r\n" % (name, value))
-            if chunked:
-                out.append(b"Transfer-Encoding: chunked\r\n")
-            if close:
-                out.append(b"Connection: close\r\n")
-            elif keep_alive:
-                out.append(b"Connection: keep-alive\r\n")
-            out.append(b"\r\n")
-            return b"".join(out)
+            return b"".join(_response_tail([data], extra, chunked, False, close, keep_alive))
         return data + b"\r\n"
     upgrade = head.status == 101
     dropped, lengths = _dropped(head.headers, _NOT_FRAMING)
@@ -249,6 +239,13 @@ def response_bytes(head: ResponseHead, chunked: bool, close: bool, keep_alive: b
             if lower in dropped and not (upgrade and lower == b"upgrade"):
                 continue
         out.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(_response_tail(out, extra, chunked, upgrade, close, keep_alive))
+
+
+def _response_tail(out: list, extra, chunked: bool, upgrade: bool, close: bool,
+                   keep_alive: bool) -> list:
+    """``out`` (a response head's lines so far) with the lines lbframe adds
+    and the empty line that ends the head."""
     for name, value in extra:
         out.append(b"%s: %s\r\n" % (name, value))
     if chunked:
@@ -260,7 +257,7 @@ def response_bytes(head: ResponseHead, chunked: bool, close: bool, keep_alive: b
     elif keep_alive:
         out.append(b"Connection: keep-alive\r\n")
     out.append(b"\r\n")
-    return b"".join(out)
+    return out
 
 
 #: fields that must not travel in a trailer section (RFC 9110 §6.5.1): the
