@@ -3,6 +3,9 @@ uses (certs/shop.pem: key and certificate for localhost and 127.0.0.1).
 
     python examples/web/make_certificate.py
 
+The example ships one made by this script (valid ten years), so that the
+site checks and runs as it comes; its private key is public, so run this to
+make your own before you show the example to anyone but yourself.
 A demo certificate only: a real site uses one from its CA, or a folder of
 them with ``certificates =`` (see docs/tls.md).
 """
@@ -26,7 +29,7 @@ def make(path: str = os.path.join(HERE, "certs", "shop.pem")) -> str:
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=365))
+            .not_valid_after(now + datetime.timedelta(days=3650))
             .add_extension(x509.SubjectAlternativeName(
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                 critical=False)

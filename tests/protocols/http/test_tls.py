@@ -10,7 +10,7 @@ import socket
 import ssl
 import subprocess
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, protocol, reactor, threads
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -20,6 +20,7 @@ from lbframe.plugins import load_plugins
 from lbframe.service import build_runtime
 from tests.helpers import free_port
 from tests.httpkit import HTTPSiteMixin
+from tests.protocols.http.test_stream import MiB, DownloadMember
 from tests.tlskit import cert_pem, key_pem, make_ca, make_cert, write, write_bundle
 
 
@@ -380,9 +381,6 @@ class TLSBackpressureTests(HTTPSiteMixin, TestCase):
 
     @defer.inlineCallbacks
     def test_non_reading_tls_client_pauses_the_member(self):
-        from tests.protocols.http.test_stream import MiB, DownloadMember
-        from twisted.internet import protocol
-
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
         ca = make_ca()
